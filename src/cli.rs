@@ -1,0 +1,329 @@
+//! Command-line interface: parses arguments and talks to a running node over the
+//! control socket. `anyhow` lives here, at the binary's edge.
+
+use crate::daemon::control::{self, ControlRequest, ControlResponse};
+use crate::daemon::{self, MountConfig, Ready};
+use crate::fs::FsOptions;
+use crate::store::DataDir;
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Distribox: a shared folder that keeps every version, synced peer to peer.
+///
+/// Files live in a content-addressed store in the data dir; the folder you mount is
+/// served straight from it. Every close() of a written file records a new version;
+/// old versions stay readable as `name@vN`.
+#[derive(Parser, Debug)]
+#[command(name = "distribox", version, propagate_version = true)]
+#[command(after_help = "Start here:\n  distribox mount ~/Distribox     mount the folder (creates the node on first use)\n  echo hi > ~/Distribox/a.txt\n  distribox log ~/Distribox/a.txt  list its versions\n  cat ~/Distribox/a.txt@v1         read version 1\n  distribox unmount ~/Distribox    (or: fusermount3 -u ~/Distribox)")]
+pub struct Cli {
+    /// Where this node keeps its store, identity and logs.
+    #[arg(long, global = true, env = "DISTRIBOX_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Create this node's identity (an Ed25519 key) and an empty store.
+    Init,
+    /// Mount the folder at DIR (an existing, empty directory) and keep the node
+    /// running in the background until the folder is unmounted.
+    Mount {
+        /// The directory to mount on.
+        dir: PathBuf,
+        /// Stay attached to the terminal (logs go to stderr) instead of detaching.
+        #[arg(long)]
+        foreground: bool,
+        /// Let other users access the folder (FUSE allow_other + default_permissions;
+        /// non-root users need `user_allow_other` in /etc/fuse.conf).
+        #[arg(long)]
+        allow_other: bool,
+        /// Commit a file that stays open after this many milliseconds without writes.
+        #[arg(long, default_value_t = 2000, value_name = "MS")]
+        idle_commit_ms: u64,
+        /// FUSE request threads.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+    },
+    /// Unmount the folder at DIR (like `fusermount3 -u DIR`) and wait for the node to
+    /// exit.
+    Unmount {
+        dir: PathBuf,
+    },
+    /// Show the running node: identity, mount point, store size.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the versions of PATH (N, time, author, size), or recent changes across
+    /// the folder when PATH is omitted. Read an old version as `PATH@vN`.
+    Log {
+        path: Option<PathBuf>,
+        /// How many recent changes to show (without PATH).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `$XDG_DATA_HOME/distribox`, else `~/.local/share/distribox`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("distribox");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+    home.join(".local/share/distribox")
+}
+
+/// Environment variable telling a re-executed node to report readiness on stdout.
+const READY_ENV: &str = "DISTRIBOX_REPORT_READY";
+
+pub fn run(cli: Cli) -> Result<()> {
+    let data_dir = DataDir::new(cli.data_dir.clone().unwrap_or_else(default_data_dir));
+    match cli.command {
+        Cmd::Init => {
+            if data_dir.init()? {
+                println!("initialised node in {}", data_dir.root.display());
+            } else {
+                println!("{} is already initialised", data_dir.root.display());
+            }
+            Ok(())
+        }
+        Cmd::Mount { dir, foreground, allow_other, idle_commit_ms, threads } => {
+            let cfg = MountConfig {
+                data_dir,
+                mountpoint: dir,
+                fs: FsOptions { idle_commit: Duration::from_millis(idle_commit_ms), ..FsOptions::default() },
+                allow_other,
+                threads,
+            };
+            if foreground {
+                mount_foreground(cfg)
+            } else {
+                mount_background(cfg, &cli_args_for_child(allow_other, idle_commit_ms, threads))
+            }
+        }
+        Cmd::Unmount { dir } => unmount(&data_dir, &dir),
+        Cmd::Status { json } => {
+            let info = match call(&data_dir, &ControlRequest::Status)? {
+                ControlResponse::Status(s) => s,
+                other => bail!("unexpected answer from node: {other:?}"),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                println!("node        {}", info.node);
+                println!("pid         {}", info.pid);
+                println!("mounted on  {}", info.mountpoint.as_deref().unwrap_or("(not mounted)"));
+                println!("data dir    {}", info.data_dir);
+                println!("versions    {} authored here", info.local_versions);
+                println!("store       {} bytes on disk", info.store_bytes);
+                println!("uptime      {}s", info.uptime_secs);
+            }
+            Ok(())
+        }
+        Cmd::Log { path, limit, json } => {
+            let rel = match &path {
+                Some(p) => Some(folder_relative(&data_dir, p)?),
+                None => None,
+            };
+            let lines = match call(&data_dir, &ControlRequest::Log { path: rel, limit })? {
+                ControlResponse::Log { lines } => lines,
+                ControlResponse::Error { message } => bail!("{message}"),
+                other => bail!("unexpected answer from node: {other:?}"),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&lines)?);
+            } else if path.is_some() {
+                println!("{:<6} {:<21} {:<9} {:>12}  {}", "N", "TIME", "AUTHOR", "SIZE", "KIND");
+                for l in lines {
+                    let head = if l.head { "  (current)" } else { "" };
+                    println!("v{:<5} {:<21} {:<9} {:>12}  {}{head}", l.n, l.time, l.author, l.size, l.kind);
+                }
+            } else {
+                println!("{:<21} {:<9} {:<6} {:>12}  {:<8} {}", "TIME", "AUTHOR", "N", "SIZE", "KIND", "PATH");
+                for l in lines {
+                    println!("{:<21} {:<9} v{:<5} {:>12}  {:<8} {}", l.time, l.author, l.n, l.size, l.kind, l.path);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn cli_args_for_child(allow_other: bool, idle_commit_ms: u64, threads: usize) -> Vec<String> {
+    let mut a = vec![format!("--idle-commit-ms={idle_commit_ms}"), format!("--threads={threads}")];
+    if allow_other {
+        a.push("--allow-other".into());
+    }
+    a
+}
+
+fn call(data_dir: &DataDir, req: &ControlRequest) -> Result<ControlResponse> {
+    Ok(control::call(&data_dir.control_socket(), &data_dir.root, req)?)
+}
+
+/// Turns a path the user typed (absolute, or relative to the cwd, inside the mount)
+/// into a path relative to the folder root.
+fn folder_relative(data_dir: &DataDir, path: &Path) -> Result<String> {
+    let info = match call(data_dir, &ControlRequest::Status)? {
+        ControlResponse::Status(s) => s,
+        other => bail!("unexpected answer from node: {other:?}"),
+    };
+    let mount = PathBuf::from(info.mountpoint.ok_or_else(|| anyhow!("the node is not mounted"))?);
+    let abs = if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir()?.join(path) };
+    // Canonicalise the parent only: the file itself may be gone or be a `@vN` name.
+    let parent = abs.parent().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()));
+    let abs = match (parent, abs.file_name()) {
+        (Some(p), Some(n)) => p.join(n),
+        _ => abs,
+    };
+    if abs == mount {
+        return Ok(String::new());
+    }
+    let rel = abs
+        .strip_prefix(&mount)
+        .map_err(|_| anyhow!("{} is not inside the mounted folder {}", path.display(), mount.display()))?;
+    Ok(rel.to_string_lossy().into_owned())
+}
+
+struct StdoutReady;
+
+impl Ready for StdoutReady {
+    fn ready(&mut self, mountpoint: &Path) {
+        if std::env::var_os(READY_ENV).is_some() {
+            // The parent reads this line; afterwards nobody reads our stdout, so
+            // point it at /dev/null rather than risk EPIPE later.
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "READY {}", mountpoint.display());
+            let _ = out.flush();
+            if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+                use std::os::fd::AsRawFd;
+                // SAFETY: dup2 onto fd 1 with a valid fd we own.
+                unsafe { libc::dup2(null.as_raw_fd(), 1) };
+            }
+        }
+    }
+}
+
+fn mount_foreground(cfg: MountConfig) -> Result<()> {
+    let report = std::env::var_os(READY_ENV).is_some();
+    match daemon::run_mount(cfg, &mut StdoutReady) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            if report {
+                println!("ERROR {e}");
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// Validates what can be validated here (so errors need no log file to read), then
+/// re-executes this binary as a detached node and waits until it reports the mount
+/// live.
+fn mount_background(cfg: MountConfig, extra: &[String]) -> Result<()> {
+    let mountpoint = daemon::check_mountpoint(&cfg.mountpoint)?;
+    if cfg.data_dir.is_initialised() {
+        cfg.data_dir.check()?;
+        if let Some(pid) = cfg.data_dir.running_pid() {
+            bail!(crate::store::DataDirError::Locked { path: cfg.data_dir.root.clone(), pid: Some(pid) });
+        }
+    } else {
+        cfg.data_dir.init()?;
+    }
+    let log_path = cfg.data_dir.log_path();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open log file {}", log_path.display()))?;
+    let exe = std::env::current_exe().context("cannot find the distribox binary to start the node")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--data-dir").arg(&cfg.data_dir.root).arg("mount").arg(&mountpoint).arg("--foreground").args(extra);
+    cmd.env(READY_ENV, "1").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe; it detaches the node from our terminal so
+    // closing the shell does not kill it.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("cannot start the node process")?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut line = String::new();
+    let started = Instant::now();
+    BufReader::new(stdout).read_line(&mut line)?;
+    if let Some(rest) = line.strip_prefix("READY ") {
+        println!("mounted {} (node pid {}, data dir {})", rest.trim(), child.id(), cfg.data_dir.root.display());
+        return Ok(());
+    }
+    if let Some(msg) = line.strip_prefix("ERROR ") {
+        let _ = child.wait();
+        bail!("{}", msg.trim());
+    }
+    let status = child.wait()?;
+    bail!(
+        "the node exited during startup ({status}, after {:?}); see {}",
+        started.elapsed(),
+        log_path.display()
+    )
+}
+
+fn unmount(data_dir: &DataDir, dir: &Path) -> Result<()> {
+    let canon = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    if !daemon::is_mounted(&canon) {
+        bail!("{} is not mounted", dir.display());
+    }
+    // Which node serves it, so we can wait for it to finish writing.
+    let pid = match call(data_dir, &ControlRequest::Status) {
+        Ok(ControlResponse::Status(s)) if s.mountpoint.as_deref() == Some(&*canon.to_string_lossy()) => Some(s.pid),
+        _ => None,
+    };
+    let mut ok = false;
+    for tool in ["fusermount3", "fusermount", "umount"] {
+        let st = Command::new(tool).arg("-u").arg(&canon).stderr(Stdio::piped()).output();
+        let st = match (tool, st) {
+            ("umount", _) => Command::new("umount").arg(&canon).status().map(|s| s.success()),
+            (_, Ok(o)) => {
+                if !o.status.success() {
+                    let msg = String::from_utf8_lossy(&o.stderr);
+                    if msg.contains("busy") {
+                        bail!("{} is busy: a program still has a file open there (close it and retry)", dir.display());
+                    }
+                }
+                Ok(o.status.success())
+            }
+            (_, Err(e)) => Err(e),
+        };
+        if let Ok(true) = st {
+            ok = true;
+            break;
+        }
+    }
+    if !ok {
+        bail!("could not unmount {} (fusermount3 -u failed)", dir.display());
+    }
+    if let Some(pid) = pid {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        while unsafe { libc::kill(pid as i32, 0) } == 0 {
+            if Instant::now() > deadline {
+                bail!("unmounted {}, but node pid {pid} is still running after 120 s", dir.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    println!("unmounted {}", dir.display());
+    Ok(())
+}

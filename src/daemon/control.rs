@@ -1,0 +1,75 @@
+//! The control socket: how the CLI talks to a running node. One JSON request per
+//! line, one JSON response per line, on a Unix socket inside the data dir (mode 0600
+//! through the data dir's 0700).
+
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum ControlRequest {
+    Status,
+    /// History of one path (relative to the folder root), or recent changes.
+    Log { path: Option<String>, limit: usize },
+    /// Commit everything, unmount and exit.
+    Shutdown,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ControlResponse {
+    Status(StatusInfo),
+    Log { lines: Vec<LogLine> },
+    Ok,
+    Error { message: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusInfo {
+    pub node: String,
+    pub pid: u32,
+    pub mountpoint: Option<String>,
+    pub data_dir: String,
+    /// Versions this node has authored.
+    pub local_versions: u64,
+    pub store_bytes: u64,
+    pub uptime_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Generation (`@vN`).
+    pub n: u64,
+    pub version: String,
+    pub time: String,
+    pub author: String,
+    pub size: u64,
+    pub kind: String,
+    pub path: String,
+    pub head: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("no node is running for data dir {data_dir} (start one with `distribox mount DIR`)")]
+    NotRunning { data_dir: String },
+    #[error("control socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("node sent a response this CLI does not understand: {0}")]
+    Protocol(String),
+}
+
+/// Sends one request to the node owning `socket` and waits for its answer.
+pub fn call(socket: &Path, data_dir: &Path, req: &ControlRequest) -> Result<ControlResponse, ControlError> {
+    let mut s = UnixStream::connect(socket).map_err(|_| ControlError::NotRunning { data_dir: data_dir.display().to_string() })?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut line = serde_json::to_string(req).map_err(|e| ControlError::Protocol(e.to_string()))?;
+    line.push('\n');
+    s.write_all(line.as_bytes())?;
+    let mut resp = String::new();
+    BufReader::new(s).read_line(&mut resp)?;
+    serde_json::from_str(&resp).map_err(|e| ControlError::Protocol(e.to_string()))
+}

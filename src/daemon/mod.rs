@@ -1,0 +1,219 @@
+//! Wires a node together: data dir lock, repo, FUSE session, control socket, signals.
+//!
+//! Uses: everything below it. Process model (DESIGN.md): `distribox mount DIR`
+//! re-executes the binary with `--foreground` in a new session and waits for it to
+//! say the mount is live; the node runs until the folder is unmounted (`fusermount -u`,
+//! `distribox unmount`, SIGTERM), then commits pending writes, syncs and exits 0.
+
+pub mod control;
+mod mountpoint;
+
+pub use mountpoint::{check_mountpoint, is_mounted, MountpointError};
+
+use crate::fs::{DistriboxFs, FsOptions};
+use crate::repo::{Repo, RepoError};
+use crate::store::{DataDir, DataDirError};
+use control::{ControlRequest, ControlResponse, LogLine, StatusInfo};
+use fuser::{Config, MountOption, SessionACL};
+use parking_lot::Mutex;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Mountpoint(#[from] MountpointError),
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error("cannot mount {path}: {source} (is fuse3 installed and /dev/fuse accessible?)")]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("control socket {path}: {source}")]
+    Control {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How the node tells whoever started it that the mount is live (or why not).
+pub trait Ready {
+    fn ready(&mut self, mountpoint: &Path);
+}
+
+/// Options of a mounted node.
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    pub data_dir: DataDir,
+    pub mountpoint: PathBuf,
+    pub fs: FsOptions,
+    /// Let other users in (`allow_other` + `default_permissions`).
+    pub allow_other: bool,
+    pub threads: usize,
+}
+
+/// Runs a mounted node until its folder is unmounted.
+pub fn run_mount(cfg: MountConfig, ready: &mut dyn Ready) -> Result<(), DaemonError> {
+    let mountpoint = check_mountpoint(&cfg.mountpoint)?;
+    cfg.data_dir.init()?;
+    let _lock = cfg.data_dir.lock()?;
+    let repo = Arc::new(Repo::open(&cfg.data_dir)?);
+    let node = repo.node();
+    let span = tracing::info_span!("node", node = %node);
+    let _enter = span.enter();
+    let fs = DistriboxFs::new(repo.clone(), cfg.fs.clone());
+    let mut config = Config::default();
+    config.mount_options = vec![MountOption::FSName("distribox".into()), MountOption::Subtype("distribox".into())];
+    if cfg.allow_other {
+        config.mount_options.push(MountOption::DefaultPermissions);
+        config.acl = SessionACL::All;
+    }
+    config.n_threads = Some(cfg.threads.max(1));
+    let mut session = fuser::Session::new(fs.clone(), &mountpoint, &config)
+        .map_err(|source| DaemonError::Mount { path: mountpoint.clone(), source })?;
+    let unmounter = Arc::new(Mutex::new(session.unmount_callable()));
+    let started = Instant::now();
+    let sock = cfg.data_dir.control_socket();
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).map_err(|source| DaemonError::Control { path: sock.clone(), source })?;
+    {
+        let (repo, unmounter, mp) = (repo.clone(), unmounter.clone(), mountpoint.clone());
+        let data_dir = cfg.data_dir.root.clone();
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || serve_control(listener, repo, unmounter, Some(mp), data_dir, started))
+            .expect("spawning a thread at startup");
+    }
+    {
+        let unmounter = unmounter.clone();
+        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+            .map_err(|source| DaemonError::Control { path: sock.clone(), source })?;
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    tracing::info!(signal = sig, "signal received; unmounting");
+                    if let Err(err) = unmounter.lock().unmount() {
+                        tracing::warn!(error = %err, "unmount after signal failed; try `fusermount3 -uz`");
+                    }
+                }
+            })
+            .expect("spawning a thread at startup");
+    }
+    let idle = fs.spawn_idle_committer();
+    tracing::info!(mountpoint = %mountpoint.display(), data_dir = %cfg.data_dir.root.display(), "mounted");
+    ready.ready(&mountpoint);
+    let result = session.run();
+    fs.flush_all();
+    let _ = idle.join();
+    let _ = std::fs::remove_file(&sock);
+    match result {
+        Ok(()) => tracing::info!("unmounted; store closed"),
+        Err(err) => tracing::warn!(error = %err, "FUSE session ended with an error"),
+    }
+    Ok(())
+}
+
+fn serve_control(listener: UnixListener, repo: Arc<Repo>, unmounter: Arc<Mutex<fuser::SessionUnmounter>>, mountpoint: Option<PathBuf>, data_dir: PathBuf, started: Instant) {
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let mut line = String::new();
+        if BufReader::new(&conn).read_line(&mut line).is_err() {
+            continue;
+        }
+        let resp = match serde_json::from_str::<ControlRequest>(&line) {
+            Err(e) => ControlResponse::Error { message: format!("bad request: {e}") },
+            Ok(ControlRequest::Status) => ControlResponse::Status(StatusInfo {
+                node: repo.node().to_hex(),
+                pid: std::process::id(),
+                mountpoint: mountpoint.as_ref().map(|p| p.display().to_string()),
+                data_dir: data_dir.display().to_string(),
+                local_versions: repo.store().last_seq(repo.node()).unwrap_or(0),
+                store_bytes: repo.store().disk_usage(),
+                uptime_secs: started.elapsed().as_secs(),
+            }),
+            Ok(ControlRequest::Log { path, limit }) => match log_lines(&repo, path.as_deref(), limit) {
+                Ok(lines) => ControlResponse::Log { lines },
+                Err(message) => ControlResponse::Error { message },
+            },
+            Ok(ControlRequest::Shutdown) => {
+                let r = unmounter.lock().unmount();
+                match r {
+                    Ok(()) => ControlResponse::Ok,
+                    Err(e) => ControlResponse::Error { message: format!("unmount failed: {e} (is a file in the folder still open?)") },
+                }
+            }
+        };
+        let mut out = serde_json::to_string(&resp).unwrap_or_else(|_| "{}".into());
+        out.push('\n');
+        let _ = conn.write_all(out.as_bytes());
+    }
+}
+
+/// Finds the entry at a folder-relative path.
+fn resolve_path(repo: &Repo, rel: &str) -> Result<crate::model::EntryId, String> {
+    let mut cur = repo.root();
+    for comp in Path::new(rel).components() {
+        use std::path::Component;
+        match comp {
+            Component::Normal(name) => {
+                use std::os::unix::ffi::OsStrExt;
+                cur = repo
+                    .lookup(cur, name.as_bytes())
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("{rel}: no such file in the folder"))?;
+            }
+            Component::CurDir => {}
+            _ => return Err(format!("{rel}: path must stay inside the folder")),
+        }
+    }
+    Ok(cur)
+}
+
+fn format_time(hlc: crate::model::Hlc) -> String {
+    humantime::format_rfc3339_seconds(hlc.system_time()).to_string()
+}
+
+/// History of a path (oldest first) or recent changes across the folder (newest
+/// first).
+pub fn log_lines(repo: &Repo, path: Option<&str>, limit: usize) -> Result<Vec<LogLine>, String> {
+    let (infos, heads): (Vec<_>, Vec<crate::model::VersionId>) = match path {
+        Some(p) if !p.is_empty() => {
+            let entry = resolve_path(repo, p)?;
+            let heads = repo.get(entry).map_err(|e| e.to_string())?.heads.iter().map(|h| h.0).collect();
+            (repo.history(entry).map_err(|e| e.to_string())?, heads)
+        }
+        _ => (repo.recent(limit).map_err(|e| e.to_string())?, Vec::new()),
+    };
+    Ok(infos
+        .into_iter()
+        .map(|v| {
+            let r = &v.record.record;
+            let kind = match &r.content {
+                crate::model::Content::File { .. } => "file",
+                crate::model::Content::Dir => "dir",
+                crate::model::Content::Symlink { .. } => "symlink",
+                crate::model::Content::Special { .. } => "special",
+                crate::model::Content::Tombstone => "deleted",
+            };
+            LogLine {
+                n: v.generation,
+                version: v.record.id.to_string(),
+                time: format_time(r.hlc),
+                author: r.author.to_string(),
+                size: r.content.size(),
+                kind: kind.into(),
+                path: repo.path_of(r.entry).unwrap_or_else(|| "(deleted)".into()),
+                head: heads.contains(&v.record.id),
+            }
+        })
+        .collect())
+}

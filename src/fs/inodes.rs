@@ -1,0 +1,71 @@
+//! Inode numbers for the kernel: a stable (per mount) mapping between FUSE inode
+//! numbers and what they show — a live entry, or one historical version (`name@vN`).
+//!
+//! Numbers are never reused during a mount, so a stale kernel reference can never
+//! reach a different file.
+
+use crate::model::{EntryId, VersionId};
+use std::collections::HashMap;
+
+pub const ROOT_INO: u64 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Entry(EntryId),
+    /// A read-only historical version of an entry.
+    Version(EntryId, VersionId),
+}
+
+pub struct InodeTable {
+    by_ino: HashMap<u64, Target>,
+    by_entry: HashMap<EntryId, u64>,
+    by_version: HashMap<VersionId, u64>,
+    next: u64,
+}
+
+impl InodeTable {
+    pub fn new(root: EntryId) -> Self {
+        let mut t = InodeTable { by_ino: HashMap::new(), by_entry: HashMap::new(), by_version: HashMap::new(), next: ROOT_INO + 1 };
+        t.by_ino.insert(ROOT_INO, Target::Entry(root));
+        t.by_entry.insert(root, ROOT_INO);
+        t
+    }
+
+    pub fn get(&self, ino: u64) -> Option<Target> {
+        self.by_ino.get(&ino).copied()
+    }
+
+    pub fn entry_ino(&mut self, entry: EntryId) -> u64 {
+        if let Some(&i) = self.by_entry.get(&entry) {
+            return i;
+        }
+        let i = self.alloc(Target::Entry(entry));
+        self.by_entry.insert(entry, i);
+        i
+    }
+
+    pub fn version_ino(&mut self, entry: EntryId, version: VersionId) -> u64 {
+        if let Some(&i) = self.by_version.get(&version) {
+            return i;
+        }
+        let i = self.alloc(Target::Version(entry, version));
+        self.by_version.insert(version, i);
+        i
+    }
+
+    /// After an atomic save (rename of `from_ino`'s file over `entry`), the kernel
+    /// believes `from_ino` now lives at the target name: make it the entry's inode so
+    /// kernel caches and later lookups agree. The entry's old inode keeps pointing at
+    /// the entry for handles still open on it.
+    pub fn adopt(&mut self, entry: EntryId, from_ino: u64) {
+        self.by_ino.insert(from_ino, Target::Entry(entry));
+        self.by_entry.insert(entry, from_ino);
+    }
+
+    fn alloc(&mut self, target: Target) -> u64 {
+        let i = self.next;
+        self.next += 1;
+        self.by_ino.insert(i, target);
+        i
+    }
+}

@@ -1,0 +1,1003 @@
+//! The FUSE filesystem: the `fuser::Filesystem` impl, inode table, open handles and
+//! write-back state, and the only place a domain error becomes an errno.
+//!
+//! Uses: `repo` only — never the network.
+//!
+//! Commit points (DESIGN.md): a written file becomes a new version on flush, fsync or
+//! release, and after `idle_commit` without writes while it stays open. Metadata
+//! operations (chmod, rename, mkdir, ...) commit at once. A file unlinked while open
+//! stays deleted: commits from its handles are skipped once its head is a tombstone.
+//!
+//! Locking: `dirty` map lock → one file's `DirtyEntry` lock → the repo's commit lock;
+//! never in the other order, and never the map lock across I/O.
+
+mod inodes;
+
+use crate::chunking::ChunkList;
+use crate::model::{names, Attrs, Content, EntryId, Link, SignedRecord, SpecialKind, Timestamp, VersionRecord};
+use crate::repo::{Draft, DirtyFile, EntryState, Repo, RepoError};
+use crate::store::StoreError;
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
+    OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+use inodes::{InodeTable, Target, ROOT_INO};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Tunables of a mount.
+#[derive(Clone, Debug)]
+pub struct FsOptions {
+    /// Commit a file kept open after this long without writes.
+    pub idle_commit: Duration,
+    /// How long the kernel may cache attributes and names.
+    pub ttl: Duration,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        FsOptions { idle_commit: Duration::from_secs(2), ttl: Duration::from_secs(1) }
+    }
+}
+
+type FsResult<T> = Result<T, Errno>;
+
+/// Maps a domain error to the errno the caller sees (the one place this happens).
+fn errno(e: RepoError) -> Errno {
+    match e {
+        RepoError::NotFound { .. } | RepoError::Ambiguous { .. } => Errno::ENOENT,
+        RepoError::Exists { .. } => Errno::EEXIST,
+        RepoError::NotEmpty => Errno::ENOTEMPTY,
+        RepoError::NotDir => Errno::ENOTDIR,
+        RepoError::IsDir => Errno::EISDIR,
+        RepoError::Cycle => Errno::EINVAL,
+        RepoError::Store(StoreError::NoSpace(_)) => Errno::ENOSPC,
+        RepoError::Spill(ref io) if io.raw_os_error() == Some(libc::ENOSPC) => Errno::ENOSPC,
+        other => {
+            tracing::error!(error = %other, "I/O error");
+            Errno::EIO
+        }
+    }
+}
+
+fn e<T>(r: Result<T, RepoError>) -> FsResult<T> {
+    r.map_err(errno)
+}
+
+struct DirtyEntry {
+    file: DirtyFile,
+    last_write: Instant,
+}
+
+enum HandleKind {
+    /// A file handle; `snapshot` is the content it opened (what it reads while the
+    /// file has no uncommitted writes).
+    File { snapshot: Arc<ChunkList>, size: u64, writable: bool },
+    Dir { listing: Vec<(Vec<u8>, u64, FileType)> },
+}
+
+struct Handle {
+    ino: u64,
+    kind: HandleKind,
+}
+
+struct Inner {
+    repo: Arc<Repo>,
+    opts: FsOptions,
+    inodes: Mutex<InodeTable>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    dirty: Mutex<HashMap<EntryId, Arc<Mutex<DirtyEntry>>>>,
+    /// Open file handles per entry, so write-back state is dropped with the last one.
+    open_count: Mutex<HashMap<EntryId, u32>>,
+    /// Cached subdirectory counts (for a directory's nlink).
+    subdirs: Mutex<HashMap<EntryId, u32>>,
+    stop: AtomicBool,
+}
+
+/// The mounted filesystem. Cloning shares the same state (the idle-commit thread
+/// holds a clone).
+#[derive(Clone)]
+pub struct DistriboxFs {
+    inner: Arc<Inner>,
+}
+
+fn file_type(content: &Content) -> FileType {
+    match content {
+        Content::File { .. } | Content::Tombstone => FileType::RegularFile,
+        Content::Dir => FileType::Directory,
+        Content::Symlink { .. } => FileType::Symlink,
+        Content::Special { kind, .. } => match kind {
+            SpecialKind::Fifo => FileType::NamedPipe,
+            SpecialKind::Socket => FileType::Socket,
+            SpecialKind::CharDevice => FileType::CharDevice,
+            SpecialKind::BlockDevice => FileType::BlockDevice,
+        },
+    }
+}
+
+fn time_of(t: Option<TimeOrNow>) -> Option<Timestamp> {
+    t.map(|t| match t {
+        TimeOrNow::SpecificTime(s) => Timestamp::from_system(s),
+        TimeOrNow::Now => Timestamp::now(),
+    })
+}
+
+fn name_bytes(name: &OsStr) -> FsResult<Vec<u8>> {
+    let b = name.as_bytes();
+    if b.len() > 255 {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    Ok(b.to_vec())
+}
+
+impl DistriboxFs {
+    pub fn new(repo: Arc<Repo>, opts: FsOptions) -> Self {
+        let root = repo.root();
+        DistriboxFs {
+            inner: Arc::new(Inner {
+                repo,
+                opts,
+                inodes: Mutex::new(InodeTable::new(root)),
+                handles: Mutex::new(HashMap::new()),
+                next_fh: AtomicU64::new(1),
+                dirty: Mutex::new(HashMap::new()),
+                open_count: Mutex::new(HashMap::new()),
+                subdirs: Mutex::new(HashMap::new()),
+                stop: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Starts the thread that commits files kept open without writes.
+    pub fn spawn_idle_committer(&self) -> std::thread::JoinHandle<()> {
+        let fs = self.clone();
+        std::thread::Builder::new()
+            .name("idle-commit".into())
+            .spawn(move || {
+                let tick = (fs.inner.opts.idle_commit / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
+                while !fs.inner.stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    fs.commit_idle();
+                }
+            })
+            .expect("spawning a thread at startup")
+    }
+
+    fn commit_idle(&self) {
+        let candidates: Vec<(EntryId, Arc<Mutex<DirtyEntry>>)> =
+            self.inner.dirty.lock().iter().map(|(k, v)| (*k, v.clone())).collect();
+        for (entry, d) in candidates {
+            let due = {
+                let g = d.lock();
+                g.file.is_dirty() && g.last_write.elapsed() >= self.inner.opts.idle_commit
+            };
+            if due {
+                if let Err(err) = self.commit_entry(entry, |_| {}) {
+                    tracing::warn!(entry = %entry, error = ?err, "idle commit failed; will retry");
+                }
+            }
+        }
+    }
+
+    /// Commits every pending write and syncs the store (unmount, shutdown).
+    pub fn flush_all(&self) {
+        self.inner.stop.store(true, Ordering::Relaxed);
+        let entries: Vec<EntryId> = self.inner.dirty.lock().keys().copied().collect();
+        for entry in entries {
+            if let Err(err) = self.commit_entry(entry, |_| {}) {
+                tracing::error!(entry = %entry, error = ?err, "commit at unmount failed");
+            }
+        }
+        if let Err(err) = self.inner.repo.sync() {
+            tracing::error!(error = %err, "sync at unmount failed");
+        }
+    }
+
+    fn repo(&self) -> &Repo {
+        &self.inner.repo
+    }
+
+    fn target(&self, ino: INodeNo) -> FsResult<Target> {
+        self.inner.inodes.lock().get(ino.0).ok_or(Errno::ENOENT)
+    }
+
+    fn entry_of(&self, ino: INodeNo) -> FsResult<EntryId> {
+        match self.target(ino)? {
+            Target::Entry(e) => Ok(e),
+            Target::Version(..) => Err(Errno::EROFS),
+        }
+    }
+
+    fn live(&self, entry: EntryId) -> FsResult<Arc<EntryState>> {
+        let s = e(self.repo().get(entry))?;
+        if s.is_alive() {
+            Ok(s)
+        } else {
+            Err(Errno::ENOENT)
+        }
+    }
+
+    fn dir(&self, ino: INodeNo) -> FsResult<(EntryId, Arc<EntryState>)> {
+        let entry = self.entry_of(ino)?;
+        let s = self.live(entry)?;
+        if !s.record().content.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        Ok((entry, s))
+    }
+
+    fn subdir_count(&self, dir: EntryId) -> FsResult<u32> {
+        if let Some(&n) = self.inner.subdirs.lock().get(&dir) {
+            return Ok(n);
+        }
+        let mut n = 0;
+        for (_, child) in e(self.repo().children(dir))? {
+            if e(self.repo().get(child))?.record().content.is_dir() {
+                n += 1;
+            }
+        }
+        self.inner.subdirs.lock().insert(dir, n);
+        Ok(n)
+    }
+
+    fn forget_subdirs(&self, dirs: &[EntryId]) {
+        let mut s = self.inner.subdirs.lock();
+        for d in dirs {
+            s.remove(d);
+        }
+    }
+
+    fn attr_from(&self, ino: u64, record: &VersionRecord, ctime: SystemTime, nlink: u32, size_override: Option<(u64, Timestamp)>) -> FileAttr {
+        let (size, mtime) = size_override.unwrap_or((record.content.size(), record.attrs.mtime));
+        let rdev = match record.content {
+            Content::Special { rdev, .. } => rdev as u32,
+            _ => 0,
+        };
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: record.attrs.atime.to_system(),
+            mtime: mtime.to_system(),
+            ctime,
+            crtime: ctime,
+            kind: file_type(&record.content),
+            perm: (record.attrs.mode & 0o7777) as u16,
+            nlink,
+            uid: record.attrs.uid,
+            gid: record.attrs.gid,
+            rdev,
+            blksize: 65536,
+            flags: 0,
+        }
+    }
+
+    fn dirty_size(&self, entry: EntryId) -> Option<(u64, Timestamp)> {
+        let d = self.inner.dirty.lock().get(&entry).cloned()?;
+        let g = d.lock();
+        Some((g.file.size, g.file.mtime))
+    }
+
+    /// Attributes of a live or open-but-deleted entry.
+    fn entry_attr(&self, ino: u64, state: &EntryState) -> FsResult<FileAttr> {
+        let ctime = state.record().hlc.system_time();
+        if !state.is_alive() {
+            // Deleted but still open: show the last live version with no links.
+            let prev = match state.record().parents.first() {
+                Some(p) => e(self.repo().history(state.id))?.into_iter().find(|v| v.record.id == *p).map(|v| v.record),
+                None => None,
+            };
+            let rec = prev.map(|p| p.record).unwrap_or_else(|| state.record().clone());
+            return Ok(self.attr_from(ino, &rec, ctime, 0, self.dirty_size(state.id)));
+        }
+        let rec = state.record();
+        let nlink = match rec.content {
+            Content::Dir => 2 + self.subdir_count(state.id)?,
+            _ => rec.location.len().max(1) as u32,
+        };
+        let over = match rec.content {
+            Content::File { .. } => self.dirty_size(state.id),
+            _ => None,
+        };
+        Ok(self.attr_from(ino, rec, ctime, nlink, over))
+    }
+
+    fn version_attr(&self, ino: u64, record: &SignedRecord) -> FileAttr {
+        let mut a = self.attr_from(ino, &record.record, record.record.hlc.system_time(), 1, None);
+        a.perm &= !0o222;
+        a
+    }
+
+    fn attr(&self, ino: INodeNo) -> FsResult<FileAttr> {
+        match self.target(ino)? {
+            Target::Entry(entry) => {
+                let s = e(self.repo().get(entry))?;
+                self.entry_attr(ino.0, &s)
+            }
+            Target::Version(_, v) => {
+                let r = self.load_version(v)?;
+                Ok(self.version_attr(ino.0, &r))
+            }
+        }
+    }
+
+    fn load_version(&self, v: crate::model::VersionId) -> FsResult<SignedRecord> {
+        let bytes = e(self.repo().store().get_record(v).map_err(RepoError::from))?.ok_or(Errno::ENOENT)?;
+        SignedRecord::decode(&bytes, false).map_err(|_| Errno::EIO)
+    }
+
+    fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> FsResult<FileAttr> {
+        let (dir, _) = self.dir(parent)?;
+        let name = name_bytes(name)?;
+        if let Some(child) = e(self.repo().lookup(dir, &name))? {
+            let s = self.live(child)?;
+            let ino = self.inner.inodes.lock().entry_ino(child);
+            return self.entry_attr(ino, &s);
+        }
+        // Not a real name: maybe `name@vN`, a historical version (read-only).
+        let (base, n) = names::parse_history_name(&name).ok_or(Errno::ENOENT)?;
+        let child = e(self.repo().lookup(dir, base))?.ok_or(Errno::ENOENT)?;
+        let rec = e(self.repo().version_by_generation(child, n))?.ok_or(Errno::ENOENT)?;
+        if !matches!(rec.record.content, Content::File { .. } | Content::Symlink { .. }) {
+            return Err(Errno::ENOENT);
+        }
+        let ino = self.inner.inodes.lock().version_ino(child, rec.id);
+        Ok(self.version_attr(ino, &rec))
+    }
+
+    fn new_attrs(req: &Request, mode: u32, umask: u32) -> Attrs {
+        let now = Timestamp::now();
+        Attrs { mode: mode & !umask & 0o7777, uid: req.uid(), gid: req.gid(), mtime: now, atime: now }
+    }
+
+    /// Creates a new entry under `parent` and returns its inode attributes.
+    fn create_entry(&self, parent: INodeNo, name: &OsStr, attrs: Attrs, content: Content) -> FsResult<FileAttr> {
+        let (dir, dstate) = self.dir(parent)?;
+        let name = name_bytes(name)?;
+        if e(self.repo().lookup(dir, &name))?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let mut attrs = attrs;
+        // setgid directories pass their group on, as on ext4.
+        if dstate.record().attrs.mode & 0o2000 != 0 {
+            attrs.gid = dstate.record().attrs.gid;
+            if content.is_dir() {
+                attrs.mode |= 0o2000;
+            }
+        }
+        let is_dir = content.is_dir();
+        let id = EntryId::random();
+        let draft = Draft { location: vec![Link { parent: dir, name }], attrs, content };
+        let st = e(self.repo().commit(vec![(id, draft), self.touched(dir)?]))?.remove(0);
+        if is_dir {
+            self.forget_subdirs(&[dir]);
+        }
+        let ino = self.inner.inodes.lock().entry_ino(id);
+        self.entry_attr(ino, &st)
+    }
+
+    /// A directory's mtime follows changes to its names, as on any POSIX filesystem;
+    /// the directory's new version goes into the same batch as the change itself.
+    fn touched(&self, dir: EntryId) -> FsResult<(EntryId, Draft)> {
+        let mut d = e(self.repo().get(dir))?.draft();
+        d.attrs.mtime = Timestamp::now();
+        Ok((dir, d))
+    }
+
+    fn dirty_entry(&self, entry: EntryId, fallback: Option<(&Arc<ChunkList>, u64)>) -> FsResult<Arc<Mutex<DirtyEntry>>> {
+        let mut map = self.inner.dirty.lock();
+        if let Some(d) = map.get(&entry) {
+            return Ok(d.clone());
+        }
+        let s = e(self.repo().get(entry))?;
+        let (list, size) = match (&s.record().content, fallback) {
+            (Content::File { size, manifest }, _) => (e(self.repo().chunk_list(*manifest))?, *size),
+            (Content::Tombstone, Some((l, size))) => (l.clone(), size),
+            (Content::Dir, _) => return Err(Errno::EISDIR),
+            _ => return Err(Errno::EINVAL),
+        };
+        let spill = self.repo().data_dir().spill_dir().join(entry.to_hex());
+        let d = Arc::new(Mutex::new(DirtyEntry {
+            file: DirtyFile::new(list, size, spill, s.record().attrs.mtime),
+            last_write: Instant::now(),
+        }));
+        map.insert(entry, d.clone());
+        Ok(d)
+    }
+
+    /// Commits an entry's pending writes (if any) plus `edit` as one version.
+    fn commit_entry(&self, entry: EntryId, edit: impl FnOnce(&mut Draft)) -> FsResult<Arc<EntryState>> {
+        let dirty = self.inner.dirty.lock().get(&entry).cloned();
+        let mut guard = dirty.as_ref().map(|d| d.lock());
+        let state = e(self.repo().get(entry))?;
+        if !state.is_alive() {
+            return Ok(state); // deleted while open: stays deleted
+        }
+        let mut draft = state.draft();
+        let mut wrote = false;
+        if let Some(g) = guard.as_mut() {
+            if g.file.is_dirty() {
+                let (size, manifest) = e(g.file.commit_content(self.repo()))?;
+                draft.content = Content::File { size, manifest };
+                draft.attrs.mtime = g.file.mtime;
+                wrote = true;
+            }
+        }
+        edit(&mut draft);
+        let st = e(self.repo().commit(vec![(entry, draft)]))?.remove(0);
+        if wrote {
+            if let Some(g) = guard.as_mut() {
+                g.file.committed();
+            }
+            tracing::debug!(entry = %entry, version = %st.head.id, "committed file content");
+        }
+        Ok(st)
+    }
+
+    fn handle_commit(&self, ino: INodeNo) -> FsResult<()> {
+        if let Target::Entry(entry) = self.target(ino)? {
+            let has_dirty = match self.inner.dirty.lock().get(&entry) {
+                Some(d) => d.lock().file.is_dirty(),
+                None => false,
+            };
+            if has_dirty {
+                self.commit_entry(entry, |_| {})?;
+            }
+        }
+        Ok(())
+    }
+
+    fn open_handle(&self, ino: INodeNo, flags: OpenFlags) -> FsResult<u64> {
+        let writable = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
+        let (snapshot, size) = match self.target(ino)? {
+            Target::Version(_, v) => {
+                if writable {
+                    return Err(Errno::EROFS);
+                }
+                match self.load_version(v)?.record.content {
+                    Content::File { size, manifest } => (e(self.repo().chunk_list(manifest))?, size),
+                    _ => return Err(Errno::EINVAL),
+                }
+            }
+            Target::Entry(entry) => {
+                let s = self.live(entry)?;
+                let (list, size) = match &s.record().content {
+                    Content::File { size, manifest } => (e(self.repo().chunk_list(*manifest))?, *size),
+                    Content::Dir => return Err(Errno::EISDIR),
+                    _ => (Arc::new(ChunkList::default()), 0),
+                };
+                *self.inner.open_count.lock().entry(entry).or_default() += 1;
+                (list, size)
+            }
+        };
+        let fh = self.inner.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.inner.handles.lock().insert(fh, Handle { ino: ino.0, kind: HandleKind::File { snapshot, size, writable } });
+        Ok(fh)
+    }
+
+    fn do_read(&self, ino: INodeNo, fh: FileHandle, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let (snapshot, snap_size) = match self.inner.handles.lock().get(&fh.0) {
+            Some(Handle { kind: HandleKind::File { snapshot, size, .. }, .. }) => (snapshot.clone(), *size),
+            _ => return Err(Errno::EBADF),
+        };
+        let mut out = Vec::with_capacity(size as usize);
+        if let Target::Entry(entry) = self.target(ino)? {
+            let dirty = self.inner.dirty.lock().get(&entry).cloned();
+            if let Some(d) = dirty {
+                let g = d.lock();
+                e(g.file.read(self.repo(), offset, size as u64, &mut out))?;
+                return Ok(out);
+            }
+        }
+        let len = (size as u64).min(snap_size.saturating_sub(offset));
+        e(self.repo().read_chunks(&snapshot, offset, len, &mut out))?;
+        Ok(out)
+    }
+
+    fn do_write(&self, ino: INodeNo, fh: FileHandle, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let entry = self.entry_of(ino)?;
+        let (snapshot, snap_size) = match self.inner.handles.lock().get(&fh.0) {
+            Some(Handle { kind: HandleKind::File { snapshot, size, writable: true }, .. }) => (snapshot.clone(), *size),
+            Some(_) => return Err(Errno::EBADF),
+            None => return Err(Errno::EBADF),
+        };
+        let d = self.dirty_entry(entry, Some((&snapshot, snap_size)))?;
+        let mut g = d.lock();
+        e(g.file.write(offset, data))?;
+        g.last_write = Instant::now();
+        Ok(data.len() as u32)
+    }
+
+    fn do_setattr(&self, ino: INodeNo, mode: Option<u32>, uid: Option<u32>, gid: Option<u32>, size: Option<u64>, atime: Option<TimeOrNow>, mtime: Option<TimeOrNow>, fh: Option<FileHandle>) -> FsResult<FileAttr> {
+        let entry = self.entry_of(ino)?;
+        let s = e(self.repo().get(entry))?;
+        if let Some(size) = size {
+            if s.record().content.is_dir() {
+                return Err(Errno::EISDIR);
+            }
+            if !matches!(s.record().content, Content::File { .. } | Content::Tombstone) {
+                return Err(Errno::EINVAL);
+            }
+            let snap = fh.and_then(|fh| match self.inner.handles.lock().get(&fh.0) {
+                Some(Handle { kind: HandleKind::File { snapshot, size, .. }, .. }) => Some((snapshot.clone(), *size)),
+                _ => None,
+            });
+            let d = self.dirty_entry(entry, snap.as_ref().map(|(l, s)| (l, *s)))?;
+            let mut g = d.lock();
+            e(g.file.truncate(size))?;
+            g.last_write = Instant::now();
+        }
+        let attrs_change = mode.is_some() || uid.is_some() || gid.is_some() || atime.is_some() || mtime.is_some();
+        if attrs_change || (size.is_some() && fh.is_none()) {
+            let (atime, mtime) = (time_of(atime), time_of(mtime));
+            let st = self.commit_entry(entry, |d| {
+                if let Some(m) = mode {
+                    d.attrs.mode = m & 0o7777;
+                }
+                if let Some(u) = uid {
+                    d.attrs.uid = u;
+                }
+                if let Some(g) = gid {
+                    d.attrs.gid = g;
+                }
+                if let Some(t) = atime {
+                    d.attrs.atime = t;
+                }
+                if let Some(t) = mtime {
+                    d.attrs.mtime = t;
+                }
+                // chown by anyone clears set-id bits, as the kernel does on ext4.
+                if (uid.is_some() || gid.is_some()) && mode.is_none() && !d.content.is_dir() {
+                    d.attrs.mode &= !0o6000;
+                }
+            })?;
+            if let Some(t) = mtime {
+                if let Some(d) = self.inner.dirty.lock().get(&entry) {
+                    d.lock().file.mtime = t;
+                }
+            }
+            return self.entry_attr(ino.0, &st);
+        }
+        self.attr(ino)
+    }
+
+    fn remove(&self, parent: INodeNo, name: &OsStr, want_dir: bool) -> FsResult<()> {
+        let (dir, _) = self.dir(parent)?;
+        let name = name_bytes(name)?;
+        let child = e(self.repo().lookup(dir, &name))?.ok_or(Errno::ENOENT)?;
+        let s = self.live(child)?;
+        let is_dir = s.record().content.is_dir();
+        match (want_dir, is_dir) {
+            (true, false) => return Err(Errno::ENOTDIR),
+            (false, true) => return Err(Errno::EISDIR),
+            _ => {}
+        }
+        if is_dir && e(self.repo().has_children(child))? {
+            return Err(Errno::ENOTEMPTY);
+        }
+        let link = Link { parent: dir, name };
+        let draft = without_link(&s, &link);
+        e(self.repo().commit(vec![(child, draft), self.touched(dir)?]))?;
+        if is_dir {
+            self.forget_subdirs(&[dir]);
+        }
+        Ok(())
+    }
+
+    fn do_rename(&self, parent: INodeNo, name: &OsStr, newparent: INodeNo, newname: &OsStr, flags: RenameFlags) -> FsResult<()> {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return Err(Errno::EINVAL);
+        }
+        let (sdir, _) = self.dir(parent)?;
+        let (ddir, _) = self.dir(newparent)?;
+        let (name, newname) = (name_bytes(name)?, name_bytes(newname)?);
+        let src = e(self.repo().lookup(sdir, &name))?.ok_or(Errno::ENOENT)?;
+        let dst = e(self.repo().lookup(ddir, &newname))?;
+        if dst.is_some() && flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            return Err(Errno::EEXIST);
+        }
+        if dst == Some(src) {
+            return Ok(()); // two links of one file: POSIX says do nothing
+        }
+        // Commit pending writes first, so what moves is what was written.
+        self.handle_commit_entry(src)?;
+        let s = self.live(src)?;
+        let src_is_dir = s.record().content.is_dir();
+        if src_is_dir && e(self.repo().is_ancestor(src, ddir))? {
+            return Err(Errno::EINVAL);
+        }
+        let src_link = Link { parent: sdir, name };
+        let dst_link = Link { parent: ddir, name: newname };
+        let mut changes = Vec::new();
+        let mut adopt = None;
+        if let Some(dst) = dst {
+            self.handle_commit_entry(dst)?;
+            let d = self.live(dst)?;
+            let dst_is_dir = d.record().content.is_dir();
+            match (src_is_dir, dst_is_dir) {
+                (false, true) => return Err(Errno::EISDIR),
+                (true, false) => return Err(Errno::ENOTDIR),
+                (true, true) if e(self.repo().has_children(dst))? => return Err(Errno::ENOTEMPTY),
+                _ => {}
+            }
+            let atomic_save = matches!(s.record().content, Content::File { .. })
+                && matches!(d.record().content, Content::File { .. })
+                && s.record().location.len() == 1
+                && d.record().location.len() == 1;
+            if atomic_save {
+                // Editor-style save: the target keeps its identity and history and
+                // gets the new content; the temporary entry simply ends.
+                let mut nd = d.draft();
+                nd.content = s.record().content.clone();
+                nd.attrs = s.record().attrs;
+                changes.push((dst, nd));
+                changes.push((src, without_link(&s, &src_link)));
+                adopt = Some(dst);
+            } else {
+                changes.push((dst, without_link(&d, &dst_link)));
+            }
+        }
+        if adopt.is_none() {
+            let mut nd = s.draft();
+            nd.location.retain(|l| l != &src_link);
+            nd.location.push(dst_link);
+            changes.push((src, nd));
+        }
+        changes.push(self.touched(sdir)?);
+        if ddir != sdir {
+            changes.push(self.touched(ddir)?);
+        }
+        e(self.repo().commit(changes))?;
+        if let Some(dst) = adopt {
+            let mut inodes = self.inner.inodes.lock();
+            let src_ino = inodes.entry_ino(src);
+            inodes.adopt(dst, src_ino);
+            // Pending write-back state of the source now belongs to the target.
+            let mut dirty = self.inner.dirty.lock();
+            if let Some(d) = dirty.remove(&src) {
+                dirty.insert(dst, d);
+            }
+            let mut oc = self.inner.open_count.lock();
+            if let Some(n) = oc.remove(&src) {
+                *oc.entry(dst).or_default() += n;
+            }
+        }
+        self.forget_subdirs(&[sdir, ddir]);
+        Ok(())
+    }
+
+    fn handle_commit_entry(&self, entry: EntryId) -> FsResult<()> {
+        let ino = self.inner.inodes.lock().entry_ino(entry);
+        self.handle_commit(INodeNo(ino))
+    }
+
+    fn do_link(&self, ino: INodeNo, newparent: INodeNo, newname: &OsStr) -> FsResult<FileAttr> {
+        let entry = self.entry_of(ino)?;
+        let (dir, _) = self.dir(newparent)?;
+        let newname = name_bytes(newname)?;
+        let s = self.live(entry)?;
+        if s.record().content.is_dir() {
+            return Err(Errno::EPERM);
+        }
+        if e(self.repo().lookup(dir, &newname))?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let touched = self.touched(dir)?;
+        let st = self.commit_entry(entry, |d| d.location.push(Link { parent: dir, name: newname }))?;
+        e(self.repo().commit(vec![touched]))?;
+        self.entry_attr(ino.0, &st)
+    }
+
+    fn do_opendir(&self, ino: INodeNo) -> FsResult<u64> {
+        let (dir, s) = self.dir(ino)?;
+        let parent_ino = match s.record().location.first() {
+            Some(l) => self.inner.inodes.lock().entry_ino(l.parent),
+            None => ROOT_INO,
+        };
+        let mut listing = vec![(b".".to_vec(), ino.0, FileType::Directory), (b"..".to_vec(), parent_ino, FileType::Directory)];
+        for (name, child) in e(self.repo().children(dir))? {
+            let cs = e(self.repo().get(child))?;
+            let cino = self.inner.inodes.lock().entry_ino(child);
+            listing.push((name, cino, file_type(&cs.record().content)));
+        }
+        let fh = self.inner.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.inner.handles.lock().insert(fh, Handle { ino: ino.0, kind: HandleKind::Dir { listing } });
+        Ok(fh)
+    }
+
+    fn release_handle(&self, fh: FileHandle) -> FsResult<()> {
+        let h = self.inner.handles.lock().remove(&fh.0);
+        let Some(h) = h else { return Ok(()) };
+        let result = self.handle_commit(INodeNo(h.ino));
+        let target = self.inner.inodes.lock().get(h.ino);
+        if let (HandleKind::File { .. }, Some(Target::Entry(entry))) = (&h.kind, target) {
+            let last = {
+                let mut oc = self.inner.open_count.lock();
+                let n = oc.entry(entry).or_insert(1);
+                *n -= 1;
+                let last = *n == 0;
+                if last {
+                    oc.remove(&entry);
+                }
+                last
+            };
+            if last {
+                // Drop write-back state once nothing is pending — or nothing can be
+                // (the file was deleted while open: its data goes with it, as POSIX says).
+                let deleted = self.repo().get(entry).map(|s| !s.is_alive()).unwrap_or(true);
+                let mut dirty = self.inner.dirty.lock();
+                let drop_it = dirty.get(&entry).map(|d| deleted || !d.lock().file.is_dirty()).unwrap_or(false);
+                if drop_it {
+                    dirty.remove(&entry);
+                }
+            }
+        }
+        result
+    }
+}
+
+fn without_link(s: &EntryState, link: &Link) -> Draft {
+    let mut d = s.draft();
+    d.location.retain(|l| l != link);
+    if d.location.is_empty() {
+        d.content = Content::Tombstone;
+    }
+    d
+}
+
+fn reply_attr(r: FsResult<FileAttr>, ttl: Duration, reply: ReplyAttr) {
+    match r {
+        Ok(a) => reply.attr(&ttl, &a),
+        Err(err) => reply.error(err),
+    }
+}
+
+fn reply_entry(r: FsResult<FileAttr>, ttl: Duration, reply: ReplyEntry) {
+    match r {
+        Ok(a) => reply.entry(&ttl, &a, Generation(0)),
+        Err(err) => reply.error(err),
+    }
+}
+
+fn reply_empty(r: FsResult<()>, reply: ReplyEmpty) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(err) => reply.error(err),
+    }
+}
+
+impl Filesystem for DistriboxFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        self.flush_all();
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        reply_entry(self.do_lookup(parent, name), self.inner.opts.ttl, reply)
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        reply_attr(self.attr(ino), self.inner.opts.ttl, reply)
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply_attr(self.do_setattr(ino, mode, uid, gid, size, atime, mtime, fh), self.inner.opts.ttl, reply)
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let r = match self.target(ino) {
+            Ok(Target::Entry(entry)) => self.live(entry).map(|s| s.record().content.clone()),
+            Ok(Target::Version(_, v)) => self.load_version(v).map(|r| r.record.content),
+            Err(err) => Err(err),
+        };
+        match r {
+            Ok(Content::Symlink { target }) => reply.data(&target),
+            Ok(_) => reply.error(Errno::EINVAL),
+            Err(err) => reply.error(err),
+        }
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFREG | 0 => None,
+            libc::S_IFIFO => Some(SpecialKind::Fifo),
+            libc::S_IFSOCK => Some(SpecialKind::Socket),
+            libc::S_IFCHR => Some(SpecialKind::CharDevice),
+            libc::S_IFBLK => Some(SpecialKind::BlockDevice),
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let content = match kind {
+            None => Content::File { size: 0, manifest: None },
+            Some(kind) => Content::Special { kind, rdev: rdev as u64 },
+        };
+        reply_entry(self.create_entry(parent, name, Self::new_attrs(req, mode, umask), content), self.inner.opts.ttl, reply)
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        reply_entry(self.create_entry(parent, name, Self::new_attrs(req, mode, umask), Content::Dir), self.inner.opts.ttl, reply)
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(self.remove(parent, name, false), reply)
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(self.remove(parent, name, true), reply)
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let content = Content::Symlink { target: target.as_os_str().as_bytes().to_vec() };
+        reply_entry(self.create_entry(parent, link_name, Self::new_attrs(req, 0o777, 0), content), self.inner.opts.ttl, reply)
+    }
+
+    fn rename(&self, _req: &Request, parent: INodeNo, name: &OsStr, newparent: INodeNo, newname: &OsStr, flags: RenameFlags, reply: ReplyEmpty) {
+        reply_empty(self.do_rename(parent, name, newparent, newname, flags), reply)
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        reply_entry(self.do_link(ino, newparent, newname), self.inner.opts.ttl, reply)
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.open_handle(ino, flags) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(err) => reply.error(err),
+        }
+    }
+
+    fn read(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, size: u32, _flags: OpenFlags, _lock: Option<LockOwner>, reply: ReplyData) {
+        match self.do_read(ino, fh, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(err) => reply.error(err),
+        }
+    }
+
+    fn write(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, data: &[u8], _wf: WriteFlags, _flags: OpenFlags, _lock: Option<LockOwner>, reply: ReplyWrite) {
+        match self.do_write(ino, fh, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(err) => reply.error(err),
+        }
+    }
+
+    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock: LockOwner, reply: ReplyEmpty) {
+        reply_empty(self.handle_commit(ino), reply)
+    }
+
+    fn release(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, _lock: Option<LockOwner>, _flush: bool, reply: ReplyEmpty) {
+        reply_empty(self.release_handle(fh), reply)
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply_empty(self.handle_commit(ino).and_then(|_| e(self.repo().sync())), reply)
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.do_opendir(ino) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(err) => reply.error(err),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let handles = self.inner.handles.lock();
+        let Some(Handle { kind: HandleKind::Dir { listing }, .. }) = handles.get(&fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        for (i, (name, ino, kind)) in listing.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, OsStr::from_bytes(name)) {
+                break;
+            }
+        }
+        reply.ok()
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.inner.handles.lock().remove(&fh.0);
+        reply.ok()
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply_empty(e(self.repo().sync()), reply)
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let path = std::ffi::CString::new(self.repo().data_dir().root.as_os_str().as_bytes()).unwrap_or_default();
+        // SAFETY: statvfs writes into a zeroed struct we own; path is NUL-terminated.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return reply.error(Errno::EIO);
+        }
+        reply.statfs(st.f_blocks, st.f_bfree, st.f_bavail, st.f_files, st.f_ffree, st.f_bsize as u32, 255, st.f_frsize as u32)
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let r = self.attr(ino).and_then(|a| {
+            if mask.contains(AccessFlags::W_OK) && matches!(self.target(ino), Ok(Target::Version(..))) {
+                return Err(Errno::EROFS);
+            }
+            if req.uid() == 0 || mask.is_empty() {
+                return Ok(());
+            }
+            let bits = if req.uid() == a.uid {
+                (a.perm >> 6) & 7
+            } else if req.gid() == a.gid {
+                (a.perm >> 3) & 7
+            } else {
+                a.perm & 7
+            };
+            let need = (mask.bits() & 7) as u16;
+            if bits & need == need {
+                Ok(())
+            } else {
+                Err(Errno::EACCES)
+            }
+        });
+        reply_empty(r, reply)
+    }
+
+    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
+        let r = self
+            .create_entry(parent, name, Self::new_attrs(req, mode, umask), Content::File { size: 0, manifest: None })
+            .and_then(|attr| Ok((attr, self.open_handle(attr.ino, OpenFlags(flags))?)));
+        match r {
+            Ok((attr, fh)) => reply.created(&self.inner.opts.ttl, &attr, Generation(0), FileHandle(fh), FopenFlags::empty()),
+            Err(err) => reply.error(err),
+        }
+    }
+
+    fn fallocate(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        if mode != 0 {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
+        let r = self.attr(ino).and_then(|a| {
+            if offset + length > a.size {
+                self.do_setattr(ino, None, None, None, Some(offset + length), None, None, Some(fh)).map(|_| ())
+            } else {
+                Ok(())
+            }
+        });
+        reply_empty(r, reply)
+    }
+}
+
+/// Errno numbers for tests and logs.
+pub fn describe(err: Errno) -> i32 {
+    err.code()
+}
+
+#[allow(unused)]
+fn assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<DistriboxFs>();
+    let _ = VersionRecord::clone;
+}

@@ -1,0 +1,56 @@
+//! Hybrid logical clock: wall-clock nanoseconds plus a counter, so timestamps stay
+//! close to real time yet never go backwards on one node, even if the wall clock does.
+
+use serde::{Deserialize, Serialize};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A point in hybrid logical time. Ordered by (wall, counter).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Hlc {
+    /// Nanoseconds since the Unix epoch (the physical part).
+    pub wall_ns: u64,
+    /// Tie breaker when the physical part does not advance.
+    pub counter: u32,
+}
+
+impl Hlc {
+    /// The next timestamp after `last`, given the current wall clock.
+    pub fn tick(last: Hlc, now_ns: u64) -> Hlc {
+        if now_ns > last.wall_ns {
+            Hlc { wall_ns: now_ns, counter: 0 }
+        } else {
+            Hlc { wall_ns: last.wall_ns, counter: last.counter + 1 }
+        }
+    }
+
+    /// Merge a timestamp seen in a received record so later local ticks order after it.
+    pub fn observe(last: Hlc, seen: Hlc) -> Hlc {
+        last.max(seen)
+    }
+
+    pub fn system_time(&self) -> SystemTime {
+        UNIX_EPOCH + std::time::Duration::from_nanos(self.wall_ns)
+    }
+}
+
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_goes_backwards() {
+        let a = Hlc::tick(Hlc::default(), 100);
+        let b = Hlc::tick(a, 50);
+        let c = Hlc::tick(b, 50);
+        assert!(a < b && b < c);
+        let d = Hlc::tick(c, 200);
+        assert_eq!(d, Hlc { wall_ns: 200, counter: 0 });
+    }
+}

@@ -1,0 +1,257 @@
+//! Write-back state of a file being written: the committed chunk list it started
+//! from plus the bytes written since, kept in a sparse spill file on disk.
+//!
+//! Why a spill file: patching 1 MiB in the middle of a 4 GiB file must neither copy
+//! the file nor hold it in memory. Written ranges go to the spill file at their own
+//! offsets; everything else is still read from the base chunks. On commit only the
+//! region from the first changed chunk up to the point where the new cut points meet
+//! the old ones again is re-chunked (FastCDC cut points depend only on the content
+//! from the previous cut, so past that point the old chunks are reused as they are).
+
+use super::{Repo, Result};
+use crate::chunking::{self, ChunkList};
+use crate::model::{ChunkId, Timestamp};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Dirty state of one file entry.
+pub struct DirtyFile {
+    /// The chunk list of the version these writes apply to.
+    base: Arc<ChunkList>,
+    /// Base bytes at or past this offset are gone (a truncate cut them); reads there
+    /// give zeros unless rewritten.
+    base_valid: u64,
+    /// Current logical size.
+    pub size: u64,
+    /// Written ranges, start → end, non-overlapping and non-adjacent.
+    ranges: BTreeMap<u64, u64>,
+    spill: Option<File>,
+    spill_path: PathBuf,
+    /// mtime to record with the next commit.
+    pub mtime: Timestamp,
+    /// Content was chunked into `base` but its version is not committed yet (the
+    /// record write failed, e.g. disk full): the next commit must still record it.
+    pending: bool,
+}
+
+impl DirtyFile {
+    pub fn new(base: Arc<ChunkList>, size: u64, spill_path: PathBuf, mtime: Timestamp) -> Self {
+        let base_valid = base.len_bytes().min(size);
+        DirtyFile { base, base_valid, size, ranges: BTreeMap::new(), spill: None, spill_path, mtime, pending: false }
+    }
+
+    /// True if there is anything to commit.
+    pub fn is_dirty(&self) -> bool {
+        self.pending || !self.ranges.is_empty() || self.base_valid < self.base.len_bytes() || self.size != self.base.len_bytes()
+    }
+
+    fn spill(&mut self) -> Result<&File> {
+        if self.spill.is_none() {
+            let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&self.spill_path)?;
+            self.spill = Some(f);
+        }
+        Ok(self.spill.as_ref().expect("just set"))
+    }
+
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.spill()?.write_all_at(data, offset)?;
+        let end = offset + data.len() as u64;
+        self.add_range(offset, end);
+        self.size = self.size.max(end);
+        self.mtime = Timestamp::now();
+        Ok(())
+    }
+
+    fn add_range(&mut self, mut start: u64, mut end: u64) {
+        // Merge with every range that overlaps or touches [start, end).
+        let touching: Vec<(u64, u64)> = self
+            .ranges
+            .range(..=end)
+            .rev()
+            .take_while(|(_, &e)| e >= start)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (s, e) in touching {
+            self.ranges.remove(&s);
+            start = start.min(s);
+            end = end.max(e);
+        }
+        self.ranges.insert(start, end);
+    }
+
+    pub fn truncate(&mut self, size: u64) -> Result<()> {
+        if size < self.size {
+            let cut: Vec<(u64, u64)> = self.ranges.range(..).filter(|(_, &e)| e > size).map(|(&s, &e)| (s, e)).collect();
+            for (s, _) in cut {
+                let e = self.ranges.remove(&s).expect("listed above");
+                if s < size {
+                    self.ranges.insert(s, size.min(e));
+                }
+            }
+            self.base_valid = self.base_valid.min(size);
+            if let Some(f) = &self.spill {
+                f.set_len(size)?;
+            }
+        }
+        self.size = size;
+        self.mtime = Timestamp::now();
+        Ok(())
+    }
+
+    /// Next segment starting at `pos`: (end, source) where source says where its bytes
+    /// come from.
+    fn segment(&self, pos: u64) -> (u64, Source) {
+        if let Some((&s, &e)) = self.ranges.range(..=pos).next_back() {
+            if pos < e {
+                return (e, Source::Spill);
+            }
+            debug_assert!(s <= pos);
+        }
+        let next_dirty = self.ranges.range(pos..).next().map(|(&s, _)| s).unwrap_or(u64::MAX);
+        if pos < self.base_valid {
+            (self.base_valid.min(next_dirty), Source::Base)
+        } else {
+            (self.size.min(next_dirty), Source::Zero)
+        }
+    }
+
+    /// Reads `[offset, offset + len)` of the current logical content into `out`.
+    pub fn read(&self, repo: &Repo, offset: u64, len: u64, out: &mut Vec<u8>) -> Result<()> {
+        let end = (offset + len).min(self.size);
+        let mut pos = offset;
+        while pos < end {
+            let (seg_end, src) = self.segment(pos);
+            let to = seg_end.min(end);
+            match src {
+                Source::Spill => {
+                    let start = out.len();
+                    out.resize(start + (to - pos) as usize, 0);
+                    let f = self.spill.as_ref().expect("a dirty range implies a spill file");
+                    f.read_exact_at(&mut out[start..], pos)?;
+                }
+                Source::Base => repo.read_chunks(&self.base, pos, to - pos, out)?,
+                Source::Zero => out.resize(out.len() + (to - pos) as usize, 0),
+            }
+            pos = to;
+        }
+        Ok(())
+    }
+
+    /// The version holding the last `commit_content` result is durable.
+    pub fn committed(&mut self) {
+        self.pending = false;
+    }
+
+    /// Chunks what changed, stores the new chunks and manifest, and makes the result
+    /// the new base. Returns the new (size, manifest root).
+    pub fn commit_content(&mut self, repo: &Repo) -> Result<(u64, Option<ChunkId>)> {
+        let base = self.base.clone();
+        let base_len = base.len_bytes();
+        let tail_changed = self.base_valid < base_len || self.size != base_len;
+        let first_dirty = self.ranges.keys().next().copied();
+        let first_change = match (first_dirty, tail_changed) {
+            (Some(d), true) => d.min(self.base_valid),
+            (Some(d), false) => d,
+            (None, true) => self.base_valid,
+            (None, false) => {
+                self.pending = true;
+                return Ok((self.size, current_root(repo, &base)?));
+            }
+        };
+        let last_change_end = if tail_changed { self.size } else { self.ranges.values().copied().max().unwrap_or(0) };
+        // Restart chunking at the start of the chunk holding the first change (or the
+        // last chunk, whose end was cut by EOF rather than content, when appending).
+        let restart_idx = match base.index_at(first_change) {
+            Some(i) => i,
+            None => base.refs().len().saturating_sub(1),
+        };
+        let restart = if base.refs().is_empty() { 0 } else { base.start(restart_idx) };
+        let mut refs: Vec<chunking::ChunkRef> = base.refs()[..restart_idx.min(base.refs().len())].to_vec();
+        let reader = LogicalReader { file: self, repo, pos: restart, end: self.size, buf: Vec::new(), buf_pos: 0 };
+        let mut pos = restart;
+        for c in chunking::split(reader) {
+            let (r, bytes) = c?;
+            repo.store().put_chunk(r.id, &bytes)?;
+            refs.push(r);
+            pos += r.len as u64;
+            if pos >= last_change_end && pos < self.size && !tail_changed {
+                if let Some(j) = base.boundary_at(pos) {
+                    refs.extend_from_slice(&base.refs()[j..]);
+                    break;
+                }
+            }
+        }
+        let root = repo.store_manifest(&refs)?;
+        let list = ChunkList::new(refs);
+        debug_assert_eq!(list.len_bytes(), self.size);
+        self.base = Arc::new(list);
+        self.base_valid = self.size;
+        self.ranges.clear();
+        self.pending = true;
+        if let Some(f) = self.spill.take() {
+            drop(f);
+            let _ = std::fs::remove_file(&self.spill_path);
+        }
+        Ok((self.size, root))
+    }
+}
+
+impl Drop for DirtyFile {
+    fn drop(&mut self) {
+        if self.spill.take().is_some() {
+            let _ = std::fs::remove_file(&self.spill_path);
+        }
+    }
+}
+
+fn current_root(repo: &Repo, list: &ChunkList) -> Result<Option<ChunkId>> {
+    repo.store_manifest(list.refs())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    Spill,
+    Base,
+    Zero,
+}
+
+/// Streams the logical content of a dirty file for re-chunking.
+struct LogicalReader<'a> {
+    file: &'a DirtyFile,
+    repo: &'a Repo,
+    pos: u64,
+    end: u64,
+    buf: Vec<u8>,
+    buf_pos: usize,
+}
+
+impl Read for LogicalReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.buf_pos >= self.buf.len() {
+            if self.pos >= self.end {
+                return Ok(0);
+            }
+            let want = (self.end - self.pos).min(256 * 1024);
+            self.buf.clear();
+            self.buf_pos = 0;
+            self.file
+                .read(self.repo, self.pos, want, &mut self.buf)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            self.pos += self.buf.len() as u64;
+            if self.buf.is_empty() {
+                return Ok(0);
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.buf_pos);
+        out[..n].copy_from_slice(&self.buf[self.buf_pos..self.buf_pos + n]);
+        self.buf_pos += n;
+        Ok(n)
+    }
+}

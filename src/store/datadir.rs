@@ -1,0 +1,195 @@
+//! The data dir: format marker, node key, single-node lock, and where everything lives.
+//!
+//! Layout: `FORMAT` (text: `distribox-data-dir <N>`), `node.key` (Ed25519 secret,
+//! mode 0600), `node.lock` (flock'd by the running node; holds its pid), `db/`
+//! (RocksDB), `spill/` (write-back staging of open files), `control.sock`, `node.log`.
+
+use ed25519_dalek::SigningKey;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// On-disk format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+const FORMAT_MAGIC: &str = "distribox-data-dir";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error("data dir {path} is not initialised; run `distribox init` (or `distribox mount`, which initialises it)")]
+    NotInitialised { path: PathBuf },
+    #[error("data dir {path} was written by a newer Distribox (format {found}); this build reads format {FORMAT_VERSION} — upgrade distribox")]
+    NewerFormat { path: PathBuf, found: u32 },
+    #[error("{path} is not a Distribox data dir (unrecognised FORMAT file)")]
+    Unrecognised { path: PathBuf },
+    #[error("data dir {path} is in use by another running node{}; stop it first (`distribox unmount`)", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    Locked { path: PathBuf, pid: Option<u32> },
+    #[error("data dir {path} is not empty and holds no Distribox data; choose another --data-dir")]
+    NotEmpty { path: PathBuf },
+    #[error("node key {path} is damaged (expected 32 bytes)")]
+    BadKey { path: PathBuf },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, DataDirError>;
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
+    move |source| DataDirError::Io { path: path.to_path_buf(), source }
+}
+
+/// Paths inside one data dir.
+#[derive(Clone, Debug)]
+pub struct DataDir {
+    pub root: PathBuf,
+}
+
+/// Held while a node runs; dropping it releases the data dir.
+pub struct DataDirLock {
+    _file: File,
+}
+
+impl DataDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        DataDir { root: root.into() }
+    }
+    pub fn db_path(&self) -> PathBuf {
+        self.root.join("db")
+    }
+    pub fn spill_dir(&self) -> PathBuf {
+        self.root.join("spill")
+    }
+    pub fn control_socket(&self) -> PathBuf {
+        self.root.join("control.sock")
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.root.join("node.log")
+    }
+    fn format_path(&self) -> PathBuf {
+        self.root.join("FORMAT")
+    }
+    fn key_path(&self) -> PathBuf {
+        self.root.join("node.key")
+    }
+    fn lock_path(&self) -> PathBuf {
+        self.root.join("node.lock")
+    }
+
+    /// Checks the format marker without changing anything.
+    pub fn check(&self) -> Result<()> {
+        let path = self.format_path();
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(DataDirError::NotInitialised { path: self.root.clone() })
+            }
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let found = text
+            .trim()
+            .strip_prefix(FORMAT_MAGIC)
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .ok_or_else(|| DataDirError::Unrecognised { path: self.root.clone() })?;
+        if found > FORMAT_VERSION {
+            return Err(DataDirError::NewerFormat { path: self.root.clone(), found });
+        }
+        Ok(())
+    }
+
+    pub fn is_initialised(&self) -> bool {
+        self.format_path().exists()
+    }
+
+    /// Creates the data dir and a fresh node identity. Refuses a non-empty directory
+    /// that is not ours, and never touches an initialised one (returns Ok).
+    pub fn init(&self) -> Result<bool> {
+        if self.is_initialised() {
+            self.check()?;
+            return Ok(false);
+        }
+        if let Ok(mut rd) = fs::read_dir(&self.root) {
+            if rd.next().is_some() {
+                return Err(DataDirError::NotEmpty { path: self.root.clone() });
+            }
+        }
+        fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
+        fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700)).map_err(io_err(&self.root))?;
+        let key = SigningKey::from_bytes(&rand::random());
+        let kp = self.key_path();
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&kp).map_err(io_err(&kp))?;
+        f.write_all(&key.to_bytes()).and_then(|_| f.sync_all()).map_err(io_err(&kp))?;
+        // FORMAT last: its presence means "fully initialised".
+        let fp = self.format_path();
+        fs::write(&fp, format!("{FORMAT_MAGIC} {FORMAT_VERSION}\n")).map_err(io_err(&fp))?;
+        Ok(true)
+    }
+
+    pub fn load_key(&self) -> Result<SigningKey> {
+        let kp = self.key_path();
+        let mut buf = Vec::new();
+        File::open(&kp).and_then(|mut f| f.read_to_end(&mut buf)).map_err(io_err(&kp))?;
+        let bytes: [u8; 32] = buf.try_into().map_err(|_| DataDirError::BadKey { path: kp.clone() })?;
+        Ok(SigningKey::from_bytes(&bytes))
+    }
+
+    /// Pid of the node holding the lock, if any (without taking it).
+    pub fn running_pid(&self) -> Option<u32> {
+        let lp = self.lock_path();
+        let f = File::open(&lp).ok()?;
+        // SAFETY: flock on a valid fd we own.
+        let free = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
+        if free {
+            return None;
+        }
+        let pid = fs::read_to_string(&lp).ok()?.trim().parse().ok();
+        Some(pid.unwrap_or(0))
+    }
+
+    /// Takes the exclusive node lock, or says who holds it.
+    pub fn lock(&self) -> Result<DataDirLock> {
+        let lp = self.lock_path();
+        let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&lp).map_err(io_err(&lp))?;
+        // SAFETY: flock on a valid fd we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let pid = fs::read_to_string(&lp).ok().and_then(|s| s.trim().parse().ok());
+            return Err(DataDirError::Locked { path: self.root.clone(), pid });
+        }
+        f.set_len(0).map_err(io_err(&lp))?;
+        writeln!(f, "{}", std::process::id()).map_err(io_err(&lp))?;
+        Ok(DataDirLock { _file: f })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_then_check_then_lock_is_exclusive() {
+        let t = tempfile::tempdir().unwrap();
+        let d = DataDir::new(t.path().join("d"));
+        assert!(matches!(d.check(), Err(DataDirError::NotInitialised { .. })));
+        assert!(d.init().unwrap());
+        assert!(!d.init().unwrap());
+        d.check().unwrap();
+        let k1 = d.load_key().unwrap();
+        assert_eq!(k1.to_bytes(), d.load_key().unwrap().to_bytes());
+        let _l = d.lock().unwrap();
+        assert!(matches!(d.lock(), Err(DataDirError::Locked { .. })));
+        assert_eq!(d.running_pid(), Some(std::process::id()));
+    }
+
+    #[test]
+    fn newer_format_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let d = DataDir::new(t.path());
+        fs::write(t.path().join("FORMAT"), "distribox-data-dir 99\n").unwrap();
+        assert!(matches!(d.check(), Err(DataDirError::NewerFormat { found: 99, .. })));
+        assert!(d.init().is_err());
+    }
+}

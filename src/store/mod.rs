@@ -1,0 +1,371 @@
+//! RocksDB layout: chunks, records and the indexes derived from them.
+//!
+//! Owns: the column families, atomic write batches, integrity checks on read, the data
+//! dir's format marker and lock. Uses: nothing above it (ids come from `model`, which
+//! is a leaf module of plain types).
+//!
+//! Column families (keys big-endian so prefix scans are ordered):
+//! - `chunks`: chunk id → bytes (BlobDB: large values live in blob files)
+//! - `chunk_index`: chunk id → length (u32 LE). A small CF that answers "do we have
+//!   it?" without reading a blob; written in the same batch as the chunk.
+//! - `versions`: version id → signed record bytes
+//! - `by_author`: author ‖ seq → version id
+//! - `entries`: entry id → `EntryHeads`
+//! - `children`: parent entry id ‖ name → child entry id
+//! - `entry_versions`: entry id ‖ generation ‖ version id → () (history, `@vN` lookup)
+//! - `meta`: node identity, sequence counter, clock
+//!
+//! Write path (DESIGN.md): chunks first, each in its own small write (idempotent, order
+//! does not matter), then one atomic batch with the record and every index it touches.
+//! A crash between the two leaves unreferenced chunks, never a record without data.
+//! The WAL is on for everything, so whatever a write call returned survives a process
+//! kill; `sync()` (fsync) makes it survive power loss too.
+
+mod datadir;
+
+pub use datadir::{DataDir, DataDirError, FORMAT_VERSION};
+
+use crate::model::{ChunkId, EntryId, NodeId, VersionId};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+const CF_CHUNKS: &str = "chunks";
+const CF_CHUNK_INDEX: &str = "chunk_index";
+const CF_VERSIONS: &str = "versions";
+const CF_BY_AUTHOR: &str = "by_author";
+const CF_ENTRIES: &str = "entries";
+const CF_CHILDREN: &str = "children";
+const CF_ENTRY_VERSIONS: &str = "entry_versions";
+const CF_META: &str = "meta";
+const ALL_CFS: [&str; 8] =
+    [CF_CHUNKS, CF_CHUNK_INDEX, CF_VERSIONS, CF_BY_AUTHOR, CF_ENTRIES, CF_CHILDREN, CF_ENTRY_VERSIONS, CF_META];
+
+/// Leading byte of every value we bincode into the store.
+const VALUE_FORMAT: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the disk holding the data dir is full ({0})")]
+    NoSpace(String),
+    #[error("store I/O error during {op}: {source}")]
+    Db {
+        op: &'static str,
+        #[source]
+        source: rocksdb::Error,
+    },
+    #[error("chunk {chunk} is corrupt on disk (hash mismatch)")]
+    CorruptChunk { chunk: ChunkId },
+    #[error("chunk {chunk} is missing from the store")]
+    MissingChunk { chunk: ChunkId },
+    #[error("stored value under {what} does not decode: {detail}")]
+    CorruptValue { what: &'static str, detail: String },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+fn db_err(op: &'static str) -> impl FnOnce(rocksdb::Error) -> StoreError {
+    move |source| {
+        let msg = source.to_string();
+        if msg.contains("No space left") || msg.contains("ENOSPC") {
+            StoreError::NoSpace(msg)
+        } else {
+            StoreError::Db { op, source }
+        }
+    }
+}
+
+/// Heads of an entry: its versions no other version names as parent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryHeads {
+    /// (version, its generation): the generation is kept here so `@vN` of a head
+    /// needs no history scan.
+    pub heads: Vec<(VersionId, u64)>,
+}
+
+fn encode_value<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = vec![VALUE_FORMAT];
+    out.extend(
+        bincode::serde::encode_to_vec(v, bincode::config::standard())
+            .expect("encoding into a Vec cannot fail"),
+    );
+    out
+}
+
+fn decode_value<T: for<'de> Deserialize<'de>>(what: &'static str, b: &[u8]) -> Result<T> {
+    let bad = |detail: String| StoreError::CorruptValue { what, detail };
+    match b.split_first() {
+        Some((&VALUE_FORMAT, rest)) => bincode::serde::decode_from_slice(rest, bincode::config::standard())
+            .map(|(v, _)| v)
+            .map_err(|e| bad(e.to_string())),
+        Some((f, _)) => Err(bad(format!("unknown value format {f}"))),
+        None => Err(bad("empty value".into())),
+    }
+}
+
+fn child_key(parent: EntryId, name: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16 + name.len());
+    k.extend_from_slice(parent.as_bytes());
+    k.extend_from_slice(name);
+    k
+}
+
+fn entry_version_key(entry: EntryId, generation: u64, v: VersionId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16 + 8 + 32);
+    k.extend_from_slice(entry.as_bytes());
+    k.extend_from_slice(&generation.to_be_bytes());
+    k.extend_from_slice(v.as_bytes());
+    k
+}
+
+fn author_key(author: NodeId, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(40);
+    k.extend_from_slice(author.as_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The open RocksDB store. Cheap to share behind an `Arc`; all methods take `&self`.
+pub struct Store {
+    db: DB,
+}
+
+/// A set of index/record updates applied atomically by [`Store::write`].
+pub struct Batch<'a> {
+    store: &'a Store,
+    batch: WriteBatch,
+}
+
+impl Batch<'_> {
+    pub fn put_record(&mut self, id: VersionId, author: NodeId, seq: u64, bytes: &[u8]) {
+        self.batch.put_cf(self.store.cf(CF_VERSIONS), id.as_bytes(), bytes);
+        self.batch.put_cf(self.store.cf(CF_BY_AUTHOR), author_key(author, seq), id.as_bytes());
+    }
+    pub fn put_heads(&mut self, entry: EntryId, heads: &EntryHeads) {
+        self.batch.put_cf(self.store.cf(CF_ENTRIES), entry.as_bytes(), encode_value(heads));
+    }
+    pub fn put_child(&mut self, parent: EntryId, name: &[u8], child: EntryId) {
+        self.batch.put_cf(self.store.cf(CF_CHILDREN), child_key(parent, name), child.as_bytes());
+    }
+    pub fn delete_child(&mut self, parent: EntryId, name: &[u8]) {
+        self.batch.delete_cf(self.store.cf(CF_CHILDREN), child_key(parent, name));
+    }
+    pub fn put_entry_version(&mut self, entry: EntryId, generation: u64, v: VersionId) {
+        self.batch.put_cf(self.store.cf(CF_ENTRY_VERSIONS), entry_version_key(entry, generation, v), []);
+    }
+    pub fn put_meta(&mut self, key: &str, value: &[u8]) {
+        self.batch.put_cf(self.store.cf(CF_META), key.as_bytes(), value);
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the RocksDB store at `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // Bound memtables across all CFs so the node's RSS stays small even while a
+        // multi-GiB file streams in.
+        opts.set_db_write_buffer_size(64 << 20);
+        opts.set_max_background_jobs(2);
+        opts.set_keep_log_file_num(3);
+        let cfs = ALL_CFS.iter().map(|name| {
+            let mut o = Options::default();
+            if *name == CF_CHUNKS {
+                o.set_enable_blob_files(true);
+                o.set_min_blob_size(4096);
+                o.set_write_buffer_size(32 << 20);
+                o.set_enable_blob_gc(true);
+            } else {
+                o.set_write_buffer_size(8 << 20);
+            }
+            ColumnFamilyDescriptor::new(*name, o)
+        });
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(db_err("open"))?;
+        Ok(Store { db })
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db.cf_handle(name).expect("every column family is created at open")
+    }
+
+    pub fn batch(&self) -> Batch<'_> {
+        Batch { store: self, batch: WriteBatch::default() }
+    }
+
+    /// Applies a batch atomically (WAL on, not synced: survives a process kill).
+    pub fn write(&self, batch: Batch<'_>) -> Result<()> {
+        self.db.write(batch.batch).map_err(db_err("write batch"))
+    }
+
+    /// Makes everything written so far durable against power loss.
+    pub fn sync(&self) -> Result<()> {
+        self.db.flush_wal(true).map_err(db_err("sync"))
+    }
+
+    pub fn has_chunk(&self, id: ChunkId) -> Result<bool> {
+        Ok(self.db.get_pinned_cf(self.cf(CF_CHUNK_INDEX), id.as_bytes()).map_err(db_err("chunk lookup"))?.is_some())
+    }
+
+    /// Stores a chunk unless it is already present (dedup). Returns true if new bytes
+    /// were written.
+    pub fn put_chunk(&self, id: ChunkId, data: &[u8]) -> Result<bool> {
+        if self.has_chunk(id)? {
+            return Ok(false);
+        }
+        let mut b = WriteBatch::default();
+        b.put_cf(self.cf(CF_CHUNKS), id.as_bytes(), data);
+        b.put_cf(self.cf(CF_CHUNK_INDEX), id.as_bytes(), (data.len() as u32).to_le_bytes());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(false);
+        self.db.write_opt(b, &wo).map_err(db_err("put chunk"))?;
+        Ok(true)
+    }
+
+    /// Reads a chunk and checks it against its hash: a mismatch is an error, never
+    /// wrong bytes handed to a reader.
+    pub fn get_chunk(&self, id: ChunkId) -> Result<Vec<u8>> {
+        let data = self
+            .db
+            .get_cf(self.cf(CF_CHUNKS), id.as_bytes())
+            .map_err(db_err("get chunk"))?
+            .ok_or(StoreError::MissingChunk { chunk: id })?;
+        if ChunkId::of(&data) != id {
+            tracing::error!(chunk = %id, bytes = data.len(), "chunk failed its hash check");
+            return Err(StoreError::CorruptChunk { chunk: id });
+        }
+        Ok(data)
+    }
+
+    /// Overwrites a chunk's bytes without any check. Only for tests that simulate
+    /// on-disk corruption.
+    #[doc(hidden)]
+    pub fn corrupt_chunk_for_test(&self, id: ChunkId, data: &[u8]) -> Result<()> {
+        self.db.put_cf(self.cf(CF_CHUNKS), id.as_bytes(), data).map_err(db_err("put chunk"))
+    }
+
+    pub fn get_record(&self, id: VersionId) -> Result<Option<Vec<u8>>> {
+        self.db.get_cf(self.cf(CF_VERSIONS), id.as_bytes()).map_err(db_err("get record"))
+    }
+
+    pub fn get_heads(&self, entry: EntryId) -> Result<Option<EntryHeads>> {
+        match self.db.get_pinned_cf(self.cf(CF_ENTRIES), entry.as_bytes()).map_err(db_err("get entry"))? {
+            Some(v) => Ok(Some(decode_value("entries", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn get_child(&self, parent: EntryId, name: &[u8]) -> Result<Option<EntryId>> {
+        let v = self.db.get_pinned_cf(self.cf(CF_CHILDREN), child_key(parent, name)).map_err(db_err("lookup"))?;
+        match v {
+            Some(v) => EntryId::from_slice(&v)
+                .map(Some)
+                .ok_or(StoreError::CorruptValue { what: "children", detail: "bad entry id".into() }),
+            None => Ok(None),
+        }
+    }
+
+    /// Children of a directory in name order.
+    pub fn list_children(&self, parent: EntryId) -> Result<Vec<(Vec<u8>, EntryId)>> {
+        let mut out = Vec::new();
+        let prefix = parent.as_bytes();
+        let it = self.db.iterator_cf(self.cf(CF_CHILDREN), IteratorMode::From(prefix, Direction::Forward));
+        for item in it {
+            let (k, v) = item.map_err(db_err("readdir"))?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            let child = EntryId::from_slice(&v)
+                .ok_or(StoreError::CorruptValue { what: "children", detail: "bad entry id".into() })?;
+            out.push((k[16..].to_vec(), child));
+        }
+        Ok(out)
+    }
+
+    /// True if the directory has at least one child (cheaper than listing it).
+    pub fn has_children(&self, parent: EntryId) -> Result<bool> {
+        let prefix = parent.as_bytes();
+        let mut it = self.db.iterator_cf(self.cf(CF_CHILDREN), IteratorMode::From(prefix, Direction::Forward));
+        match it.next() {
+            Some(item) => Ok(item.map_err(db_err("readdir"))?.0.starts_with(prefix)),
+            None => Ok(false),
+        }
+    }
+
+    /// All (generation, version) pairs recorded for an entry, oldest generation first.
+    pub fn entry_versions(&self, entry: EntryId) -> Result<Vec<(u64, VersionId)>> {
+        let mut out = Vec::new();
+        let prefix = entry.as_bytes();
+        let it = self.db.iterator_cf(self.cf(CF_ENTRY_VERSIONS), IteratorMode::From(prefix, Direction::Forward));
+        for item in it {
+            let (k, _) = item.map_err(db_err("history"))?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            let bad = || StoreError::CorruptValue { what: "entry_versions", detail: "bad key".into() };
+            let generation = u64::from_be_bytes(k.get(16..24).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+            let v = VersionId::from_slice(k.get(24..).ok_or_else(bad)?).ok_or_else(bad)?;
+            out.push((generation, v));
+        }
+        Ok(out)
+    }
+
+    /// Highest sequence number recorded for `author` (0 if none).
+    pub fn last_seq(&self, author: NodeId) -> Result<u64> {
+        let mut upper = author.as_bytes().to_vec();
+        upper.extend_from_slice(&u64::MAX.to_be_bytes());
+        let mut it = self.db.iterator_cf(self.cf(CF_BY_AUTHOR), IteratorMode::From(&upper, Direction::Reverse));
+        if let Some(item) = it.next() {
+            let (k, _) = item.map_err(db_err("seq"))?;
+            if k.starts_with(author.as_bytes()) && k.len() == 40 {
+                return Ok(u64::from_be_bytes(k[32..40].try_into().expect("length checked")));
+            }
+        }
+        Ok(0)
+    }
+
+    /// Every record id with its author and seq, for `log` over the whole folder.
+    pub fn all_versions_by_author(&self) -> Result<Vec<(NodeId, u64, VersionId)>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_BY_AUTHOR), IteratorMode::Start) {
+            let (k, v) = item.map_err(db_err("log"))?;
+            let bad = || StoreError::CorruptValue { what: "by_author", detail: "bad key".into() };
+            if k.len() != 40 {
+                return Err(bad());
+            }
+            let author = NodeId::from_slice(&k[..32]).ok_or_else(bad)?;
+            let seq = u64::from_be_bytes(k[32..40].try_into().map_err(|_| bad())?);
+            out.push((author, seq, VersionId::from_slice(&v).ok_or_else(bad)?));
+        }
+        Ok(out)
+    }
+
+    pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.db.get_cf(self.cf(CF_META), key.as_bytes()).map_err(db_err("get meta"))
+    }
+
+    pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.db.put_cf(self.cf(CF_META), key.as_bytes(), value).map_err(db_err("put meta"))
+    }
+
+    /// Approximate bytes the store occupies on disk (SST + blob files).
+    pub fn disk_usage(&self) -> u64 {
+        let mut total = 0;
+        for name in ALL_CFS {
+            for prop in ["rocksdb.total-sst-files-size", "rocksdb.total-blob-file-size"] {
+                if let Ok(Some(v)) = self.db.property_int_value_cf(self.cf(name), prop) {
+                    total += v;
+                }
+            }
+        }
+        total
+    }
+
+    /// Flushes memtables so `disk_usage` reflects everything written (tests, stats).
+    pub fn flush(&self) -> Result<()> {
+        for name in ALL_CFS {
+            self.db.flush_cf(self.cf(name)).map_err(db_err("flush"))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,154 @@
+//! Everyday filesystem operations on a real mount.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+#[test]
+fn create_write_read_overwrite_truncate() {
+    let n = Node::start();
+    let p = n.path("a.txt");
+    fs::write(&p, b"hello").unwrap();
+    assert_eq!(fs::read(&p).unwrap(), b"hello");
+    fs::write(&p, b"bye").unwrap();
+    assert_eq!(fs::read(&p).unwrap(), b"bye");
+    let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.set_len(1).unwrap();
+    drop(f);
+    assert_eq!(fs::read(&p).unwrap(), b"b");
+    let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.set_len(10).unwrap();
+    drop(f);
+    assert_eq!(fs::read(&p).unwrap(), b"b\0\0\0\0\0\0\0\0\0");
+    // Append and in-place patch through one handle.
+    let mut f = fs::OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"XY").unwrap();
+    drop(f);
+    let mut f = fs::OpenOptions::new().write(true).read(true).open(&p).unwrap();
+    f.seek(SeekFrom::Start(2)).unwrap();
+    f.write_all(b"zz").unwrap();
+    let mut s = Vec::new();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.read_to_end(&mut s).unwrap();
+    assert_eq!(s, b"b\0zz\0\0\0\0\0\0XY");
+    drop(f);
+    assert_eq!(fs::metadata(&p).unwrap().len(), 12);
+}
+
+#[test]
+fn directories_rename_unlink_symlink_chmod() {
+    let n = Node::start();
+    fs::create_dir_all(n.path("d/e")).unwrap();
+    fs::write(n.path("d/e/f"), b"1").unwrap();
+    assert_eq!(fs::remove_dir(n.path("d")).unwrap_err().raw_os_error(), Some(libc::ENOTEMPTY));
+    fs::rename(n.path("d/e/f"), n.path("d/g")).unwrap();
+    assert!(!n.path("d/e/f").exists());
+    assert_eq!(fs::read(n.path("d/g")).unwrap(), b"1");
+    fs::remove_dir(n.path("d/e")).unwrap();
+    let mut names: Vec<String> = fs::read_dir(n.path("d")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, vec!["g"]);
+    // Directory rename with content, and refusing to move a directory into itself.
+    fs::create_dir(n.path("d/sub")).unwrap();
+    fs::rename(n.path("d"), n.path("d2")).unwrap();
+    assert_eq!(fs::read(n.path("d2/g")).unwrap(), b"1");
+    assert_eq!(fs::rename(n.path("d2"), n.path("d2/sub/x")).unwrap_err().raw_os_error(), Some(libc::EINVAL));
+    assert_eq!(fs::metadata(n.path("d2")).unwrap().nlink(), 3);
+    std::os::unix::fs::symlink("g", n.path("d2/link")).unwrap();
+    assert_eq!(fs::read_link(n.path("d2/link")).unwrap().to_str(), Some("g"));
+    assert_eq!(fs::read(n.path("d2/link")).unwrap(), b"1");
+    fs::set_permissions(n.path("d2/g"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(fs::metadata(n.path("d2/g")).unwrap().permissions().mode() & 0o7777, 0o600);
+    fs::remove_file(n.path("d2/g")).unwrap();
+    assert!(!n.path("d2/g").exists());
+    assert_eq!(fs::remove_file(n.path("d2/g")).unwrap_err().raw_os_error(), Some(libc::ENOENT));
+}
+
+#[test]
+fn hard_links_share_content_and_count() {
+    let n = Node::start();
+    fs::write(n.path("a"), b"one").unwrap();
+    fs::hard_link(n.path("a"), n.path("b")).unwrap();
+    assert_eq!(fs::metadata(n.path("a")).unwrap().nlink(), 2);
+    assert_eq!(fs::metadata(n.path("a")).unwrap().ino(), fs::metadata(n.path("b")).unwrap().ino());
+    fs::write(n.path("b"), b"two").unwrap();
+    assert_eq!(fs::read(n.path("a")).unwrap(), b"two");
+    fs::remove_file(n.path("a")).unwrap();
+    assert_eq!(fs::metadata(n.path("b")).unwrap().nlink(), 1);
+    assert_eq!(fs::read(n.path("b")).unwrap(), b"two");
+}
+
+#[test]
+fn rename_noreplace_and_over_existing() {
+    let n = Node::start();
+    fs::write(n.path("x"), b"x").unwrap();
+    fs::write(n.path("y"), b"y").unwrap();
+    let out = sh(&n.mnt, "mv --no-clobber --exchange x y 2>/dev/null || true; python3 - <<'EOF'\nimport ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nr = libc.renameat2(-100, b'x', -100, b'y', 1)\nprint(r, ctypes.get_errno())\nEOF");
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains(&format!("-1 {}", libc::EEXIST)), "renameat2 NOREPLACE: {s}");
+    fs::rename(n.path("x"), n.path("y")).unwrap();
+    assert_eq!(fs::read(n.path("y")).unwrap(), b"x");
+    assert!(!n.path("x").exists());
+}
+
+#[test]
+fn special_files() {
+    let n = Node::start();
+    sh_ok(&n.mnt, "mkfifo fifo && mknod cdev c 1 3 && python3 -c \"import socket; s=socket.socket(socket.AF_UNIX); s.bind('sock')\"");
+    use std::os::unix::fs::FileTypeExt;
+    assert!(fs::symlink_metadata(n.path("fifo")).unwrap().file_type().is_fifo());
+    assert!(fs::symlink_metadata(n.path("sock")).unwrap().file_type().is_socket());
+    let c = fs::symlink_metadata(n.path("cdev")).unwrap();
+    assert!(c.file_type().is_char_device());
+    assert_eq!(c.rdev(), libc::makedev(1, 3));
+}
+
+#[test]
+fn file_larger_than_chunks_and_patch_in_middle() {
+    let n = Node::start();
+    let mut data = random_bytes(5 << 20, 7);
+    fs::write(n.path("big"), &data).unwrap();
+    assert_eq!(fs::read(n.path("big")).unwrap(), data);
+    let mut f = fs::OpenOptions::new().write(true).open(n.path("big")).unwrap();
+    f.seek(SeekFrom::Start(3_000_000)).unwrap();
+    f.write_all(b"PATCHED").unwrap();
+    drop(f);
+    data[3_000_000..3_000_007].copy_from_slice(b"PATCHED");
+    assert_eq!(fs::read(n.path("big")).unwrap(), data);
+    // Extend with a hole, then truncate into the middle.
+    let f = fs::OpenOptions::new().write(true).open(n.path("big")).unwrap();
+    f.set_len(6 << 20).unwrap();
+    drop(f);
+    data.resize(6 << 20, 0);
+    assert_eq!(fs::read(n.path("big")).unwrap(), data);
+    let f = fs::OpenOptions::new().write(true).open(n.path("big")).unwrap();
+    f.set_len(1_234_567).unwrap();
+    drop(f);
+    data.truncate(1_234_567);
+    assert_eq!(fs::read(n.path("big")).unwrap(), data);
+}
+
+#[test]
+fn real_tools_cp_tar_git_rsync() {
+    let n = Node::start();
+    let src = n.tmp.path().join("src");
+    fs::create_dir_all(src.join("a/b")).unwrap();
+    fs::write(src.join("a/b/one.txt"), b"one").unwrap();
+    fs::write(src.join("a/two.bin"), random_bytes(300_000, 3)).unwrap();
+    std::os::unix::fs::symlink("b/one.txt", src.join("a/ln")).unwrap();
+    let m = n.mnt.to_str().unwrap();
+    let s = src.to_str().unwrap();
+    sh_ok(&n.mnt, &format!("cp -a {s} {m}/cp && diff -r {s} {m}/cp"));
+    sh_ok(&n.mnt, &format!("tar -C {s} -cf - . | tar -C {m} -xf - --one-top-level=untar && diff -r {s} {m}/untar"));
+    sh_ok(&n.mnt, &format!("tar -C {m}/cp -cf {}/back.tar . && mkdir -p {}/back && tar -C {}/back -xf {}/back.tar && diff -r {s} {}/back", n.tmp.path().display(), n.tmp.path().display(), n.tmp.path().display(), n.tmp.path().display(), n.tmp.path().display()));
+    sh_ok(&n.mnt, &format!("rsync -a {s}/ {m}/rs/ && echo changed >> {s}/a/b/one.txt && rsync -a {s}/ {m}/rs/ && diff -r {s} {m}/rs"));
+    sh_ok(
+        &n.mnt,
+        "mkdir repo && cd repo && git init -q && git config user.email t@e && git config user.name t \
+         && echo hi > f && git add f && git commit -qm one && echo more >> f && git commit -qam two \
+         && git log --oneline | wc -l | grep -qx 2 && git fsck --strict && git status --porcelain | wc -l | grep -qx 0",
+    );
+}
