@@ -85,7 +85,13 @@ impl ChunkList {
 /// Splits a byte stream into content-defined chunks.
 pub fn split<R: Read>(reader: R) -> impl Iterator<Item = Result<(ChunkRef, Vec<u8>), ChunkingError>> {
     fastcdc::v2020::StreamCDC::new(reader, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK).map(|r| match r {
-        Ok(c) => Ok((ChunkRef { id: ChunkId::of(&c.data), len: c.length as u32 }, c.data)),
+        Ok(c) => Ok((
+            ChunkRef {
+                id: ChunkId::of(&c.data),
+                len: c.length as u32,
+            },
+            c.data,
+        )),
         Err(fastcdc::v2020::Error::IoError(e)) => Err(ChunkingError::Io(e)),
         Err(e) => Err(ChunkingError::Io(std::io::Error::other(e.to_string()))),
     })
@@ -101,7 +107,9 @@ struct ManifestNode {
 
 fn encode_node(node: &ManifestNode) -> Vec<u8> {
     let mut out = vec![MANIFEST_FORMAT];
-    out.extend(bincode::serde::encode_to_vec(node, bincode::config::standard()).expect("encoding into a Vec cannot fail"));
+    out.extend(
+        bincode::serde::encode_to_vec(node, bincode::config::standard()).expect("encoding into a Vec cannot fail"),
+    );
     out
 }
 
@@ -117,7 +125,10 @@ fn decode_node(id: ChunkId, bytes: &[u8]) -> Result<ManifestNode, ChunkingError>
 
 /// Builds the manifest tree for `refs`, handing each node to `put`; returns the root
 /// (None for an empty file).
-pub fn build_manifest<E>(refs: &[ChunkRef], mut put: impl FnMut(ChunkId, Vec<u8>) -> Result<(), E>) -> Result<Option<ChunkId>, E> {
+pub fn build_manifest<E>(
+    refs: &[ChunkRef],
+    mut put: impl FnMut(ChunkId, Vec<u8>) -> Result<(), E>,
+) -> Result<Option<ChunkId>, E> {
     if refs.is_empty() {
         return Ok(None);
     }
@@ -132,7 +143,10 @@ pub fn build_manifest<E>(refs: &[ChunkRef], mut put: impl FnMut(ChunkId, Vec<u8>
             cur.push(e);
             if cut || cur.len() >= MAX_NODE_ENTRIES || i + 1 == n {
                 let total = cur.iter().map(|e| e.1).sum();
-                let bytes = encode_node(&ManifestNode { level, entries: std::mem::take(&mut cur) });
+                let bytes = encode_node(&ManifestNode {
+                    level,
+                    entries: std::mem::take(&mut cur),
+                });
                 let id = ChunkId::of(&bytes);
                 put(id, bytes)?;
                 next.push((id, total));
@@ -148,7 +162,10 @@ pub fn build_manifest<E>(refs: &[ChunkRef], mut put: impl FnMut(ChunkId, Vec<u8>
 
 /// Loads the full chunk list of a manifest, fetching nodes through `get` (which must
 /// verify hashes).
-pub fn load_manifest<E: From<ChunkingError>>(root: Option<ChunkId>, mut get: impl FnMut(ChunkId) -> Result<Vec<u8>, E>) -> Result<ChunkList, E> {
+pub fn load_manifest<E: From<ChunkingError>>(
+    root: Option<ChunkId>,
+    mut get: impl FnMut(ChunkId) -> Result<Vec<u8>, E>,
+) -> Result<ChunkList, E> {
     let mut refs = Vec::new();
     if let Some(root) = root {
         let mut stack = vec![root];
@@ -157,7 +174,10 @@ pub fn load_manifest<E: From<ChunkingError>>(root: Option<ChunkId>, mut get: imp
             let node = decode_node(id, &get(id)?)?;
             if node.level == 0 {
                 for (cid, len) in node.entries {
-                    let len = u32::try_from(len).map_err(|_| ChunkingError::BadManifest { node: id, detail: "chunk too long".into() })?;
+                    let len = u32::try_from(len).map_err(|_| ChunkingError::BadManifest {
+                        node: id,
+                        detail: "chunk too long".into(),
+                    })?;
                     refs.push(ChunkRef { id: cid, len });
                 }
             } else {
@@ -223,7 +243,10 @@ mod tests {
     fn manifest_roundtrip_and_small_edit_touches_few_nodes() {
         // Many refs so the tree has several levels.
         let refs: Vec<ChunkRef> = (0..20_000u32)
-            .map(|i| ChunkRef { id: ChunkId::of(&i.to_le_bytes()), len: 1000 + (i % 7) })
+            .map(|i| ChunkRef {
+                id: ChunkId::of(&i.to_le_bytes()),
+                len: 1000 + (i % 7),
+            })
             .collect();
         let mut nodes: HashMap<ChunkId, Vec<u8>> = HashMap::new();
         let root = build_manifest::<()>(&refs, |id, b| {

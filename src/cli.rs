@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 /// old versions stay readable as `name@vN`.
 #[derive(Parser, Debug)]
 #[command(name = "distribox", version, propagate_version = true)]
-#[command(after_help = "Start here:\n  distribox mount ~/Distribox     mount the folder (creates the node on first use)\n  echo hi > ~/Distribox/a.txt\n  distribox log ~/Distribox/a.txt  list its versions\n  cat ~/Distribox/a.txt@v1         read version 1\n  distribox unmount ~/Distribox    (or: fusermount3 -u ~/Distribox)")]
+#[command(
+    after_help = "Start here:\n  distribox mount ~/Distribox     mount the folder (creates the node on first use)\n  echo hi > ~/Distribox/a.txt\n  distribox log ~/Distribox/a.txt  list its versions\n  cat ~/Distribox/a.txt@v1         read version 1\n  distribox unmount ~/Distribox    (or: fusermount3 -u ~/Distribox)"
+)]
 pub struct Cli {
     /// Where this node keeps its store, identity and logs.
     #[arg(long, global = true, env = "DISTRIBOX_DATA_DIR", value_name = "DIR")]
@@ -53,9 +55,7 @@ pub enum Cmd {
     },
     /// Unmount the folder at DIR (like `fusermount3 -u DIR`) and wait for the node to
     /// exit.
-    Unmount {
-        dir: PathBuf,
-    },
+    Unmount { dir: PathBuf },
     /// Show the running node: identity, mount point, store size.
     Status {
         /// Machine-readable output.
@@ -79,7 +79,9 @@ pub fn default_data_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
         return PathBuf::from(x).join("distribox");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"));
     home.join(".local/share/distribox")
 }
 
@@ -97,11 +99,20 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Mount { dir, foreground, allow_other, idle_commit_ms, threads } => {
+        Cmd::Mount {
+            dir,
+            foreground,
+            allow_other,
+            idle_commit_ms,
+            threads,
+        } => {
             let cfg = MountConfig {
                 data_dir,
                 mountpoint: dir,
-                fs: FsOptions { idle_commit: Duration::from_millis(idle_commit_ms), ..FsOptions::default() },
+                fs: FsOptions {
+                    idle_commit: Duration::from_millis(idle_commit_ms),
+                    ..FsOptions::default()
+                },
                 allow_other,
                 threads,
             };
@@ -125,7 +136,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 println!("mounted on  {}", info.mountpoint.as_deref().unwrap_or("(not mounted)"));
                 println!("data dir    {}", info.data_dir);
                 println!("versions    {} authored here", info.local_versions);
-                println!("store       {} bytes on disk", info.store_bytes);
+                println!("store       {} bytes on disk (flushed part)", info.store_bytes);
+                println!("chunks      {} distinct, {} bytes", info.chunks, info.chunk_bytes);
                 println!("uptime      {}s", info.uptime_secs);
             }
             Ok(())
@@ -143,15 +155,24 @@ pub fn run(cli: Cli) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&lines)?);
             } else if path.is_some() {
-                println!("{:<6} {:<21} {:<9} {:>12}  {}", "N", "TIME", "AUTHOR", "SIZE", "KIND");
+                println!("{:<6} {:<21} {:<9} {:>12}  KIND", "N", "TIME", "AUTHOR", "SIZE");
                 for l in lines {
                     let head = if l.head { "  (current)" } else { "" };
-                    println!("v{:<5} {:<21} {:<9} {:>12}  {}{head}", l.n, l.time, l.author, l.size, l.kind);
+                    println!(
+                        "v{:<5} {:<21} {:<9} {:>12}  {}{head}",
+                        l.n, l.time, l.author, l.size, l.kind
+                    );
                 }
             } else {
-                println!("{:<21} {:<9} {:<6} {:>12}  {:<8} {}", "TIME", "AUTHOR", "N", "SIZE", "KIND", "PATH");
+                println!(
+                    "{:<21} {:<9} {:<6} {:>12}  {:<8} PATH",
+                    "TIME", "AUTHOR", "N", "SIZE", "KIND"
+                );
                 for l in lines {
-                    println!("{:<21} {:<9} v{:<5} {:>12}  {:<8} {}", l.time, l.author, l.n, l.size, l.kind, l.path);
+                    println!(
+                        "{:<21} {:<9} v{:<5} {:>12}  {:<8} {}",
+                        l.time, l.author, l.n, l.size, l.kind, l.path
+                    );
                 }
             }
             Ok(())
@@ -160,7 +181,10 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn cli_args_for_child(allow_other: bool, idle_commit_ms: u64, threads: usize) -> Vec<String> {
-    let mut a = vec![format!("--idle-commit-ms={idle_commit_ms}"), format!("--threads={threads}")];
+    let mut a = vec![
+        format!("--idle-commit-ms={idle_commit_ms}"),
+        format!("--threads={threads}"),
+    ];
     if allow_other {
         a.push("--allow-other".into());
     }
@@ -179,9 +203,15 @@ fn folder_relative(data_dir: &DataDir, path: &Path) -> Result<String> {
         other => bail!("unexpected answer from node: {other:?}"),
     };
     let mount = PathBuf::from(info.mountpoint.ok_or_else(|| anyhow!("the node is not mounted"))?);
-    let abs = if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir()?.join(path) };
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
+    };
     // Canonicalise the parent only: the file itself may be gone or be a `@vN` name.
-    let parent = abs.parent().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()));
+    let parent = abs
+        .parent()
+        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()));
     let abs = match (parent, abs.file_name()) {
         (Some(p), Some(n)) => p.join(n),
         _ => abs,
@@ -189,9 +219,13 @@ fn folder_relative(data_dir: &DataDir, path: &Path) -> Result<String> {
     if abs == mount {
         return Ok(String::new());
     }
-    let rel = abs
-        .strip_prefix(&mount)
-        .map_err(|_| anyhow!("{} is not inside the mounted folder {}", path.display(), mount.display()))?;
+    let rel = abs.strip_prefix(&mount).map_err(|_| {
+        anyhow!(
+            "{} is not inside the mounted folder {}",
+            path.display(),
+            mount.display()
+        )
+    })?;
     Ok(rel.to_string_lossy().into_owned())
 }
 
@@ -235,7 +269,10 @@ fn mount_background(cfg: MountConfig, extra: &[String]) -> Result<()> {
     if cfg.data_dir.is_initialised() {
         cfg.data_dir.check()?;
         if let Some(pid) = cfg.data_dir.running_pid() {
-            bail!(crate::store::DataDirError::Locked { path: cfg.data_dir.root.clone(), pid: Some(pid) });
+            bail!(crate::store::DataDirError::Locked {
+                path: cfg.data_dir.root.clone(),
+                pid: Some(pid)
+            });
         }
     } else {
         cfg.data_dir.init()?;
@@ -248,8 +285,16 @@ fn mount_background(cfg: MountConfig, extra: &[String]) -> Result<()> {
         .with_context(|| format!("cannot open log file {}", log_path.display()))?;
     let exe = std::env::current_exe().context("cannot find the distribox binary to start the node")?;
     let mut cmd = Command::new(exe);
-    cmd.arg("--data-dir").arg(&cfg.data_dir.root).arg("mount").arg(&mountpoint).arg("--foreground").args(extra);
-    cmd.env(READY_ENV, "1").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
+    cmd.arg("--data-dir")
+        .arg(&cfg.data_dir.root)
+        .arg("mount")
+        .arg(&mountpoint)
+        .arg("--foreground")
+        .args(extra);
+    cmd.env(READY_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log);
     use std::os::unix::process::CommandExt;
     // SAFETY: setsid is async-signal-safe; it detaches the node from our terminal so
     // closing the shell does not kill it.
@@ -265,7 +310,12 @@ fn mount_background(cfg: MountConfig, extra: &[String]) -> Result<()> {
     let started = Instant::now();
     BufReader::new(stdout).read_line(&mut line)?;
     if let Some(rest) = line.strip_prefix("READY ") {
-        println!("mounted {} (node pid {}, data dir {})", rest.trim(), child.id(), cfg.data_dir.root.display());
+        println!(
+            "mounted {} (node pid {}, data dir {})",
+            rest.trim(),
+            child.id(),
+            cfg.data_dir.root.display()
+        );
         return Ok(());
     }
     if let Some(msg) = line.strip_prefix("ERROR ") {
@@ -299,7 +349,10 @@ fn unmount(data_dir: &DataDir, dir: &Path) -> Result<()> {
                 if !o.status.success() {
                     let msg = String::from_utf8_lossy(&o.stderr);
                     if msg.contains("busy") {
-                        bail!("{} is busy: a program still has a file open there (close it and retry)", dir.display());
+                        bail!(
+                            "{} is busy: a program still has a file open there (close it and retry)",
+                            dir.display()
+                        );
                     }
                 }
                 Ok(o.status.success())
@@ -319,7 +372,10 @@ fn unmount(data_dir: &DataDir, dir: &Path) -> Result<()> {
         // SAFETY: kill with signal 0 only checks that the process exists.
         while unsafe { libc::kill(pid as i32, 0) } == 0 {
             if Instant::now() > deadline {
-                bail!("unmounted {}, but node pid {pid} is still running after 120 s", dir.display());
+                bail!(
+                    "unmounted {}, but node pid {pid} is still running after 120 s",
+                    dir.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -15,7 +15,12 @@ fn snapshot(p: &Path) -> BTreeMap<String, (u64, i128)> {
             for e in rd.flatten() {
                 let m = e.metadata().unwrap();
                 let rel = e.path().strip_prefix(base).unwrap().to_string_lossy().into_owned();
-                let mtime = m.modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i128;
+                let mtime = m
+                    .modified()
+                    .unwrap()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as i128;
                 out.insert(rel, (if m.is_dir() { 0 } else { m.len() }, mtime));
                 if m.is_dir() {
                     walk(base, &e.path(), out);
@@ -37,7 +42,11 @@ fn fails_cleanly(data: &Path, args: &[&str], watch: &Path, expect: &str) {
     let out = cli(data, args);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{args:?} should fail");
-    assert_eq!(err.trim_end().lines().count(), 1, "one error line expected, got:\n{err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one error line expected, got:\n{err}"
+    );
     assert!(err.contains(expect), "error should mention {expect:?}: {err}");
     assert_eq!(before, (snapshot(watch), mounts()), "{args:?} changed something");
 }
@@ -67,7 +76,12 @@ fn already_mounted_and_locked_data_dir_are_refused() {
     // Same data dir, another mount point.
     let mnt2 = n.tmp.path().join("mnt2");
     fs::create_dir(&mnt2).unwrap();
-    fails_cleanly(&n.data, &["mount", mnt2.to_str().unwrap()], &n.data, "in use by another running node");
+    fails_cleanly(
+        &n.data,
+        &["mount", mnt2.to_str().unwrap()],
+        &n.data,
+        "in use by another running node",
+    );
     assert!(!is_mounted(&mnt2));
 }
 

@@ -33,7 +33,12 @@ fn kill9_during_writes_never_loses_or_tears_a_version() {
         let stop = Arc::new(AtomicBool::new(false));
         let done: Arc<Mutex<Vec<(u64, u64)>>> = Arc::new(Mutex::new(Vec::new()));
         let inflight: Arc<Mutex<HashMap<u64, u64>>> = Arc::new(Mutex::new(HashMap::new()));
-        let mnt = n.mnt.clone();
+        // Write through a directory fd opened on the live mount: once the node dies
+        // and the mount is torn down, paths through it fail (ENOTCONN) instead of
+        // silently landing in the empty directory underneath.
+        let root = fs::File::open(&n.mnt).unwrap();
+        use std::os::fd::AsRawFd;
+        let mnt = std::path::PathBuf::from(format!("/proc/self/fd/{}", root.as_raw_fd()));
         let start_gen = next_gen;
         let writer = {
             let (stop, done, inflight) = (stop.clone(), done.clone(), inflight.clone());
@@ -47,6 +52,12 @@ fn kill9_during_writes_never_loses_or_tears_a_version() {
                         f.write_all(&content(file, gen))?;
                         if gen % 3 == 0 {
                             f.sync_all()?;
+                        }
+                        // close() must succeed too (dropping a File ignores its
+                        // error, and the commit happens in close's flush).
+                        use std::os::fd::IntoRawFd;
+                        if unsafe { libc::close(f.into_raw_fd()) } != 0 {
+                            return Err(std::io::Error::last_os_error());
                         }
                         Ok(())
                     })();
@@ -66,6 +77,7 @@ fn kill9_during_writes_never_loses_or_tears_a_version() {
         n.kill9();
         stop.store(true, Ordering::Relaxed);
         next_gen = writer.join().unwrap() + 1;
+        drop(root);
         for (file, gen) in done.lock().unwrap().iter() {
             committed.insert(*file, *gen);
         }
@@ -85,16 +97,19 @@ fn kill9_during_writes_never_loses_or_tears_a_version() {
                 }
             }
             match got {
-                None => assert!(committed.get(&file).is_none(), "round {round}: f{file} vanished"),
+                None => assert!(!committed.contains_key(&file), "round {round}: f{file} vanished"),
                 Some(bytes) => {
                     if allowed.is_empty() {
                         assert!(bytes.is_empty(), "round {round}: f{file} has data never written");
                     } else {
                         assert!(
                             allowed.contains(&bytes),
-                            "round {round}: f{file} is not a committed version ({} bytes, head {:?})",
+                            "round {round}: f{file} is not a committed version ({} bytes, head {:?}; last closed gen {:?}, in flight {:?}, matches gen {:?})",
                             bytes.len(),
-                            String::from_utf8_lossy(&bytes[..bytes.len().min(20)])
+                            String::from_utf8_lossy(&bytes[..bytes.len().min(20)]),
+                            committed.get(&file),
+                            flying,
+                            (0..next_gen).find(|g| content(file, *g) == bytes)
                         );
                     }
                     // Whatever is there now is the new baseline.

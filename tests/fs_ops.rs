@@ -43,28 +43,43 @@ fn directories_rename_unlink_symlink_chmod() {
     let n = Node::start();
     fs::create_dir_all(n.path("d/e")).unwrap();
     fs::write(n.path("d/e/f"), b"1").unwrap();
-    assert_eq!(fs::remove_dir(n.path("d")).unwrap_err().raw_os_error(), Some(libc::ENOTEMPTY));
+    assert_eq!(
+        fs::remove_dir(n.path("d")).unwrap_err().raw_os_error(),
+        Some(libc::ENOTEMPTY)
+    );
     fs::rename(n.path("d/e/f"), n.path("d/g")).unwrap();
     assert!(!n.path("d/e/f").exists());
     assert_eq!(fs::read(n.path("d/g")).unwrap(), b"1");
     fs::remove_dir(n.path("d/e")).unwrap();
-    let mut names: Vec<String> = fs::read_dir(n.path("d")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> = fs::read_dir(n.path("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     names.sort();
     assert_eq!(names, vec!["g"]);
     // Directory rename with content, and refusing to move a directory into itself.
     fs::create_dir(n.path("d/sub")).unwrap();
     fs::rename(n.path("d"), n.path("d2")).unwrap();
     assert_eq!(fs::read(n.path("d2/g")).unwrap(), b"1");
-    assert_eq!(fs::rename(n.path("d2"), n.path("d2/sub/x")).unwrap_err().raw_os_error(), Some(libc::EINVAL));
+    assert_eq!(
+        fs::rename(n.path("d2"), n.path("d2/sub/x")).unwrap_err().raw_os_error(),
+        Some(libc::EINVAL)
+    );
     assert_eq!(fs::metadata(n.path("d2")).unwrap().nlink(), 3);
     std::os::unix::fs::symlink("g", n.path("d2/link")).unwrap();
     assert_eq!(fs::read_link(n.path("d2/link")).unwrap().to_str(), Some("g"));
     assert_eq!(fs::read(n.path("d2/link")).unwrap(), b"1");
     fs::set_permissions(n.path("d2/g"), fs::Permissions::from_mode(0o600)).unwrap();
-    assert_eq!(fs::metadata(n.path("d2/g")).unwrap().permissions().mode() & 0o7777, 0o600);
+    assert_eq!(
+        fs::metadata(n.path("d2/g")).unwrap().permissions().mode() & 0o7777,
+        0o600
+    );
     fs::remove_file(n.path("d2/g")).unwrap();
     assert!(!n.path("d2/g").exists());
-    assert_eq!(fs::remove_file(n.path("d2/g")).unwrap_err().raw_os_error(), Some(libc::ENOENT));
+    assert_eq!(
+        fs::remove_file(n.path("d2/g")).unwrap_err().raw_os_error(),
+        Some(libc::ENOENT)
+    );
 }
 
 #[test]
@@ -73,7 +88,10 @@ fn hard_links_share_content_and_count() {
     fs::write(n.path("a"), b"one").unwrap();
     fs::hard_link(n.path("a"), n.path("b")).unwrap();
     assert_eq!(fs::metadata(n.path("a")).unwrap().nlink(), 2);
-    assert_eq!(fs::metadata(n.path("a")).unwrap().ino(), fs::metadata(n.path("b")).unwrap().ino());
+    assert_eq!(
+        fs::metadata(n.path("a")).unwrap().ino(),
+        fs::metadata(n.path("b")).unwrap().ino()
+    );
     fs::write(n.path("b"), b"two").unwrap();
     assert_eq!(fs::read(n.path("a")).unwrap(), b"two");
     fs::remove_file(n.path("a")).unwrap();
@@ -142,9 +160,17 @@ fn real_tools_cp_tar_git_rsync() {
     let m = n.mnt.to_str().unwrap();
     let s = src.to_str().unwrap();
     sh_ok(&n.mnt, &format!("cp -a {s} {m}/cp && diff -r {s} {m}/cp"));
-    sh_ok(&n.mnt, &format!("tar -C {s} -cf - . | tar -C {m} -xf - --one-top-level=untar && diff -r {s} {m}/untar"));
+    sh_ok(
+        &n.mnt,
+        &format!("tar -C {s} -cf - . | tar -C {m} -xf - --one-top-level=untar && diff -r {s} {m}/untar"),
+    );
     sh_ok(&n.mnt, &format!("tar -C {m}/cp -cf {}/back.tar . && mkdir -p {}/back && tar -C {}/back -xf {}/back.tar && diff -r {s} {}/back", n.tmp.path().display(), n.tmp.path().display(), n.tmp.path().display(), n.tmp.path().display(), n.tmp.path().display()));
-    sh_ok(&n.mnt, &format!("rsync -a {s}/ {m}/rs/ && echo changed >> {s}/a/b/one.txt && rsync -a {s}/ {m}/rs/ && diff -r {s} {m}/rs"));
+    sh_ok(
+        &n.mnt,
+        &format!(
+            "rsync -a {s}/ {m}/rs/ && echo changed >> {s}/a/b/one.txt && rsync -a {s}/ {m}/rs/ && diff -r {s} {m}/rs"
+        ),
+    );
     sh_ok(
         &n.mnt,
         "mkdir repo && cd repo && git init -q && git config user.email t@e && git config user.name t \

@@ -13,7 +13,10 @@ use std::time::Duration;
 pub enum ControlRequest {
     Status,
     /// History of one path (relative to the folder root), or recent changes.
-    Log { path: Option<String>, limit: usize },
+    Log {
+        path: Option<String>,
+        limit: usize,
+    },
     /// Commit everything, unmount and exit.
     Shutdown,
 }
@@ -36,6 +39,9 @@ pub struct StatusInfo {
     /// Versions this node has authored.
     pub local_versions: u64,
     pub store_bytes: u64,
+    /// Distinct chunks stored and their total size (each stored once: dedup).
+    pub chunks: u64,
+    pub chunk_bytes: u64,
     pub uptime_secs: u64,
 }
 
@@ -64,7 +70,9 @@ pub enum ControlError {
 
 /// Sends one request to the node owning `socket` and waits for its answer.
 pub fn call(socket: &Path, data_dir: &Path, req: &ControlRequest) -> Result<ControlResponse, ControlError> {
-    let mut s = UnixStream::connect(socket).map_err(|_| ControlError::NotRunning { data_dir: data_dir.display().to_string() })?;
+    let mut s = UnixStream::connect(socket).map_err(|_| ControlError::NotRunning {
+        data_dir: data_dir.display().to_string(),
+    })?;
     s.set_read_timeout(Some(Duration::from_secs(120)))?;
     let mut line = serde_json::to_string(req).map_err(|e| ControlError::Protocol(e.to_string()))?;
     line.push('\n');

@@ -71,19 +71,27 @@ pub fn run_mount(cfg: MountConfig, ready: &mut dyn Ready) -> Result<(), DaemonEr
     let _enter = span.enter();
     let fs = DistriboxFs::new(repo.clone(), cfg.fs.clone());
     let mut config = Config::default();
-    config.mount_options = vec![MountOption::FSName("distribox".into()), MountOption::Subtype("distribox".into())];
+    config.mount_options = vec![
+        MountOption::FSName("distribox".into()),
+        MountOption::Subtype("distribox".into()),
+    ];
     if cfg.allow_other {
         config.mount_options.push(MountOption::DefaultPermissions);
         config.acl = SessionACL::All;
     }
     config.n_threads = Some(cfg.threads.max(1));
-    let mut session = fuser::Session::new(fs.clone(), &mountpoint, &config)
-        .map_err(|source| DaemonError::Mount { path: mountpoint.clone(), source })?;
+    let mut session = fuser::Session::new(fs.clone(), &mountpoint, &config).map_err(|source| DaemonError::Mount {
+        path: mountpoint.clone(),
+        source,
+    })?;
     let unmounter = Arc::new(Mutex::new(session.unmount_callable()));
     let started = Instant::now();
     let sock = cfg.data_dir.control_socket();
     let _ = std::fs::remove_file(&sock);
-    let listener = UnixListener::bind(&sock).map_err(|source| DaemonError::Control { path: sock.clone(), source })?;
+    let listener = UnixListener::bind(&sock).map_err(|source| DaemonError::Control {
+        path: sock.clone(),
+        source,
+    })?;
     {
         let (repo, unmounter, mp) = (repo.clone(), unmounter.clone(), mountpoint.clone());
         let data_dir = cfg.data_dir.root.clone();
@@ -94,8 +102,13 @@ pub fn run_mount(cfg: MountConfig, ready: &mut dyn Ready) -> Result<(), DaemonEr
     }
     {
         let unmounter = unmounter.clone();
-        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-            .map_err(|source| DaemonError::Control { path: sock.clone(), source })?;
+        let mut signals =
+            signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]).map_err(
+                |source| DaemonError::Control {
+                    path: sock.clone(),
+                    source,
+                },
+            )?;
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
@@ -122,7 +135,14 @@ pub fn run_mount(cfg: MountConfig, ready: &mut dyn Ready) -> Result<(), DaemonEr
     Ok(())
 }
 
-fn serve_control(listener: UnixListener, repo: Arc<Repo>, unmounter: Arc<Mutex<fuser::SessionUnmounter>>, mountpoint: Option<PathBuf>, data_dir: PathBuf, started: Instant) {
+fn serve_control(
+    listener: UnixListener,
+    repo: Arc<Repo>,
+    unmounter: Arc<Mutex<fuser::SessionUnmounter>>,
+    mountpoint: Option<PathBuf>,
+    data_dir: PathBuf,
+    started: Instant,
+) {
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
         let mut line = String::new();
@@ -130,16 +150,23 @@ fn serve_control(listener: UnixListener, repo: Arc<Repo>, unmounter: Arc<Mutex<f
             continue;
         }
         let resp = match serde_json::from_str::<ControlRequest>(&line) {
-            Err(e) => ControlResponse::Error { message: format!("bad request: {e}") },
-            Ok(ControlRequest::Status) => ControlResponse::Status(StatusInfo {
-                node: repo.node().to_hex(),
-                pid: std::process::id(),
-                mountpoint: mountpoint.as_ref().map(|p| p.display().to_string()),
-                data_dir: data_dir.display().to_string(),
-                local_versions: repo.store().last_seq(repo.node()).unwrap_or(0),
-                store_bytes: repo.store().disk_usage(),
-                uptime_secs: started.elapsed().as_secs(),
-            }),
+            Err(e) => ControlResponse::Error {
+                message: format!("bad request: {e}"),
+            },
+            Ok(ControlRequest::Status) => {
+                let (chunks, chunk_bytes) = repo.store().chunk_stats().unwrap_or((0, 0));
+                ControlResponse::Status(StatusInfo {
+                    node: repo.node().to_hex(),
+                    pid: std::process::id(),
+                    mountpoint: mountpoint.as_ref().map(|p| p.display().to_string()),
+                    data_dir: data_dir.display().to_string(),
+                    local_versions: repo.store().last_seq(repo.node()).unwrap_or(0),
+                    store_bytes: repo.store().disk_usage(),
+                    chunks,
+                    chunk_bytes,
+                    uptime_secs: started.elapsed().as_secs(),
+                })
+            }
             Ok(ControlRequest::Log { path, limit }) => match log_lines(&repo, path.as_deref(), limit) {
                 Ok(lines) => ControlResponse::Log { lines },
                 Err(message) => ControlResponse::Error { message },
@@ -148,7 +175,9 @@ fn serve_control(listener: UnixListener, repo: Arc<Repo>, unmounter: Arc<Mutex<f
                 let r = unmounter.lock().unmount();
                 match r {
                     Ok(()) => ControlResponse::Ok,
-                    Err(e) => ControlResponse::Error { message: format!("unmount failed: {e} (is a file in the folder still open?)") },
+                    Err(e) => ControlResponse::Error {
+                        message: format!("unmount failed: {e} (is a file in the folder still open?)"),
+                    },
                 }
             }
         };
@@ -188,7 +217,13 @@ pub fn log_lines(repo: &Repo, path: Option<&str>, limit: usize) -> Result<Vec<Lo
     let (infos, heads): (Vec<_>, Vec<crate::model::VersionId>) = match path {
         Some(p) if !p.is_empty() => {
             let entry = resolve_path(repo, p)?;
-            let heads = repo.get(entry).map_err(|e| e.to_string())?.heads.iter().map(|h| h.0).collect();
+            let heads = repo
+                .get(entry)
+                .map_err(|e| e.to_string())?
+                .heads
+                .iter()
+                .map(|h| h.0)
+                .collect();
             (repo.history(entry).map_err(|e| e.to_string())?, heads)
         }
         _ => (repo.recent(limit).map_err(|e| e.to_string())?, Vec::new()),

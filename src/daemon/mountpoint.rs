@@ -26,17 +26,30 @@ pub fn check_mountpoint(dir: &Path) -> Result<PathBuf, MountpointError> {
     let meta = match std::fs::metadata(dir) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(MountpointError::Missing(dir.to_path_buf())),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => return Err(MountpointError::AlreadyMounted(dir.to_path_buf())),
-        Err(source) => return Err(MountpointError::Io { path: dir.to_path_buf(), source }),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return Err(MountpointError::AlreadyMounted(dir.to_path_buf()))
+        }
+        Err(source) => {
+            return Err(MountpointError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
     };
     if !meta.is_dir() {
         return Err(MountpointError::NotDir(dir.to_path_buf()));
     }
-    let canon = std::fs::canonicalize(dir).map_err(|source| MountpointError::Io { path: dir.to_path_buf(), source })?;
+    let canon = std::fs::canonicalize(dir).map_err(|source| MountpointError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     if is_mounted(&canon) {
         return Err(MountpointError::AlreadyMounted(canon));
     }
-    let mut rd = std::fs::read_dir(&canon).map_err(|source| MountpointError::Io { path: canon.clone(), source })?;
+    let mut rd = std::fs::read_dir(&canon).map_err(|source| MountpointError::Io {
+        path: canon.clone(),
+        source,
+    })?;
     if rd.next().is_some() {
         return Err(MountpointError::NotEmpty(canon));
     }
@@ -45,9 +58,12 @@ pub fn check_mountpoint(dir: &Path) -> Result<PathBuf, MountpointError> {
 
 /// True if `path` (canonical) is a mount point in /proc/self/mountinfo.
 pub fn is_mounted(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
     let want = path.to_string_lossy();
-    info.lines().any(|l| l.split(' ').nth(4).map(unescape).as_deref() == Some(&*want))
+    info.lines()
+        .any(|l| l.split(' ').nth(4).map(unescape).as_deref() == Some(&*want))
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
@@ -80,9 +96,15 @@ mod tests {
     #[test]
     fn rejects_missing_file_and_nonempty() {
         let t = tempfile::tempdir().unwrap();
-        assert!(matches!(check_mountpoint(&t.path().join("nope")), Err(MountpointError::Missing(_))));
+        assert!(matches!(
+            check_mountpoint(&t.path().join("nope")),
+            Err(MountpointError::Missing(_))
+        ));
         std::fs::write(t.path().join("f"), b"x").unwrap();
-        assert!(matches!(check_mountpoint(&t.path().join("f")), Err(MountpointError::NotDir(_))));
+        assert!(matches!(
+            check_mountpoint(&t.path().join("f")),
+            Err(MountpointError::NotDir(_))
+        ));
         assert!(matches!(check_mountpoint(t.path()), Err(MountpointError::NotEmpty(_))));
         std::fs::remove_file(t.path().join("f")).unwrap();
         assert!(check_mountpoint(t.path()).is_ok());

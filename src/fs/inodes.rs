@@ -25,7 +25,12 @@ pub struct InodeTable {
 
 impl InodeTable {
     pub fn new(root: EntryId) -> Self {
-        let mut t = InodeTable { by_ino: HashMap::new(), by_entry: HashMap::new(), by_version: HashMap::new(), next: ROOT_INO + 1 };
+        let mut t = InodeTable {
+            by_ino: HashMap::new(),
+            by_entry: HashMap::new(),
+            by_version: HashMap::new(),
+            next: ROOT_INO + 1,
+        };
         t.by_ino.insert(ROOT_INO, Target::Entry(root));
         t.by_entry.insert(root, ROOT_INO);
         t

@@ -15,12 +15,12 @@ mod inodes;
 
 use crate::chunking::ChunkList;
 use crate::model::{names, Attrs, Content, EntryId, Link, SignedRecord, SpecialKind, Timestamp, VersionRecord};
-use crate::repo::{Draft, DirtyFile, EntryState, Repo, RepoError};
+use crate::repo::{DirtyFile, Draft, EntryState, Repo, RepoError};
 use crate::store::StoreError;
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
-    OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
+    LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use inodes::{InodeTable, Target, ROOT_INO};
 use parking_lot::Mutex;
@@ -43,11 +43,26 @@ pub struct FsOptions {
 
 impl Default for FsOptions {
     fn default() -> Self {
-        FsOptions { idle_commit: Duration::from_secs(2), ttl: Duration::from_secs(1) }
+        FsOptions {
+            idle_commit: Duration::from_secs(2),
+            ttl: Duration::from_secs(1),
+        }
     }
 }
 
 type FsResult<T> = Result<T, Errno>;
+
+/// The changes one setattr request asks for.
+#[derive(Default)]
+struct SetAttr {
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    size: Option<u64>,
+    atime: Option<TimeOrNow>,
+    mtime: Option<TimeOrNow>,
+    fh: Option<FileHandle>,
+}
 
 /// Maps a domain error to the errno the caller sees (the one place this happens).
 fn errno(e: RepoError) -> Errno {
@@ -79,8 +94,14 @@ struct DirtyEntry {
 enum HandleKind {
     /// A file handle; `snapshot` is the content it opened (what it reads while the
     /// file has no uncommitted writes).
-    File { snapshot: Arc<ChunkList>, size: u64, writable: bool },
-    Dir { listing: Vec<(Vec<u8>, u64, FileType)> },
+    File {
+        snapshot: Arc<ChunkList>,
+        size: u64,
+        writable: bool,
+    },
+    Dir {
+        listing: Vec<(Vec<u8>, u64, FileType)>,
+    },
 }
 
 struct Handle {
@@ -255,7 +276,14 @@ impl DistriboxFs {
         }
     }
 
-    fn attr_from(&self, ino: u64, record: &VersionRecord, ctime: SystemTime, nlink: u32, size_override: Option<(u64, Timestamp)>) -> FileAttr {
+    fn attr_from(
+        &self,
+        ino: u64,
+        record: &VersionRecord,
+        ctime: SystemTime,
+        nlink: u32,
+        size_override: Option<(u64, Timestamp)>,
+    ) -> FileAttr {
         let (size, mtime) = size_override.unwrap_or((record.content.size(), record.attrs.mtime));
         let rdev = match record.content {
             Content::Special { rdev, .. } => rdev as u32,
@@ -292,7 +320,10 @@ impl DistriboxFs {
         if !state.is_alive() {
             // Deleted but still open: show the last live version with no links.
             let prev = match state.record().parents.first() {
-                Some(p) => e(self.repo().history(state.id))?.into_iter().find(|v| v.record.id == *p).map(|v| v.record),
+                Some(p) => e(self.repo().history(state.id))?
+                    .into_iter()
+                    .find(|v| v.record.id == *p)
+                    .map(|v| v.record),
                 None => None,
             };
             let rec = prev.map(|p| p.record).unwrap_or_else(|| state.record().clone());
@@ -355,7 +386,13 @@ impl DistriboxFs {
 
     fn new_attrs(req: &Request, mode: u32, umask: u32) -> Attrs {
         let now = Timestamp::now();
-        Attrs { mode: mode & !umask & 0o7777, uid: req.uid(), gid: req.gid(), mtime: now, atime: now }
+        Attrs {
+            mode: mode & !umask & 0o7777,
+            uid: req.uid(),
+            gid: req.gid(),
+            mtime: now,
+            atime: now,
+        }
     }
 
     /// Creates a new entry under `parent` and returns its inode attributes.
@@ -375,7 +412,11 @@ impl DistriboxFs {
         }
         let is_dir = content.is_dir();
         let id = EntryId::random();
-        let draft = Draft { location: vec![Link { parent: dir, name }], attrs, content };
+        let draft = Draft {
+            location: vec![Link { parent: dir, name }],
+            attrs,
+            content,
+        };
         let st = e(self.repo().commit(vec![(id, draft), self.touched(dir)?]))?.remove(0);
         if is_dir {
             self.forget_subdirs(&[dir]);
@@ -392,7 +433,11 @@ impl DistriboxFs {
         Ok((dir, d))
     }
 
-    fn dirty_entry(&self, entry: EntryId, fallback: Option<(&Arc<ChunkList>, u64)>) -> FsResult<Arc<Mutex<DirtyEntry>>> {
+    fn dirty_entry(
+        &self,
+        entry: EntryId,
+        fallback: Option<(&Arc<ChunkList>, u64)>,
+    ) -> FsResult<Arc<Mutex<DirtyEntry>>> {
         let mut map = self.inner.dirty.lock();
         if let Some(d) = map.get(&entry) {
             return Ok(d.clone());
@@ -479,13 +524,33 @@ impl DistriboxFs {
             }
         };
         let fh = self.inner.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.inner.handles.lock().insert(fh, Handle { ino: ino.0, kind: HandleKind::File { snapshot, size, writable } });
+        if writable && flags.0 & libc::O_TRUNC != 0 {
+            let entry = self.entry_of(ino)?;
+            let d = self.dirty_entry(entry, Some((&snapshot, size)))?;
+            let mut g = d.lock();
+            e(g.file.truncate(0))?;
+            g.last_write = Instant::now();
+        }
+        self.inner.handles.lock().insert(
+            fh,
+            Handle {
+                ino: ino.0,
+                kind: HandleKind::File {
+                    snapshot,
+                    size,
+                    writable,
+                },
+            },
+        );
         Ok(fh)
     }
 
     fn do_read(&self, ino: INodeNo, fh: FileHandle, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let (snapshot, snap_size) = match self.inner.handles.lock().get(&fh.0) {
-            Some(Handle { kind: HandleKind::File { snapshot, size, .. }, .. }) => (snapshot.clone(), *size),
+            Some(Handle {
+                kind: HandleKind::File { snapshot, size, .. },
+                ..
+            }) => (snapshot.clone(), *size),
             _ => return Err(Errno::EBADF),
         };
         let mut out = Vec::with_capacity(size as usize);
@@ -505,7 +570,15 @@ impl DistriboxFs {
     fn do_write(&self, ino: INodeNo, fh: FileHandle, offset: u64, data: &[u8]) -> FsResult<u32> {
         let entry = self.entry_of(ino)?;
         let (snapshot, snap_size) = match self.inner.handles.lock().get(&fh.0) {
-            Some(Handle { kind: HandleKind::File { snapshot, size, writable: true }, .. }) => (snapshot.clone(), *size),
+            Some(Handle {
+                kind:
+                    HandleKind::File {
+                        snapshot,
+                        size,
+                        writable: true,
+                    },
+                ..
+            }) => (snapshot.clone(), *size),
             Some(_) => return Err(Errno::EBADF),
             None => return Err(Errno::EBADF),
         };
@@ -516,7 +589,16 @@ impl DistriboxFs {
         Ok(data.len() as u32)
     }
 
-    fn do_setattr(&self, ino: INodeNo, mode: Option<u32>, uid: Option<u32>, gid: Option<u32>, size: Option<u64>, atime: Option<TimeOrNow>, mtime: Option<TimeOrNow>, fh: Option<FileHandle>) -> FsResult<FileAttr> {
+    fn do_setattr(&self, ino: INodeNo, a: SetAttr) -> FsResult<FileAttr> {
+        let SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+            fh,
+        } = a;
         let entry = self.entry_of(ino)?;
         let s = e(self.repo().get(entry))?;
         if let Some(size) = size {
@@ -527,7 +609,10 @@ impl DistriboxFs {
                 return Err(Errno::EINVAL);
             }
             let snap = fh.and_then(|fh| match self.inner.handles.lock().get(&fh.0) {
-                Some(Handle { kind: HandleKind::File { snapshot, size, .. }, .. }) => Some((snapshot.clone(), *size)),
+                Some(Handle {
+                    kind: HandleKind::File { snapshot, size, .. },
+                    ..
+                }) => Some((snapshot.clone(), *size)),
                 _ => None,
             });
             let d = self.dirty_entry(entry, snap.as_ref().map(|(l, s)| (l, *s)))?;
@@ -592,7 +677,14 @@ impl DistriboxFs {
         Ok(())
     }
 
-    fn do_rename(&self, parent: INodeNo, name: &OsStr, newparent: INodeNo, newname: &OsStr, flags: RenameFlags) -> FsResult<()> {
+    fn do_rename(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+    ) -> FsResult<()> {
         if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return Err(Errno::EINVAL);
         }
@@ -615,7 +707,10 @@ impl DistriboxFs {
             return Err(Errno::EINVAL);
         }
         let src_link = Link { parent: sdir, name };
-        let dst_link = Link { parent: ddir, name: newname };
+        let dst_link = Link {
+            parent: ddir,
+            name: newname,
+        };
         let mut changes = Vec::new();
         let mut adopt = None;
         if let Some(dst) = dst {
@@ -691,7 +786,12 @@ impl DistriboxFs {
             return Err(Errno::EEXIST);
         }
         let touched = self.touched(dir)?;
-        let st = self.commit_entry(entry, |d| d.location.push(Link { parent: dir, name: newname }))?;
+        let st = self.commit_entry(entry, |d| {
+            d.location.push(Link {
+                parent: dir,
+                name: newname,
+            })
+        })?;
         e(self.repo().commit(vec![touched]))?;
         self.entry_attr(ino.0, &st)
     }
@@ -702,14 +802,23 @@ impl DistriboxFs {
             Some(l) => self.inner.inodes.lock().entry_ino(l.parent),
             None => ROOT_INO,
         };
-        let mut listing = vec![(b".".to_vec(), ino.0, FileType::Directory), (b"..".to_vec(), parent_ino, FileType::Directory)];
+        let mut listing = vec![
+            (b".".to_vec(), ino.0, FileType::Directory),
+            (b"..".to_vec(), parent_ino, FileType::Directory),
+        ];
         for (name, child) in e(self.repo().children(dir))? {
             let cs = e(self.repo().get(child))?;
             let cino = self.inner.inodes.lock().entry_ino(child);
             listing.push((name, cino, file_type(&cs.record().content)));
         }
         let fh = self.inner.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.inner.handles.lock().insert(fh, Handle { ino: ino.0, kind: HandleKind::Dir { listing } });
+        self.inner.handles.lock().insert(
+            fh,
+            Handle {
+                ino: ino.0,
+                kind: HandleKind::Dir { listing },
+            },
+        );
         Ok(fh)
     }
 
@@ -734,7 +843,10 @@ impl DistriboxFs {
                 // (the file was deleted while open: its data goes with it, as POSIX says).
                 let deleted = self.repo().get(entry).map(|s| !s.is_alive()).unwrap_or(true);
                 let mut dirty = self.inner.dirty.lock();
-                let drop_it = dirty.get(&entry).map(|d| deleted || !d.lock().file.is_dirty()).unwrap_or(false);
+                let drop_it = dirty
+                    .get(&entry)
+                    .map(|d| deleted || !d.lock().file.is_dirty())
+                    .unwrap_or(false);
                 if drop_it {
                     dirty.remove(&entry);
                 }
@@ -778,6 +890,9 @@ impl Filesystem for DistriboxFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
+        // Let open(O_TRUNC) arrive as one request, so `echo x > f` records one
+        // version instead of an empty one followed by the new content.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC);
         Ok(())
     }
 
@@ -811,7 +926,22 @@ impl Filesystem for DistriboxFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply_attr(self.do_setattr(ino, mode, uid, gid, size, atime, mtime, fh), self.inner.opts.ttl, reply)
+        reply_attr(
+            self.do_setattr(
+                ino,
+                SetAttr {
+                    mode,
+                    uid,
+                    gid,
+                    size,
+                    atime,
+                    mtime,
+                    fh,
+                },
+            ),
+            self.inner.opts.ttl,
+            reply,
+        )
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -837,14 +967,28 @@ impl Filesystem for DistriboxFs {
             _ => return reply.error(Errno::EINVAL),
         };
         let content = match kind {
-            None => Content::File { size: 0, manifest: None },
-            Some(kind) => Content::Special { kind, rdev: rdev as u64 },
+            None => Content::File {
+                size: 0,
+                manifest: None,
+            },
+            Some(kind) => Content::Special {
+                kind,
+                rdev: rdev as u64,
+            },
         };
-        reply_entry(self.create_entry(parent, name, Self::new_attrs(req, mode, umask), content), self.inner.opts.ttl, reply)
+        reply_entry(
+            self.create_entry(parent, name, Self::new_attrs(req, mode, umask), content),
+            self.inner.opts.ttl,
+            reply,
+        )
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        reply_entry(self.create_entry(parent, name, Self::new_attrs(req, mode, umask), Content::Dir), self.inner.opts.ttl, reply)
+        reply_entry(
+            self.create_entry(parent, name, Self::new_attrs(req, mode, umask), Content::Dir),
+            self.inner.opts.ttl,
+            reply,
+        )
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -856,11 +1000,26 @@ impl Filesystem for DistriboxFs {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let content = Content::Symlink { target: target.as_os_str().as_bytes().to_vec() };
-        reply_entry(self.create_entry(parent, link_name, Self::new_attrs(req, 0o777, 0), content), self.inner.opts.ttl, reply)
+        let content = Content::Symlink {
+            target: target.as_os_str().as_bytes().to_vec(),
+        };
+        reply_entry(
+            self.create_entry(parent, link_name, Self::new_attrs(req, 0o777, 0), content),
+            self.inner.opts.ttl,
+            reply,
+        )
     }
 
-    fn rename(&self, _req: &Request, parent: INodeNo, name: &OsStr, newparent: INodeNo, newname: &OsStr, flags: RenameFlags, reply: ReplyEmpty) {
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
         reply_empty(self.do_rename(parent, name, newparent, newname, flags), reply)
     }
 
@@ -875,14 +1034,35 @@ impl Filesystem for DistriboxFs {
         }
     }
 
-    fn read(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, size: u32, _flags: OpenFlags, _lock: Option<LockOwner>, reply: ReplyData) {
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
         match self.do_read(ino, fh, offset, size) {
             Ok(data) => reply.data(&data),
             Err(err) => reply.error(err),
         }
     }
 
-    fn write(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, data: &[u8], _wf: WriteFlags, _flags: OpenFlags, _lock: Option<LockOwner>, reply: ReplyWrite) {
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _wf: WriteFlags,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
         match self.do_write(ino, fh, offset, data) {
             Ok(n) => reply.written(n),
             Err(err) => reply.error(err),
@@ -893,7 +1073,16 @@ impl Filesystem for DistriboxFs {
         reply_empty(self.handle_commit(ino), reply)
     }
 
-    fn release(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, _lock: Option<LockOwner>, _flush: bool, reply: ReplyEmpty) {
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
         reply_empty(self.release_handle(fh), reply)
     }
 
@@ -910,7 +1099,11 @@ impl Filesystem for DistriboxFs {
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let handles = self.inner.handles.lock();
-        let Some(Handle { kind: HandleKind::Dir { listing }, .. }) = handles.get(&fh.0) else {
+        let Some(Handle {
+            kind: HandleKind::Dir { listing },
+            ..
+        }) = handles.get(&fh.0)
+        else {
             return reply.error(Errno::EBADF);
         };
         for (i, (name, ino, kind)) in listing.iter().enumerate().skip(offset as usize) {
@@ -937,7 +1130,16 @@ impl Filesystem for DistriboxFs {
         if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
             return reply.error(Errno::EIO);
         }
-        reply.statfs(st.f_blocks, st.f_bfree, st.f_bavail, st.f_files, st.f_ffree, st.f_bsize as u32, 255, st.f_frsize as u32)
+        reply.statfs(
+            st.f_blocks,
+            st.f_bfree,
+            st.f_bavail,
+            st.f_files,
+            st.f_ffree,
+            st.f_bsize as u32,
+            255,
+            st.f_frsize as u32,
+        )
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
@@ -965,23 +1167,63 @@ impl Filesystem for DistriboxFs {
         reply_empty(r, reply)
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
         let r = self
-            .create_entry(parent, name, Self::new_attrs(req, mode, umask), Content::File { size: 0, manifest: None })
+            .create_entry(
+                parent,
+                name,
+                Self::new_attrs(req, mode, umask),
+                Content::File {
+                    size: 0,
+                    manifest: None,
+                },
+            )
             .and_then(|attr| Ok((attr, self.open_handle(attr.ino, OpenFlags(flags))?)));
         match r {
-            Ok((attr, fh)) => reply.created(&self.inner.opts.ttl, &attr, Generation(0), FileHandle(fh), FopenFlags::empty()),
+            Ok((attr, fh)) => reply.created(
+                &self.inner.opts.ttl,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
             Err(err) => reply.error(err),
         }
     }
 
-    fn fallocate(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
         if mode != 0 {
             return reply.error(Errno::EOPNOTSUPP);
         }
         let r = self.attr(ino).and_then(|a| {
             if offset + length > a.size {
-                self.do_setattr(ino, None, None, None, Some(offset + length), None, None, Some(fh)).map(|_| ())
+                self.do_setattr(
+                    ino,
+                    SetAttr {
+                        size: Some(offset + length),
+                        fh: Some(fh),
+                        ..SetAttr::default()
+                    },
+                )
+                .map(|_| ())
             } else {
                 Ok(())
             }

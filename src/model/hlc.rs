@@ -17,9 +17,15 @@ impl Hlc {
     /// The next timestamp after `last`, given the current wall clock.
     pub fn tick(last: Hlc, now_ns: u64) -> Hlc {
         if now_ns > last.wall_ns {
-            Hlc { wall_ns: now_ns, counter: 0 }
+            Hlc {
+                wall_ns: now_ns,
+                counter: 0,
+            }
         } else {
-            Hlc { wall_ns: last.wall_ns, counter: last.counter + 1 }
+            Hlc {
+                wall_ns: last.wall_ns,
+                counter: last.counter + 1,
+            }
         }
     }
 
@@ -51,6 +57,12 @@ mod tests {
         let c = Hlc::tick(b, 50);
         assert!(a < b && b < c);
         let d = Hlc::tick(c, 200);
-        assert_eq!(d, Hlc { wall_ns: 200, counter: 0 });
+        assert_eq!(
+            d,
+            Hlc {
+                wall_ns: 200,
+                counter: 0
+            }
+        );
     }
 }

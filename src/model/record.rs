@@ -48,7 +48,10 @@ pub struct Timestamp {
 impl Timestamp {
     pub fn from_system(t: SystemTime) -> Self {
         match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => Timestamp { secs: d.as_secs() as i64, nanos: d.subsec_nanos() },
+            Ok(d) => Timestamp {
+                secs: d.as_secs() as i64,
+                nanos: d.subsec_nanos(),
+            },
             Err(e) => {
                 let d = e.duration();
                 let mut secs = -(d.as_secs() as i64);
@@ -98,10 +101,18 @@ pub enum SpecialKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Content {
     /// A regular file; `manifest` is the root of its chunk manifest (None when empty).
-    File { size: u64, manifest: Option<ChunkId> },
+    File {
+        size: u64,
+        manifest: Option<ChunkId>,
+    },
     Dir,
-    Symlink { target: Vec<u8> },
-    Special { kind: SpecialKind, rdev: u64 },
+    Symlink {
+        target: Vec<u8>,
+    },
+    Special {
+        kind: SpecialKind,
+        rdev: u64,
+    },
     /// Deleted. Kept forever: sync and "delete loses to a concurrent edit" need it.
     Tombstone,
 }
@@ -158,8 +169,8 @@ pub struct SignedRecord {
 impl SignedRecord {
     /// Encodes and signs a record we author.
     pub fn sign(record: VersionRecord, key: &SigningKey) -> Self {
-        let body = bincode::serde::encode_to_vec(&record, bincode_config())
-            .expect("encoding a record into a Vec cannot fail");
+        let body =
+            bincode::serde::encode_to_vec(&record, bincode_config()).expect("encoding a record into a Vec cannot fail");
         let sig = key.sign(&body);
         let mut bytes = Vec::with_capacity(1 + 4 + body.len() + 64);
         bytes.push(RECORD_FORMAT);
@@ -185,9 +196,8 @@ impl SignedRecord {
         if sig.len() != 64 {
             return Err(frame());
         }
-        let (record, used): (VersionRecord, usize) =
-            bincode::serde::decode_from_slice(body, bincode_config())
-                .map_err(|e| RecordError::Decode(e.to_string()))?;
+        let (record, used): (VersionRecord, usize) = bincode::serde::decode_from_slice(body, bincode_config())
+            .map_err(|e| RecordError::Decode(e.to_string()))?;
         if used != body.len() {
             return Err(RecordError::Decode("trailing bytes after body".into()));
         }
@@ -198,7 +208,11 @@ impl SignedRecord {
             vk.verify(body, &sig).map_err(|_| bad())?;
         }
         let id = VersionId(*blake3::hash(body).as_bytes());
-        Ok(SignedRecord { id, record, bytes: bytes.to_vec() })
+        Ok(SignedRecord {
+            id,
+            record,
+            bytes: bytes.to_vec(),
+        })
     }
 
     /// Effective `*_from` stamps: a `None` stamp names this record itself.
@@ -224,9 +238,18 @@ mod tests {
             author: NodeId(key.verifying_key().to_bytes()),
             seq: 1,
             hlc: Hlc { wall_ns: 5, counter: 0 },
-            location: vec![Link { parent: EntryId([1; 16]), name: b"a.txt".to_vec() }],
-            attrs: Attrs { mode: 0o644, ..Default::default() },
-            content: Content::File { size: 3, manifest: Some(ChunkId([2; 32])) },
+            location: vec![Link {
+                parent: EntryId([1; 16]),
+                name: b"a.txt".to_vec(),
+            }],
+            attrs: Attrs {
+                mode: 0o644,
+                ..Default::default()
+            },
+            content: Content::File {
+                size: 3,
+                manifest: Some(ChunkId([2; 32])),
+            },
             content_from: None,
             location_from: None,
             attrs_from: None,
@@ -253,7 +276,10 @@ mod tests {
         assert!(SignedRecord::decode(&bytes[..10], true).is_err());
         let mut fmt = s.bytes.clone();
         fmt[0] = 99;
-        assert!(matches!(SignedRecord::decode(&fmt, true), Err(RecordError::Format { found: 99 })));
+        assert!(matches!(
+            SignedRecord::decode(&fmt, true),
+            Err(RecordError::Format { found: 99 })
+        ));
     }
 
     #[test]

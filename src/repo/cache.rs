@@ -12,7 +12,11 @@ pub struct Lru<K, V> {
 
 impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
     pub fn new(cap: usize) -> Self {
-        Lru { cap, map: HashMap::new(), order: VecDeque::new() }
+        Lru {
+            cap,
+            map: HashMap::new(),
+            order: VecDeque::new(),
+        }
     }
 
     pub fn get(&mut self, k: &K) -> Option<V> {

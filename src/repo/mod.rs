@@ -18,7 +18,9 @@ mod writeback;
 pub use writeback::DirtyFile;
 
 use crate::chunking::{self, ChunkList, ChunkingError};
-use crate::model::{names, Attrs, ChunkId, Content, EntryId, Hlc, Link, NodeId, RecordError, SignedRecord, VersionId, VersionRecord};
+use crate::model::{
+    names, Attrs, ChunkId, Content, EntryId, Hlc, Link, NodeId, RecordError, SignedRecord, VersionId, VersionRecord,
+};
 use crate::store::{DataDir, DataDirError, EntryHeads, Store, StoreError};
 use cache::Lru;
 use ed25519_dalek::SigningKey;
@@ -86,7 +88,11 @@ impl EntryState {
     }
     pub fn draft(&self) -> Draft {
         let r = &self.head.record;
-        Draft { location: r.location.clone(), attrs: r.attrs, content: r.content.clone() }
+        Draft {
+            location: r.location.clone(),
+            attrs: r.attrs,
+            content: r.content.clone(),
+        }
     }
     pub fn is_alive(&self) -> bool {
         !self.head.record.content.is_tombstone()
@@ -172,7 +178,14 @@ impl Repo {
                 mtime: crate::model::Timestamp::now(),
                 atime: crate::model::Timestamp::now(),
             };
-            repo.commit(vec![(root, Draft { location: vec![], attrs, content: Content::Dir })])?;
+            repo.commit(vec![(
+                root,
+                Draft {
+                    location: vec![],
+                    attrs,
+                    content: Content::Dir,
+                },
+            )])?;
             repo.store.sync()?;
         }
         Ok(repo)
@@ -230,7 +243,12 @@ impl Repo {
             }
         }
         let (head, generation) = best.ok_or(RepoError::NotFound { entry })?;
-        Ok(EntryState { id: entry, head, heads: heads.heads, generation })
+        Ok(EntryState {
+            id: entry,
+            head,
+            heads: heads.heads,
+            generation,
+        })
     }
 
     pub fn lookup(&self, parent: EntryId, name: &[u8]) -> Result<Option<EntryId>> {
@@ -353,12 +371,19 @@ impl Repo {
             batch.put_heads(entry, &EntryHeads { heads: heads.clone() });
             batch.put_entry_version(entry, generation, signed.id);
             seq += 1;
-            out.push(Arc::new(EntryState { id: entry, head: signed, heads, generation }));
+            out.push(Arc::new(EntryState {
+                id: entry,
+                head: signed,
+                heads,
+                generation,
+            }));
         }
         // Names must be free unless this batch frees them.
         for (l, _) in &added_links {
             if self.store.get_child(l.parent, &l.name)?.is_some() && !removed_links.contains(l) {
-                return Err(RepoError::Exists { name: String::from_utf8_lossy(&l.name).into_owned() });
+                return Err(RepoError::Exists {
+                    name: String::from_utf8_lossy(&l.name).into_owned(),
+                });
             }
         }
         for l in &removed_links {
@@ -398,7 +423,9 @@ impl Repo {
         if let Some(l) = self.manifests.lock().get(&root) {
             return Ok(l.clone());
         }
-        let list = Arc::new(chunking::load_manifest(Some(root), |id| self.store.get_chunk(id).map_err(RepoError::from))?);
+        let list = Arc::new(chunking::load_manifest(Some(root), |id| {
+            self.store.get_chunk(id).map_err(RepoError::from)
+        })?);
         self.manifests.lock().put(root, list.clone());
         Ok(list)
     }
@@ -433,13 +460,20 @@ impl Repo {
     }
 
     fn store_manifest(&self, refs: &[chunking::ChunkRef]) -> Result<Option<ChunkId>> {
-        chunking::build_manifest(refs, |id, bytes| self.store.put_chunk(id, &bytes).map(|_| ()).map_err(RepoError::from))
+        chunking::build_manifest(refs, |id, bytes| {
+            self.store.put_chunk(id, &bytes).map(|_| ()).map_err(RepoError::from)
+        })
     }
 
     /// Version `generation` of an entry. Errors if several versions share it.
     pub fn version_by_generation(&self, entry: EntryId, generation: u64) -> Result<Option<SignedRecord>> {
-        let matches: Vec<VersionId> =
-            self.store.entry_versions(entry)?.into_iter().filter(|(g, _)| *g == generation).map(|(_, v)| v).collect();
+        let matches: Vec<VersionId> = self
+            .store
+            .entry_versions(entry)?
+            .into_iter()
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, v)| v)
+            .collect();
         match matches.as_slice() {
             [] => Ok(None),
             [one] => Ok(Some(self.load_record(*one)?)),
@@ -452,7 +486,12 @@ impl Repo {
         self.store
             .entry_versions(entry)?
             .into_iter()
-            .map(|(generation, v)| Ok(VersionInfo { generation, record: self.load_record(v)? }))
+            .map(|(generation, v)| {
+                Ok(VersionInfo {
+                    generation,
+                    record: self.load_record(v)?,
+                })
+            })
             .collect()
     }
 

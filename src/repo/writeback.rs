@@ -41,17 +41,34 @@ pub struct DirtyFile {
 impl DirtyFile {
     pub fn new(base: Arc<ChunkList>, size: u64, spill_path: PathBuf, mtime: Timestamp) -> Self {
         let base_valid = base.len_bytes().min(size);
-        DirtyFile { base, base_valid, size, ranges: BTreeMap::new(), spill: None, spill_path, mtime, pending: false }
+        DirtyFile {
+            base,
+            base_valid,
+            size,
+            ranges: BTreeMap::new(),
+            spill: None,
+            spill_path,
+            mtime,
+            pending: false,
+        }
     }
 
     /// True if there is anything to commit.
     pub fn is_dirty(&self) -> bool {
-        self.pending || !self.ranges.is_empty() || self.base_valid < self.base.len_bytes() || self.size != self.base.len_bytes()
+        self.pending
+            || !self.ranges.is_empty()
+            || self.base_valid < self.base.len_bytes()
+            || self.size != self.base.len_bytes()
     }
 
     fn spill(&mut self) -> Result<&File> {
         if self.spill.is_none() {
-            let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&self.spill_path)?;
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&self.spill_path)?;
             self.spill = Some(f);
         }
         Ok(self.spill.as_ref().expect("just set"))
@@ -88,7 +105,12 @@ impl DirtyFile {
 
     pub fn truncate(&mut self, size: u64) -> Result<()> {
         if size < self.size {
-            let cut: Vec<(u64, u64)> = self.ranges.range(..).filter(|(_, &e)| e > size).map(|(&s, &e)| (s, e)).collect();
+            let cut: Vec<(u64, u64)> = self
+                .ranges
+                .range(..)
+                .filter(|(_, &e)| e > size)
+                .map(|(&s, &e)| (s, e))
+                .collect();
             for (s, _) in cut {
                 let e = self.ranges.remove(&s).expect("listed above");
                 if s < size {
@@ -165,16 +187,31 @@ impl DirtyFile {
                 return Ok((self.size, current_root(repo, &base)?));
             }
         };
-        let last_change_end = if tail_changed { self.size } else { self.ranges.values().copied().max().unwrap_or(0) };
+        let last_change_end = if tail_changed {
+            self.size
+        } else {
+            self.ranges.values().copied().max().unwrap_or(0)
+        };
         // Restart chunking at the start of the chunk holding the first change (or the
         // last chunk, whose end was cut by EOF rather than content, when appending).
         let restart_idx = match base.index_at(first_change) {
             Some(i) => i,
             None => base.refs().len().saturating_sub(1),
         };
-        let restart = if base.refs().is_empty() { 0 } else { base.start(restart_idx) };
+        let restart = if base.refs().is_empty() {
+            0
+        } else {
+            base.start(restart_idx)
+        };
         let mut refs: Vec<chunking::ChunkRef> = base.refs()[..restart_idx.min(base.refs().len())].to_vec();
-        let reader = LogicalReader { file: self, repo, pos: restart, end: self.size, buf: Vec::new(), buf_pos: 0 };
+        let reader = LogicalReader {
+            file: self,
+            repo,
+            pos: restart,
+            end: self.size,
+            buf: Vec::new(),
+            buf_pos: 0,
+        };
         let mut pos = restart;
         for c in chunking::split(reader) {
             let (r, bytes) = c?;

@@ -40,7 +40,10 @@ pub enum DataDirError {
 type Result<T> = std::result::Result<T, DataDirError>;
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
-    move |source| DataDirError::Io { path: path.to_path_buf(), source }
+    move |source| DataDirError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Paths inside one data dir.
@@ -86,7 +89,9 @@ impl DataDir {
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(DataDirError::NotInitialised { path: self.root.clone() })
+                return Err(DataDirError::NotInitialised {
+                    path: self.root.clone(),
+                })
             }
             Err(e) => return Err(io_err(&path)(e)),
         };
@@ -94,9 +99,14 @@ impl DataDir {
             .trim()
             .strip_prefix(FORMAT_MAGIC)
             .and_then(|v| v.trim().parse::<u32>().ok())
-            .ok_or_else(|| DataDirError::Unrecognised { path: self.root.clone() })?;
+            .ok_or_else(|| DataDirError::Unrecognised {
+                path: self.root.clone(),
+            })?;
         if found > FORMAT_VERSION {
-            return Err(DataDirError::NewerFormat { path: self.root.clone(), found });
+            return Err(DataDirError::NewerFormat {
+                path: self.root.clone(),
+                found,
+            });
         }
         Ok(())
     }
@@ -114,15 +124,24 @@ impl DataDir {
         }
         if let Ok(mut rd) = fs::read_dir(&self.root) {
             if rd.next().is_some() {
-                return Err(DataDirError::NotEmpty { path: self.root.clone() });
+                return Err(DataDirError::NotEmpty {
+                    path: self.root.clone(),
+                });
             }
         }
         fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
         fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700)).map_err(io_err(&self.root))?;
         let key = SigningKey::from_bytes(&rand::random());
         let kp = self.key_path();
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&kp).map_err(io_err(&kp))?;
-        f.write_all(&key.to_bytes()).and_then(|_| f.sync_all()).map_err(io_err(&kp))?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&kp)
+            .map_err(io_err(&kp))?;
+        f.write_all(&key.to_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(io_err(&kp))?;
         // FORMAT last: its presence means "fully initialised".
         let fp = self.format_path();
         fs::write(&fp, format!("{FORMAT_MAGIC} {FORMAT_VERSION}\n")).map_err(io_err(&fp))?;
@@ -132,7 +151,9 @@ impl DataDir {
     pub fn load_key(&self) -> Result<SigningKey> {
         let kp = self.key_path();
         let mut buf = Vec::new();
-        File::open(&kp).and_then(|mut f| f.read_to_end(&mut buf)).map_err(io_err(&kp))?;
+        File::open(&kp)
+            .and_then(|mut f| f.read_to_end(&mut buf))
+            .map_err(io_err(&kp))?;
         let bytes: [u8; 32] = buf.try_into().map_err(|_| DataDirError::BadKey { path: kp.clone() })?;
         Ok(SigningKey::from_bytes(&bytes))
     }
@@ -153,11 +174,21 @@ impl DataDir {
     /// Takes the exclusive node lock, or says who holds it.
     pub fn lock(&self) -> Result<DataDirLock> {
         let lp = self.lock_path();
-        let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&lp).map_err(io_err(&lp))?;
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lp)
+            .map_err(io_err(&lp))?;
         // SAFETY: flock on a valid fd we own.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let pid = fs::read_to_string(&lp).ok().and_then(|s| s.trim().parse().ok());
-            return Err(DataDirError::Locked { path: self.root.clone(), pid });
+            return Err(DataDirError::Locked {
+                path: self.root.clone(),
+                pid,
+            });
         }
         f.set_len(0).map_err(io_err(&lp))?;
         writeln!(f, "{}", std::process::id()).map_err(io_err(&lp))?;

@@ -38,8 +38,16 @@ const CF_ENTRIES: &str = "entries";
 const CF_CHILDREN: &str = "children";
 const CF_ENTRY_VERSIONS: &str = "entry_versions";
 const CF_META: &str = "meta";
-const ALL_CFS: [&str; 8] =
-    [CF_CHUNKS, CF_CHUNK_INDEX, CF_VERSIONS, CF_BY_AUTHOR, CF_ENTRIES, CF_CHILDREN, CF_ENTRY_VERSIONS, CF_META];
+const ALL_CFS: [&str; 8] = [
+    CF_CHUNKS,
+    CF_CHUNK_INDEX,
+    CF_VERSIONS,
+    CF_BY_AUTHOR,
+    CF_ENTRIES,
+    CF_CHILDREN,
+    CF_ENTRY_VERSIONS,
+    CF_META,
+];
 
 /// Leading byte of every value we bincode into the store.
 const VALUE_FORMAT: u8 = 1;
@@ -85,10 +93,7 @@ pub struct EntryHeads {
 
 fn encode_value<T: Serialize>(v: &T) -> Vec<u8> {
     let mut out = vec![VALUE_FORMAT];
-    out.extend(
-        bincode::serde::encode_to_vec(v, bincode::config::standard())
-            .expect("encoding into a Vec cannot fail"),
-    );
+    out.extend(bincode::serde::encode_to_vec(v, bincode::config::standard()).expect("encoding into a Vec cannot fail"));
     out
 }
 
@@ -139,19 +144,27 @@ pub struct Batch<'a> {
 impl Batch<'_> {
     pub fn put_record(&mut self, id: VersionId, author: NodeId, seq: u64, bytes: &[u8]) {
         self.batch.put_cf(self.store.cf(CF_VERSIONS), id.as_bytes(), bytes);
-        self.batch.put_cf(self.store.cf(CF_BY_AUTHOR), author_key(author, seq), id.as_bytes());
+        self.batch
+            .put_cf(self.store.cf(CF_BY_AUTHOR), author_key(author, seq), id.as_bytes());
     }
     pub fn put_heads(&mut self, entry: EntryId, heads: &EntryHeads) {
-        self.batch.put_cf(self.store.cf(CF_ENTRIES), entry.as_bytes(), encode_value(heads));
+        self.batch
+            .put_cf(self.store.cf(CF_ENTRIES), entry.as_bytes(), encode_value(heads));
     }
     pub fn put_child(&mut self, parent: EntryId, name: &[u8], child: EntryId) {
-        self.batch.put_cf(self.store.cf(CF_CHILDREN), child_key(parent, name), child.as_bytes());
+        self.batch
+            .put_cf(self.store.cf(CF_CHILDREN), child_key(parent, name), child.as_bytes());
     }
     pub fn delete_child(&mut self, parent: EntryId, name: &[u8]) {
-        self.batch.delete_cf(self.store.cf(CF_CHILDREN), child_key(parent, name));
+        self.batch
+            .delete_cf(self.store.cf(CF_CHILDREN), child_key(parent, name));
     }
     pub fn put_entry_version(&mut self, entry: EntryId, generation: u64, v: VersionId) {
-        self.batch.put_cf(self.store.cf(CF_ENTRY_VERSIONS), entry_version_key(entry, generation, v), []);
+        self.batch.put_cf(
+            self.store.cf(CF_ENTRY_VERSIONS),
+            entry_version_key(entry, generation, v),
+            [],
+        );
     }
     pub fn put_meta(&mut self, key: &str, value: &[u8]) {
         self.batch.put_cf(self.store.cf(CF_META), key.as_bytes(), value);
@@ -190,7 +203,10 @@ impl Store {
     }
 
     pub fn batch(&self) -> Batch<'_> {
-        Batch { store: self, batch: WriteBatch::default() }
+        Batch {
+            store: self,
+            batch: WriteBatch::default(),
+        }
     }
 
     /// Applies a batch atomically (WAL on, not synced: survives a process kill).
@@ -204,7 +220,11 @@ impl Store {
     }
 
     pub fn has_chunk(&self, id: ChunkId) -> Result<bool> {
-        Ok(self.db.get_pinned_cf(self.cf(CF_CHUNK_INDEX), id.as_bytes()).map_err(db_err("chunk lookup"))?.is_some())
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_CHUNK_INDEX), id.as_bytes())
+            .map_err(db_err("chunk lookup"))?
+            .is_some())
     }
 
     /// Stores a chunk unless it is already present (dedup). Returns true if new bytes
@@ -215,7 +235,11 @@ impl Store {
         }
         let mut b = WriteBatch::default();
         b.put_cf(self.cf(CF_CHUNKS), id.as_bytes(), data);
-        b.put_cf(self.cf(CF_CHUNK_INDEX), id.as_bytes(), (data.len() as u32).to_le_bytes());
+        b.put_cf(
+            self.cf(CF_CHUNK_INDEX),
+            id.as_bytes(),
+            (data.len() as u32).to_le_bytes(),
+        );
         let mut wo = WriteOptions::default();
         wo.set_sync(false);
         self.db.write_opt(b, &wo).map_err(db_err("put chunk"))?;
@@ -241,26 +265,38 @@ impl Store {
     /// on-disk corruption.
     #[doc(hidden)]
     pub fn corrupt_chunk_for_test(&self, id: ChunkId, data: &[u8]) -> Result<()> {
-        self.db.put_cf(self.cf(CF_CHUNKS), id.as_bytes(), data).map_err(db_err("put chunk"))
+        self.db
+            .put_cf(self.cf(CF_CHUNKS), id.as_bytes(), data)
+            .map_err(db_err("put chunk"))
     }
 
     pub fn get_record(&self, id: VersionId) -> Result<Option<Vec<u8>>> {
-        self.db.get_cf(self.cf(CF_VERSIONS), id.as_bytes()).map_err(db_err("get record"))
+        self.db
+            .get_cf(self.cf(CF_VERSIONS), id.as_bytes())
+            .map_err(db_err("get record"))
     }
 
     pub fn get_heads(&self, entry: EntryId) -> Result<Option<EntryHeads>> {
-        match self.db.get_pinned_cf(self.cf(CF_ENTRIES), entry.as_bytes()).map_err(db_err("get entry"))? {
+        match self
+            .db
+            .get_pinned_cf(self.cf(CF_ENTRIES), entry.as_bytes())
+            .map_err(db_err("get entry"))?
+        {
             Some(v) => Ok(Some(decode_value("entries", &v)?)),
             None => Ok(None),
         }
     }
 
     pub fn get_child(&self, parent: EntryId, name: &[u8]) -> Result<Option<EntryId>> {
-        let v = self.db.get_pinned_cf(self.cf(CF_CHILDREN), child_key(parent, name)).map_err(db_err("lookup"))?;
+        let v = self
+            .db
+            .get_pinned_cf(self.cf(CF_CHILDREN), child_key(parent, name))
+            .map_err(db_err("lookup"))?;
         match v {
-            Some(v) => EntryId::from_slice(&v)
-                .map(Some)
-                .ok_or(StoreError::CorruptValue { what: "children", detail: "bad entry id".into() }),
+            Some(v) => EntryId::from_slice(&v).map(Some).ok_or(StoreError::CorruptValue {
+                what: "children",
+                detail: "bad entry id".into(),
+            }),
             None => Ok(None),
         }
     }
@@ -269,14 +305,18 @@ impl Store {
     pub fn list_children(&self, parent: EntryId) -> Result<Vec<(Vec<u8>, EntryId)>> {
         let mut out = Vec::new();
         let prefix = parent.as_bytes();
-        let it = self.db.iterator_cf(self.cf(CF_CHILDREN), IteratorMode::From(prefix, Direction::Forward));
+        let it = self
+            .db
+            .iterator_cf(self.cf(CF_CHILDREN), IteratorMode::From(prefix, Direction::Forward));
         for item in it {
             let (k, v) = item.map_err(db_err("readdir"))?;
             if !k.starts_with(prefix) {
                 break;
             }
-            let child = EntryId::from_slice(&v)
-                .ok_or(StoreError::CorruptValue { what: "children", detail: "bad entry id".into() })?;
+            let child = EntryId::from_slice(&v).ok_or(StoreError::CorruptValue {
+                what: "children",
+                detail: "bad entry id".into(),
+            })?;
             out.push((k[16..].to_vec(), child));
         }
         Ok(out)
@@ -285,7 +325,9 @@ impl Store {
     /// True if the directory has at least one child (cheaper than listing it).
     pub fn has_children(&self, parent: EntryId) -> Result<bool> {
         let prefix = parent.as_bytes();
-        let mut it = self.db.iterator_cf(self.cf(CF_CHILDREN), IteratorMode::From(prefix, Direction::Forward));
+        let mut it = self
+            .db
+            .iterator_cf(self.cf(CF_CHILDREN), IteratorMode::From(prefix, Direction::Forward));
         match it.next() {
             Some(item) => Ok(item.map_err(db_err("readdir"))?.0.starts_with(prefix)),
             None => Ok(false),
@@ -296,13 +338,19 @@ impl Store {
     pub fn entry_versions(&self, entry: EntryId) -> Result<Vec<(u64, VersionId)>> {
         let mut out = Vec::new();
         let prefix = entry.as_bytes();
-        let it = self.db.iterator_cf(self.cf(CF_ENTRY_VERSIONS), IteratorMode::From(prefix, Direction::Forward));
+        let it = self.db.iterator_cf(
+            self.cf(CF_ENTRY_VERSIONS),
+            IteratorMode::From(prefix, Direction::Forward),
+        );
         for item in it {
             let (k, _) = item.map_err(db_err("history"))?;
             if !k.starts_with(prefix) {
                 break;
             }
-            let bad = || StoreError::CorruptValue { what: "entry_versions", detail: "bad key".into() };
+            let bad = || StoreError::CorruptValue {
+                what: "entry_versions",
+                detail: "bad key".into(),
+            };
             let generation = u64::from_be_bytes(k.get(16..24).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
             let v = VersionId::from_slice(k.get(24..).ok_or_else(bad)?).ok_or_else(bad)?;
             out.push((generation, v));
@@ -314,7 +362,9 @@ impl Store {
     pub fn last_seq(&self, author: NodeId) -> Result<u64> {
         let mut upper = author.as_bytes().to_vec();
         upper.extend_from_slice(&u64::MAX.to_be_bytes());
-        let mut it = self.db.iterator_cf(self.cf(CF_BY_AUTHOR), IteratorMode::From(&upper, Direction::Reverse));
+        let mut it = self
+            .db
+            .iterator_cf(self.cf(CF_BY_AUTHOR), IteratorMode::From(&upper, Direction::Reverse));
         if let Some(item) = it.next() {
             let (k, _) = item.map_err(db_err("seq"))?;
             if k.starts_with(author.as_bytes()) && k.len() == 40 {
@@ -329,7 +379,10 @@ impl Store {
         let mut out = Vec::new();
         for item in self.db.iterator_cf(self.cf(CF_BY_AUTHOR), IteratorMode::Start) {
             let (k, v) = item.map_err(db_err("log"))?;
-            let bad = || StoreError::CorruptValue { what: "by_author", detail: "bad key".into() };
+            let bad = || StoreError::CorruptValue {
+                what: "by_author",
+                detail: "bad key".into(),
+            };
             if k.len() != 40 {
                 return Err(bad());
             }
@@ -341,11 +394,26 @@ impl Store {
     }
 
     pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.db.get_cf(self.cf(CF_META), key.as_bytes()).map_err(db_err("get meta"))
+        self.db
+            .get_cf(self.cf(CF_META), key.as_bytes())
+            .map_err(db_err("get meta"))
     }
 
     pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<()> {
-        self.db.put_cf(self.cf(CF_META), key.as_bytes(), value).map_err(db_err("put meta"))
+        self.db
+            .put_cf(self.cf(CF_META), key.as_bytes(), value)
+            .map_err(db_err("put meta"))
+    }
+
+    /// (number of chunks, total bytes of chunk data) — each distinct chunk once.
+    pub fn chunk_stats(&self) -> Result<(u64, u64)> {
+        let (mut n, mut bytes) = (0u64, 0u64);
+        for item in self.db.iterator_cf(self.cf(CF_CHUNK_INDEX), IteratorMode::Start) {
+            let (_, v) = item.map_err(db_err("chunk stats"))?;
+            n += 1;
+            bytes += u32::from_le_bytes(v.as_ref().try_into().unwrap_or([0; 4])) as u64;
+        }
+        Ok((n, bytes))
     }
 
     /// Approximate bytes the store occupies on disk (SST + blob files).

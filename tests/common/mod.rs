@@ -17,7 +17,12 @@ pub fn bin() -> &'static str {
 
 /// Runs `distribox --data-dir D args...` and returns its output.
 pub fn cli(data_dir: &Path, args: &[&str]) -> Output {
-    Command::new(bin()).arg("--data-dir").arg(data_dir).args(args).output().expect("run distribox")
+    Command::new(bin())
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .expect("run distribox")
 }
 
 pub fn is_mounted(p: &Path) -> bool {
@@ -45,7 +50,13 @@ impl Node {
         let data = tmp.path().join("data");
         let mnt = tmp.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
-        let mut n = Node { tmp, data, mnt, extra: extra.iter().map(|s| s.to_string()).collect(), pid: None };
+        let mut n = Node {
+            tmp,
+            data,
+            mnt,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            pid: None,
+        };
         n.mount();
         n
     }
@@ -62,15 +73,27 @@ impl Node {
             String::from_utf8_lossy(&out.stderr),
             self.log()
         );
-        assert!(is_mounted(&self.mnt), "mount returned but {} is not mounted", self.mnt.display());
+        assert!(
+            is_mounted(&self.mnt),
+            "mount returned but {} is not mounted",
+            self.mnt.display()
+        );
         let s = String::from_utf8_lossy(&out.stdout).to_string();
-        self.pid = s.split("node pid ").nth(1).and_then(|r| r.split(',').next()).and_then(|p| p.trim().parse().ok());
+        self.pid = s
+            .split("node pid ")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .and_then(|p| p.trim().parse().ok());
     }
 
     /// Clean unmount through the CLI; asserts the node exited.
     pub fn unmount(&mut self) {
         let out = cli(&self.data, &["unmount", self.mnt.to_str().unwrap()]);
-        assert!(out.status.success(), "unmount failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "unmount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(!is_mounted(&self.mnt));
         self.wait_exit();
     }
@@ -171,7 +194,12 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 }
 
 pub fn sh(dir: &Path, script: &str) -> Output {
-    Command::new("bash").arg("-ec").arg(script).current_dir(dir).output().unwrap()
+    Command::new("bash")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap()
 }
 
 pub fn sh_ok(dir: &Path, script: &str) -> String {
