@@ -17,7 +17,10 @@ fn vm_hwm_kib(pid: u32) -> u64 {
 
 #[test]
 fn four_gib_write_and_random_patches_stay_under_256_mib_rss() {
-    let mb: u64 = std::env::var("DISTRIBOX_BIG_FILE_MB").ok().and_then(|s| s.parse().ok()).unwrap_or(4096);
+    let mb: u64 = std::env::var("DISTRIBOX_BIG_FILE_MB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4096);
     let size = mb << 20;
     let n = Node::start();
     let pid = n.pid.expect("node pid");

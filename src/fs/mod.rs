@@ -584,7 +584,7 @@ impl DistriboxFs {
         };
         let d = self.dirty_entry(entry, Some((&snapshot, snap_size)))?;
         let mut g = d.lock();
-        e(g.file.write(offset, data))?;
+        e(g.file.write(self.repo(), offset, data))?;
         g.last_write = Instant::now();
         Ok(data.len() as u32)
     }
@@ -670,6 +670,11 @@ impl DistriboxFs {
         }
         let link = Link { parent: dir, name };
         let draft = without_link(&s, &link);
+        if draft.content.is_tombstone() && !self.inner.open_count.lock().contains_key(&child) {
+            // Uncommitted writes of a closed file being deleted (left behind when the
+            // disk filled up) go with it; dropping them first frees their spill space.
+            self.inner.dirty.lock().remove(&child);
+        }
         e(self.repo().commit(vec![(child, draft), self.touched(dir)?]))?;
         if is_dir {
             self.forget_subdirs(&[dir]);

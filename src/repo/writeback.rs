@@ -74,9 +74,12 @@ impl DirtyFile {
         Ok(self.spill.as_ref().expect("just set"))
     }
 
-    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+    pub fn write(&mut self, repo: &Repo, offset: u64, data: &[u8]) -> Result<()> {
         if data.is_empty() {
             return Ok(());
+        }
+        if !repo.store().admit_bytes(data.len() as u64) {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC).into());
         }
         self.spill()?.write_all_at(data, offset)?;
         let end = offset + data.len() as u64;

@@ -22,8 +22,10 @@
 //! kill; `sync()` (fsync) makes it survive power loss too.
 
 mod datadir;
+mod space;
 
 pub use datadir::{DataDir, DataDirError, FORMAT_VERSION};
+pub use space::SpaceGuard;
 
 use crate::model::{ChunkId, EntryId, NodeId, VersionId};
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
@@ -133,6 +135,8 @@ fn author_key(author: NodeId, seq: u64) -> Vec<u8> {
 /// The open RocksDB store. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct Store {
     db: DB,
+    /// Keeps chunk data out of the disk's last reserve (see `space`).
+    space: SpaceGuard,
 }
 
 /// A set of index/record updates applied atomically by [`Store::write`].
@@ -195,7 +199,10 @@ impl Store {
             ColumnFamilyDescriptor::new(*name, o)
         });
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(db_err("open"))?;
-        Ok(Store { db })
+        Ok(Store {
+            db,
+            space: SpaceGuard::new(path),
+        })
     }
 
     fn cf(&self, name: &str) -> &ColumnFamily {
@@ -233,6 +240,11 @@ impl Store {
         if self.has_chunk(id)? {
             return Ok(false);
         }
+        if !self.space.admit(data.len() as u64) {
+            return Err(StoreError::NoSpace(format!(
+                "storing chunk {id} would use the disk's reserve"
+            )));
+        }
         let mut b = WriteBatch::default();
         b.put_cf(self.cf(CF_CHUNKS), id.as_bytes(), data);
         b.put_cf(
@@ -244,6 +256,12 @@ impl Store {
         wo.set_sync(false);
         self.db.write_opt(b, &wo).map_err(db_err("put chunk"))?;
         Ok(true)
+    }
+
+    /// Admits `bytes` of user data outside the store (spill files) against the
+    /// same free-space reserve.
+    pub fn admit_bytes(&self, bytes: u64) -> bool {
+        self.space.admit(bytes)
     }
 
     /// Reads a chunk and checks it against its hash: a mismatch is an error, never

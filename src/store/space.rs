@@ -1,0 +1,69 @@
+//! Free-space guard: user data (chunks, spill files) may not eat the last few percent
+//! of the disk holding the data dir. That reserve is what lets RocksDB keep writing
+//! records — a delete that frees space, a commit of data already stored — when the
+//! disk is otherwise full; RocksDB itself never sees ENOSPC, because a RocksDB write
+//! that fails on a full disk can leave the database read-only until restart.
+
+use parking_lot::Mutex;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// How long a free-space reading is trusted (minus what we wrote since).
+const RECHECK: Duration = Duration::from_millis(100);
+
+pub struct SpaceGuard {
+    path: CString,
+    reserve: u64,
+    /// (when read, bytes available then, bytes admitted since).
+    last: Mutex<Option<(Instant, u64, u64)>>,
+}
+
+fn statvfs(path: &CString) -> Option<(u64, u64)> {
+    // SAFETY: statvfs writes into a zeroed struct we own; path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize))
+}
+
+impl SpaceGuard {
+    /// Reserve: 5% of the filesystem, at least 2 MiB, at most 256 MiB.
+    pub fn new(path: &Path) -> Self {
+        let path = CString::new(path.as_os_str().as_bytes()).unwrap_or_default();
+        let total = statvfs(&path).map(|t| t.0).unwrap_or(0);
+        let reserve = (total / 20).clamp(2 << 20, 256 << 20);
+        SpaceGuard {
+            path,
+            reserve,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Admits `bytes` of user data if that leaves the reserve free.
+    pub fn admit(&self, bytes: u64) -> bool {
+        let mut last = self.last.lock();
+        let now = Instant::now();
+        let fresh = match *last {
+            Some((at, avail, used)) if now.duration_since(at) < RECHECK && avail > used + bytes + self.reserve * 2 => {
+                Some((at, avail, used))
+            }
+            _ => None,
+        };
+        let (at, avail, used) = match fresh {
+            Some(v) => v,
+            None => match statvfs(&self.path) {
+                Some((_, avail)) => (now, avail, 0),
+                None => return true, // cannot tell: let the write itself report
+            },
+        };
+        if avail < used + bytes + self.reserve {
+            *last = None;
+            return false;
+        }
+        *last = Some((at, avail, used + bytes));
+        true
+    }
+}
