@@ -171,3 +171,23 @@ fn unlinked_open_file_stays_deleted() {
     assert!(!n.path("tmp").exists());
     assert_eq!(fs::read_dir(&n.mnt).unwrap().count(), 0);
 }
+
+#[test]
+fn every_record_is_signed_and_verifies_after_unmount() {
+    let mut n = Node::start();
+    fs::create_dir(n.path("d")).unwrap();
+    for i in 0..20 {
+        fs::write(n.path(&format!("d/f{i}")), format!("content {i}")).unwrap();
+    }
+    fs::rename(n.path("d/f0"), n.path("f0")).unwrap();
+    n.unmount();
+    let store = distribox::store::Store::open(&n.data.join("db")).unwrap();
+    let all = store.all_versions_by_author().unwrap();
+    assert!(all.len() >= 41, "{} records", all.len());
+    for (author, seq, v) in all {
+        let bytes = store.get_record(v).unwrap().unwrap();
+        let r = distribox::model::SignedRecord::decode(&bytes, true)
+            .unwrap_or_else(|e| panic!("record {seq} of {author} does not verify: {e}"));
+        assert_eq!(r.id, v);
+    }
+}

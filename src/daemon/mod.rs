@@ -122,17 +122,58 @@ pub fn run_mount(cfg: MountConfig, ready: &mut dyn Ready) -> Result<(), DaemonEr
             .expect("spawning a thread at startup");
     }
     let idle = fs.spawn_idle_committer();
+    let signer = spawn_signer(repo.clone());
     tracing::info!(mountpoint = %mountpoint.display(), data_dir = %cfg.data_dir.root.display(), "mounted");
     ready.ready(&mountpoint);
     let result = session.run();
     fs.flush_all();
     let _ = idle.join();
+    signer.stop();
+    if let Err(err) = repo.sign_pending().and_then(|_| repo.sync()) {
+        tracing::error!(error = %err, "signing records at shutdown failed; they are signed at next start");
+    }
     let _ = std::fs::remove_file(&sock);
     match result {
         Ok(()) => tracing::info!("unmounted; store closed"),
         Err(err) => tracing::warn!(error = %err, "FUSE session ended with an error"),
     }
     Ok(())
+}
+
+/// Signs locally committed records off the FUSE request path (signing costs more
+/// than the rest of a commit).
+struct Signer {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Signer {
+    fn stop(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn spawn_signer(repo: Arc<Repo>) -> Signer {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("signer".into())
+        .spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+                if let Err(err) = repo.sign_pending() {
+                    tracing::warn!(error = %err, "signing records failed; will retry");
+                }
+            }
+        })
+        .expect("spawning a thread at startup");
+    Signer {
+        stop,
+        thread: Some(thread),
+    }
 }
 
 fn serve_control(

@@ -334,8 +334,18 @@ impl DistriboxFs {
             Content::Dir => 2 + self.subdir_count(state.id)?,
             _ => rec.location.len().max(1) as u32,
         };
+        let mut ctime = ctime;
         let over = match rec.content {
             Content::File { .. } => self.dirty_size(state.id),
+            // A directory's times follow the names in it without a version of their
+            // own: the latest name change or utimens wins (repo::dir_time).
+            Content::Dir => match e(self.repo().dir_time(state.id))? {
+                Some(t) => {
+                    ctime = ctime.max(t.hlc.system_time());
+                    Some((0, t.mtime))
+                }
+                None => None,
+            },
             _ => None,
         };
         Ok(self.attr_from(ino, rec, ctime, nlink, over))
@@ -417,20 +427,12 @@ impl DistriboxFs {
             attrs,
             content,
         };
-        let st = e(self.repo().commit(vec![(id, draft), self.touched(dir)?]))?.remove(0);
+        let st = e(self.repo().commit(vec![(id, draft)]))?.remove(0);
         if is_dir {
             self.forget_subdirs(&[dir]);
         }
         let ino = self.inner.inodes.lock().entry_ino(id);
         self.entry_attr(ino, &st)
-    }
-
-    /// A directory's mtime follows changes to its names, as on any POSIX filesystem;
-    /// the directory's new version goes into the same batch as the change itself.
-    fn touched(&self, dir: EntryId) -> FsResult<(EntryId, Draft)> {
-        let mut d = e(self.repo().get(dir))?.draft();
-        d.attrs.mtime = Timestamp::now();
-        Ok((dir, d))
     }
 
     fn dirty_entry(
@@ -675,7 +677,7 @@ impl DistriboxFs {
             // disk filled up) go with it; dropping them first frees their spill space.
             self.inner.dirty.lock().remove(&child);
         }
-        e(self.repo().commit(vec![(child, draft), self.touched(dir)?]))?;
+        e(self.repo().commit(vec![(child, draft)]))?;
         if is_dir {
             self.forget_subdirs(&[dir]);
         }
@@ -751,10 +753,6 @@ impl DistriboxFs {
             nd.location.push(dst_link);
             changes.push((src, nd));
         }
-        changes.push(self.touched(sdir)?);
-        if ddir != sdir {
-            changes.push(self.touched(ddir)?);
-        }
         e(self.repo().commit(changes))?;
         if let Some(dst) = adopt {
             let mut inodes = self.inner.inodes.lock();
@@ -790,14 +788,12 @@ impl DistriboxFs {
         if e(self.repo().lookup(dir, &newname))?.is_some() {
             return Err(Errno::EEXIST);
         }
-        let touched = self.touched(dir)?;
         let st = self.commit_entry(entry, |d| {
             d.location.push(Link {
                 parent: dir,
                 name: newname,
             })
         })?;
-        e(self.repo().commit(vec![touched]))?;
         self.entry_attr(ino.0, &st)
     }
 

@@ -19,9 +19,10 @@ pub use writeback::DirtyFile;
 
 use crate::chunking::{self, ChunkList, ChunkingError};
 use crate::model::{
-    names, Attrs, ChunkId, Content, EntryId, Hlc, Link, NodeId, RecordError, SignedRecord, VersionId, VersionRecord,
+    names, Attrs, ChunkId, Content, EntryId, Hlc, Link, NodeId, RecordError, SignedRecord, Timestamp, VersionId,
+    VersionRecord,
 };
-use crate::store::{DataDir, DataDirError, EntryHeads, Store, StoreError};
+use crate::store::{DataDir, DataDirError, DirTime, EntryHeads, Store, StoreError};
 use cache::Lru;
 use ed25519_dalek::SigningKey;
 use parking_lot::Mutex;
@@ -127,6 +128,10 @@ pub struct Repo {
     chunks: Mutex<Lru<ChunkId, Arc<Vec<u8>>>>,
     /// Recently loaded chunk lists by manifest root.
     manifests: Mutex<Lru<ChunkId, Arc<ChunkList>>>,
+    /// Directory mtime events (cache of the `dir_times` index; None = none recorded).
+    dir_times: Mutex<HashMap<EntryId, Option<DirTime>>>,
+    /// Our records committed without a signature yet (signed by `sign_pending`).
+    unsigned: Mutex<Vec<VersionId>>,
 }
 
 const META_GROUP: &str = "group";
@@ -168,7 +173,10 @@ impl Repo {
             entries: Mutex::new(HashMap::new()),
             chunks: Mutex::new(Lru::new(64)),
             manifests: Mutex::new(Lru::new(16)),
+            dir_times: Mutex::new(HashMap::new()),
+            unsigned: Mutex::new(Vec::new()),
         };
+        repo.queue_unsigned_from_store()?;
         if repo.store.get_heads(root)?.is_none() {
             let attrs = Attrs {
                 mode: 0o755,
@@ -309,6 +317,8 @@ impl Repo {
         let mut out: Vec<Arc<EntryState>> = Vec::new();
         let mut seq = cs.next_seq;
         let mut hlc = cs.hlc;
+        // Events that set a directory's displayed mtime (see `store::DirTime`).
+        let mut dir_events: Vec<(EntryId, DirTime)> = Vec::new();
         for (entry, draft) in changes {
             // A second change to one entry in the same batch chains on the first.
             let pending = out.iter().rev().find(|s| s.id == entry).cloned();
@@ -341,15 +351,30 @@ impl Repo {
                 }
             };
             let old_location = prev.as_ref().map(|p| p.record().location.clone()).unwrap_or_default();
+            let name_event = DirTime {
+                hlc,
+                mtime: Timestamp::from_system(hlc.system_time()),
+            };
             for l in &old_location {
                 if !draft.location.contains(l) {
                     removed_links.push(l.clone());
+                    dir_events.push((l.parent, name_event));
                 }
             }
             for l in &draft.location {
                 if !old_location.contains(l) {
                     added_links.push((l.clone(), entry));
+                    dir_events.push((l.parent, name_event));
                 }
+            }
+            if draft.content.is_dir() && attrs_from.is_none() {
+                dir_events.push((
+                    entry,
+                    DirTime {
+                        hlc,
+                        mtime: draft.attrs.mtime,
+                    },
+                ));
             }
             let record = VersionRecord {
                 entry,
@@ -364,7 +389,7 @@ impl Repo {
                 location_from,
                 attrs_from,
             };
-            let signed = SignedRecord::sign(record, &self.key);
+            let signed = SignedRecord::unsigned(record);
             let generation = names::generation(parent_gens);
             batch.put_record(signed.id, self.node, seq, &signed.bytes);
             let heads = vec![(signed.id, generation)];
@@ -392,6 +417,20 @@ impl Repo {
         for (l, entry) in &added_links {
             batch.put_child(l.parent, &l.name, *entry);
         }
+        let mut new_dir_times: Vec<(EntryId, DirTime)> = Vec::new();
+        for (dir, ev) in dir_events {
+            let cur = match new_dir_times.iter().find(|(d, _)| *d == dir) {
+                Some((_, t)) => Some(*t),
+                None => self.dir_time(dir)?,
+            };
+            if cur.map(|c| ev.hlc > c.hlc).unwrap_or(true) {
+                new_dir_times.retain(|(d, _)| *d != dir);
+                new_dir_times.push((dir, ev));
+            }
+        }
+        for (dir, t) in &new_dir_times {
+            batch.put_dir_time(*dir, t);
+        }
         let mut hlc_bytes = hlc.wall_ns.to_le_bytes().to_vec();
         hlc_bytes.extend_from_slice(&hlc.counter.to_le_bytes());
         batch.put_meta(META_HLC, &hlc_bytes);
@@ -402,7 +441,73 @@ impl Repo {
         for s in &out {
             cache.insert(s.id, s.clone());
         }
+        drop(cache);
+        let mut dt = self.dir_times.lock();
+        for (dir, t) in new_dir_times {
+            dt.insert(dir, Some(t));
+        }
+        drop(dt);
+        self.unsigned.lock().extend(
+            out.iter()
+                .filter(|s| !SignedRecord::is_signed(&s.head.bytes))
+                .map(|s| s.head.id),
+        );
         Ok(out)
+    }
+
+    /// The latest event that set a directory's mtime (a name change in it or its own
+    /// utimens), if any since it was created.
+    pub fn dir_time(&self, dir: EntryId) -> Result<Option<DirTime>> {
+        if let Some(t) = self.dir_times.lock().get(&dir) {
+            return Ok(*t);
+        }
+        let t = self.store.get_dir_time(dir)?;
+        self.dir_times.lock().insert(dir, t);
+        Ok(t)
+    }
+
+    /// Signs the records committed unsigned (see `SignedRecord::unsigned`). Run in the
+    /// background and before shutdown; idempotent.
+    pub fn sign_pending(&self) -> Result<usize> {
+        let ids: Vec<VersionId> = std::mem::take(&mut *self.unsigned.lock());
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = self.store.batch();
+        let mut n = 0;
+        for id in &ids {
+            let Some(bytes) = self.store.get_record(*id)? else {
+                continue;
+            };
+            if SignedRecord::is_signed(&bytes) {
+                continue;
+            }
+            let signed = SignedRecord::signed_bytes(&bytes, &self.key)
+                .map_err(|source| RepoError::Record { version: *id, source })?;
+            batch.replace_record(*id, &signed);
+            n += 1;
+        }
+        if let Err(e) = self.store.write(batch) {
+            self.unsigned.lock().extend(ids); // retry later
+            return Err(e.into());
+        }
+        Ok(n)
+    }
+
+    /// Finds records left unsigned by an earlier run that stopped before signing them.
+    fn queue_unsigned_from_store(&self) -> Result<()> {
+        let mut q = Vec::new();
+        for (author, _, v) in self.store.all_versions_by_author()? {
+            if author == self.node {
+                if let Some(b) = self.store.get_record(v)? {
+                    if !SignedRecord::is_signed(&b) {
+                        q.push(v);
+                    }
+                }
+            }
+        }
+        self.unsigned.lock().extend(q);
+        Ok(())
     }
 
     /// Reads a chunk (verified against its hash; cached).

@@ -14,6 +14,9 @@
 //! - `children`: parent entry id ‖ name → child entry id
 //! - `entry_versions`: entry id ‖ generation ‖ version id → () (history, `@vN` lookup)
 //! - `meta`: node identity, sequence counter, clock
+//! - `dir_times`: directory entry id → `DirTime`, the latest event that sets a
+//!   directory's mtime (a name added/removed in it, or its own utimens), derived from
+//!   records so that directory timestamps need no version of their own
 //!
 //! Write path (DESIGN.md): chunks first, each in its own small write (idempotent, order
 //! does not matter), then one atomic batch with the record and every index it touches.
@@ -40,7 +43,8 @@ const CF_ENTRIES: &str = "entries";
 const CF_CHILDREN: &str = "children";
 const CF_ENTRY_VERSIONS: &str = "entry_versions";
 const CF_META: &str = "meta";
-const ALL_CFS: [&str; 8] = [
+const CF_DIR_TIMES: &str = "dir_times";
+const ALL_CFS: [&str; 9] = [
     CF_CHUNKS,
     CF_CHUNK_INDEX,
     CF_VERSIONS,
@@ -49,6 +53,7 @@ const ALL_CFS: [&str; 8] = [
     CF_CHILDREN,
     CF_ENTRY_VERSIONS,
     CF_META,
+    CF_DIR_TIMES,
 ];
 
 /// Leading byte of every value we bincode into the store.
@@ -91,6 +96,13 @@ pub struct EntryHeads {
     /// (version, its generation): the generation is kept here so `@vN` of a head
     /// needs no history scan.
     pub heads: Vec<(VersionId, u64)>,
+}
+
+/// Latest mtime-setting event of a directory: (when, by HLC; the mtime it set).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirTime {
+    pub hlc: crate::model::Hlc,
+    pub mtime: crate::model::Timestamp,
 }
 
 fn encode_value<T: Serialize>(v: &T) -> Vec<u8> {
@@ -172,6 +184,23 @@ impl Batch<'_> {
     }
     pub fn put_meta(&mut self, key: &str, value: &[u8]) {
         self.batch.put_cf(self.store.cf(CF_META), key.as_bytes(), value);
+    }
+    pub fn put_dir_time(&mut self, dir: EntryId, t: &DirTime) {
+        self.batch
+            .put_cf(self.store.cf(CF_DIR_TIMES), dir.as_bytes(), encode_value(t));
+    }
+    /// Stores a chunk inside this batch (small commits: one write instead of several).
+    pub fn put_chunk(&mut self, id: ChunkId, data: &[u8]) {
+        self.batch.put_cf(self.store.cf(CF_CHUNKS), id.as_bytes(), data);
+        self.batch.put_cf(
+            self.store.cf(CF_CHUNK_INDEX),
+            id.as_bytes(),
+            (data.len() as u32).to_le_bytes(),
+        );
+    }
+    /// Replaces a stored record's bytes (same id: only the signature changes).
+    pub fn replace_record(&mut self, id: VersionId, bytes: &[u8]) {
+        self.batch.put_cf(self.store.cf(CF_VERSIONS), id.as_bytes(), bytes);
     }
 }
 
@@ -301,6 +330,17 @@ impl Store {
             .map_err(db_err("get entry"))?
         {
             Some(v) => Ok(Some(decode_value("entries", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn get_dir_time(&self, dir: EntryId) -> Result<Option<DirTime>> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(CF_DIR_TIMES), dir.as_bytes())
+            .map_err(db_err("get dir time"))?
+        {
+            Some(v) => Ok(Some(decode_value("dir_times", &v)?)),
             None => Ok(None),
         }
     }
