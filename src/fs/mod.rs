@@ -19,8 +19,8 @@ use crate::repo::{DirtyFile, Draft, EntryState, Repo, RepoError};
 use crate::store::StoreError;
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
-    LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use inodes::{InodeTable, Target, ROOT_INO};
 use parking_lot::Mutex;
@@ -89,6 +89,16 @@ fn e<T>(r: Result<T, RepoError>) -> FsResult<T> {
 struct DirtyEntry {
     file: DirtyFile,
     last_write: Instant,
+    /// When the pending data last changed: the file's ctime until it is committed
+    /// (write, truncate and fallocate change ctime at once, as on ext4).
+    changed: SystemTime,
+}
+
+impl DirtyEntry {
+    fn touch(&mut self) {
+        self.last_write = Instant::now();
+        self.changed = SystemTime::now();
+    }
 }
 
 enum HandleKind {
@@ -308,10 +318,11 @@ impl DistriboxFs {
         }
     }
 
-    fn dirty_size(&self, entry: EntryId) -> Option<(u64, Timestamp)> {
+    /// Size and mtime of an entry's pending writes, and when they last changed.
+    fn dirty_size(&self, entry: EntryId) -> Option<((u64, Timestamp), SystemTime)> {
         let d = self.inner.dirty.lock().get(&entry).cloned()?;
         let g = d.lock();
-        Some((g.file.size, g.file.mtime))
+        Some(((g.file.size, g.file.mtime), g.changed))
     }
 
     /// Attributes of a live or open-but-deleted entry.
@@ -327,7 +338,9 @@ impl DistriboxFs {
                 None => None,
             };
             let rec = prev.map(|p| p.record).unwrap_or_else(|| state.record().clone());
-            return Ok(self.attr_from(ino, &rec, ctime, 0, self.dirty_size(state.id)));
+            let dirty = self.dirty_size(state.id);
+            let ctime = dirty.map_or(ctime, |(_, c)| ctime.max(c));
+            return Ok(self.attr_from(ino, &rec, ctime, 0, dirty.map(|(o, _)| o)));
         }
         let rec = state.record();
         let nlink = match rec.content {
@@ -336,7 +349,10 @@ impl DistriboxFs {
         };
         let mut ctime = ctime;
         let over = match rec.content {
-            Content::File { .. } => self.dirty_size(state.id),
+            Content::File { .. } => self.dirty_size(state.id).map(|(o, changed)| {
+                ctime = ctime.max(changed);
+                o
+            }),
             // A directory's times follow the names in it without a version of their
             // own: the latest name change or utimens wins (repo::dir_time).
             Content::Dir => match e(self.repo().dir_time(state.id))? {
@@ -455,6 +471,7 @@ impl DistriboxFs {
         let d = Arc::new(Mutex::new(DirtyEntry {
             file: DirtyFile::new(list, size, spill, s.record().attrs.mtime),
             last_write: Instant::now(),
+            changed: SystemTime::UNIX_EPOCH,
         }));
         map.insert(entry, d.clone());
         Ok(d)
@@ -531,7 +548,7 @@ impl DistriboxFs {
             let d = self.dirty_entry(entry, Some((&snapshot, size)))?;
             let mut g = d.lock();
             e(g.file.truncate(0))?;
-            g.last_write = Instant::now();
+            g.touch();
         }
         self.inner.handles.lock().insert(
             fh,
@@ -587,7 +604,7 @@ impl DistriboxFs {
         let d = self.dirty_entry(entry, Some((&snapshot, snap_size)))?;
         let mut g = d.lock();
         e(g.file.write(self.repo(), offset, data))?;
-        g.last_write = Instant::now();
+        g.touch();
         Ok(data.len() as u32)
     }
 
@@ -620,7 +637,7 @@ impl DistriboxFs {
             let d = self.dirty_entry(entry, snap.as_ref().map(|(l, s)| (l, *s)))?;
             let mut g = d.lock();
             e(g.file.truncate(size))?;
-            g.last_write = Instant::now();
+            g.touch();
         }
         let attrs_change = mode.is_some() || uid.is_some() || gid.is_some() || atime.is_some() || mtime.is_some();
         if attrs_change || (size.is_some() && fh.is_none()) {
@@ -894,6 +911,9 @@ impl Filesystem for DistriboxFs {
         // Let open(O_TRUNC) arrive as one request, so `echo x > f` records one
         // version instead of an empty one followed by the new content.
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC);
+        // Hand out attributes with directory listings: `ls -l`, `find`, `rsync`
+        // then need no lookup per name.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS);
         Ok(())
     }
 
@@ -1109,6 +1129,43 @@ impl Filesystem for DistriboxFs {
         };
         for (i, (name, ino, kind)) in listing.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, OsStr::from_bytes(name)) {
+                break;
+            }
+        }
+        reply.ok()
+    }
+
+    fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        // Copy out the part we serve so no lock is held while attributes are read.
+        let page: Vec<(Vec<u8>, u64)> = {
+            let handles = self.inner.handles.lock();
+            let Some(Handle {
+                kind: HandleKind::Dir { listing },
+                ..
+            }) = handles.get(&fh.0)
+            else {
+                return reply.error(Errno::EBADF);
+            };
+            listing
+                .iter()
+                .skip(offset as usize)
+                .take(512)
+                .map(|(n, i, _)| (n.clone(), *i))
+                .collect()
+        };
+        let ttl = self.inner.opts.ttl;
+        for (i, (name, cino)) in page.into_iter().enumerate() {
+            let Ok(attr) = self.attr(INodeNo(cino)) else {
+                continue; // removed since opendir
+            };
+            if reply.add(
+                INodeNo(cino),
+                offset + i as u64 + 1,
+                OsStr::from_bytes(&name),
+                &ttl,
+                &attr,
+                Generation(0),
+            ) {
                 break;
             }
         }
