@@ -28,6 +28,10 @@ impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
         Some(v)
     }
 
+    pub fn contains(&self, k: &K) -> bool {
+        self.map.contains_key(k)
+    }
+
     pub fn put(&mut self, k: K, v: V) {
         if self.map.insert(k.clone(), v).is_none() {
             self.order.push_back(k);

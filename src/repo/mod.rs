@@ -132,7 +132,15 @@ pub struct Repo {
     dir_times: Mutex<HashMap<EntryId, Option<DirTime>>>,
     /// Our records committed without a signature yet (signed by `sign_pending`).
     unsigned: Mutex<Vec<VersionId>>,
+    /// Chunk read-ahead queue (see `start_prefetch`); unset in tools that only
+    /// open the store.
+    prefetch: std::sync::OnceLock<std::sync::mpsc::SyncSender<ChunkId>>,
 }
+
+/// Chunks read ahead of a sequential reader. Blob reads from RocksDB get no kernel
+/// read-ahead (each is its own small pread), so without this a cold sequential read
+/// waits for one 64 KiB disk read at a time.
+const PREFETCH_CHUNKS: usize = 8;
 
 const META_GROUP: &str = "group";
 const META_HLC: &str = "hlc";
@@ -171,10 +179,11 @@ impl Repo {
             root,
             commit_state: Mutex::new(CommitState { next_seq, hlc }),
             entries: Mutex::new(HashMap::new()),
-            chunks: Mutex::new(Lru::new(64)),
+            chunks: Mutex::new(Lru::new(128)),
             manifests: Mutex::new(Lru::new(16)),
             dir_times: Mutex::new(HashMap::new()),
             unsigned: Mutex::new(Vec::new()),
+            prefetch: std::sync::OnceLock::new(),
         };
         repo.queue_unsigned_from_store()?;
         if repo.store.get_heads(root)?.is_none() {
@@ -510,6 +519,41 @@ impl Repo {
         Ok(())
     }
 
+    /// Starts the read-ahead workers (a mounted node calls this once).
+    pub fn start_prefetch(self: &Arc<Self>, workers: usize) {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<ChunkId>(64);
+        if self.prefetch.set(tx).is_err() {
+            return;
+        }
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..workers {
+            let (repo, rx) = (Arc::downgrade(self), rx.clone());
+            std::thread::Builder::new()
+                .name(format!("prefetch-{i}"))
+                .spawn(move || loop {
+                    let next = rx.lock().recv();
+                    let (Ok(id), Some(repo)) = (next, repo.upgrade()) else {
+                        return;
+                    };
+                    let _ = repo.chunk(id); // errors surface on the real read
+                })
+                .expect("spawning a thread at startup");
+        }
+    }
+
+    fn prefetch_after(&self, list: &ChunkList, idx: usize) {
+        let Some(tx) = self.prefetch.get() else { return };
+        let end = (idx + 1 + PREFETCH_CHUNKS).min(list.refs().len());
+        for r in &list.refs()[(idx + 1).min(end)..end] {
+            if self.chunks.lock().contains(&r.id) {
+                continue;
+            }
+            if tx.try_send(r.id).is_err() {
+                break; // queue full: the workers are busy enough
+            }
+        }
+    }
+
     /// Reads a chunk (verified against its hash; cached).
     pub fn chunk(&self, id: ChunkId) -> Result<Arc<Vec<u8>>> {
         if let Some(c) = self.chunks.lock().get(&id) {
@@ -544,6 +588,7 @@ impl Repo {
             let idx = list.index_at(pos).expect("pos is inside the list");
             let start = list.start(idx);
             let data = self.chunk(list.refs()[idx].id)?;
+            self.prefetch_after(list, idx);
             let from = (pos - start) as usize;
             let to = ((end - start) as usize).min(data.len());
             out.extend_from_slice(&data[from..to]);
