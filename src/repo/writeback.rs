@@ -18,6 +18,10 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// New chunk bytes per commit written through the WAL before switching to
+/// WAL-less writes plus one flush.
+const WAL_BYTES_PER_COMMIT: u64 = 8 << 20;
+
 /// Dirty state of one file entry.
 pub struct DirtyFile {
     /// The chunk list of the version these writes apply to.
@@ -216,9 +220,21 @@ impl DirtyFile {
             buf_pos: 0,
         };
         let mut pos = restart;
+        // The first few MiB of a commit go through the WAL (small files: no flush);
+        // past that, chunks skip the WAL and one flush makes them durable before the
+        // record is written.
+        let mut logged = 0u64;
+        let mut unlogged = false;
         for c in chunking::split(reader) {
             let (r, bytes) = c?;
-            repo.store().put_chunk(r.id, &bytes)?;
+            let wal = logged < WAL_BYTES_PER_COMMIT;
+            if repo.store().put_chunk_opt(r.id, &bytes, wal)? {
+                if wal {
+                    logged += bytes.len() as u64;
+                } else {
+                    unlogged = true;
+                }
+            }
             refs.push(r);
             pos += r.len as u64;
             if pos >= last_change_end && pos < self.size && !tail_changed {
@@ -227,6 +243,9 @@ impl DirtyFile {
                     break;
                 }
             }
+        }
+        if unlogged {
+            repo.store().flush_chunks()?;
         }
         let root = repo.store_manifest(&refs)?;
         let list = ChunkList::new(refs);

@@ -266,6 +266,13 @@ impl Store {
     /// Stores a chunk unless it is already present (dedup). Returns true if new bytes
     /// were written.
     pub fn put_chunk(&self, id: ChunkId, data: &[u8]) -> Result<bool> {
+        self.put_chunk_opt(id, data, true)
+    }
+
+    /// As `put_chunk`; with `wal == false` the bytes skip the write-ahead log (half the
+    /// disk writes for bulk data) and are durable only after `flush_chunks`, which
+    /// must happen before any record names them.
+    pub fn put_chunk_opt(&self, id: ChunkId, data: &[u8], wal: bool) -> Result<bool> {
         if self.has_chunk(id)? {
             return Ok(false);
         }
@@ -283,8 +290,18 @@ impl Store {
         );
         let mut wo = WriteOptions::default();
         wo.set_sync(false);
+        wo.disable_wal(!wal);
         self.db.write_opt(b, &wo).map_err(db_err("put chunk"))?;
         Ok(true)
+    }
+
+    /// Persists chunks written without the WAL (memtable → blob/SST files).
+    pub fn flush_chunks(&self) -> Result<()> {
+        let mut fo = rocksdb::FlushOptions::default();
+        fo.set_wait(true);
+        self.db
+            .flush_cfs_opt(&[self.cf(CF_CHUNKS), self.cf(CF_CHUNK_INDEX)], &fo)
+            .map_err(db_err("flush chunks"))
     }
 
     /// Admits `bytes` of user data outside the store (spill files) against the
