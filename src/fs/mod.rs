@@ -506,6 +506,17 @@ impl DistriboxFs {
         Ok(st)
     }
 
+    /// Drops an entry's write-back state if nothing is pending and no handle is open
+    /// on it. A clean state left behind would go on serving the content it was made
+    /// from after the entry's content changed by other means (a rename over it).
+    fn drop_clean_dirty(&self, entry: EntryId) {
+        let mut dirty = self.inner.dirty.lock();
+        let clean = dirty.get(&entry).map(|d| !d.lock().file.is_dirty()).unwrap_or(false);
+        if clean && !self.inner.open_count.lock().contains_key(&entry) {
+            dirty.remove(&entry);
+        }
+    }
+
     fn handle_commit(&self, ino: INodeNo) -> FsResult<()> {
         if let Target::Entry(entry) = self.target(ino)? {
             let has_dirty = match self.inner.dirty.lock().get(&entry) {
@@ -668,6 +679,9 @@ impl DistriboxFs {
                     d.lock().file.mtime = t;
                 }
             }
+            // truncate(2) by path on a file nobody has open: its write-back state
+            // has served its purpose.
+            self.drop_clean_dirty(entry);
             return self.entry_attr(ino.0, &st);
         }
         self.attr(ino)
@@ -775,11 +789,13 @@ impl DistriboxFs {
             let mut inodes = self.inner.inodes.lock();
             let src_ino = inodes.entry_ino(src);
             inodes.adopt(dst, src_ino);
-            // Pending write-back state of the source now belongs to the target.
+            // Pending write-back state of the source now belongs to the target; the
+            // target's own (committed above) was made from the content it just lost.
             let mut dirty = self.inner.dirty.lock();
-            if let Some(d) = dirty.remove(&src) {
-                dirty.insert(dst, d);
-            }
+            match dirty.remove(&src) {
+                Some(d) => dirty.insert(dst, d),
+                None => dirty.remove(&dst),
+            };
             let mut oc = self.inner.open_count.lock();
             if let Some(n) = oc.remove(&src) {
                 *oc.entry(dst).or_default() += n;
