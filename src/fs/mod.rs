@@ -1151,7 +1151,7 @@ impl Filesystem for DistriboxFs {
         reply.ok()
     }
 
-    fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         // Copy out the part we serve so no lock is held while attributes are read.
         let page: Vec<(Vec<u8>, u64)> = {
             let handles = self.inner.handles.lock();
@@ -1170,7 +1170,24 @@ impl Filesystem for DistriboxFs {
                 .collect()
         };
         let ttl = self.inner.opts.ttl;
+        let dir = match self.entry_of(ino) {
+            Ok(d) => d,
+            Err(err) => return reply.error(err),
+        };
         for (i, (name, cino)) in page.into_iter().enumerate() {
+            // Each entry becomes a dentry in the kernel's cache, so it must show the
+            // name as it is now, not as it was at opendir: a name renamed or removed
+            // since would linger as a ghost, and a directory under its old name would
+            // alias the dentry the kernel already has for it (ESTALE). The kernel
+            // keeps this directory's names still while we answer.
+            let cino = if name == b"." || name == b".." {
+                cino
+            } else {
+                match self.repo().lookup(dir, &name) {
+                    Ok(Some(child)) => self.inner.inodes.lock().entry_ino(child),
+                    _ => continue, // removed since opendir
+                }
+            };
             let Ok(attr) = self.attr(INodeNo(cino)) else {
                 continue; // removed since opendir
             };
