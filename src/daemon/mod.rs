@@ -130,7 +130,13 @@ pub fn run_mount(cfg: MountConfig, ready: &mut dyn Ready) -> Result<(), DaemonEr
     fs.flush_all();
     let _ = idle.join();
     signer.stop();
-    if let Err(err) = repo.sign_pending().and_then(|_| repo.sync()) {
+    // Flush everything: the process exits without waiting for every Arc<Repo> to
+    // drop, and chunks written without the WAL live in memtables until flushed.
+    if let Err(err) = repo
+        .sign_pending()
+        .and_then(|_| repo.store().flush().map_err(Into::into))
+        .and_then(|_| repo.sync())
+    {
         tracing::error!(error = %err, "signing records at shutdown failed; they are signed at next start");
     }
     let _ = std::fs::remove_file(&sock);

@@ -131,6 +131,8 @@ struct Inner {
     /// Cached subdirectory counts (for a directory's nlink).
     subdirs: Mutex<HashMap<EntryId, u32>>,
     stop: AtomicBool,
+    /// A background chunking pass is running (see `start_prechunk`).
+    prechunking: AtomicBool,
 }
 
 /// The mounted filesystem. Cloning shares the same state (the idle-commit thread
@@ -183,6 +185,7 @@ impl DistriboxFs {
                 open_count: Mutex::new(HashMap::new()),
                 subdirs: Mutex::new(HashMap::new()),
                 stop: AtomicBool::new(false),
+                prechunking: AtomicBool::new(false),
             }),
         }
     }
@@ -200,6 +203,28 @@ impl DistriboxFs {
                 }
             })
             .expect("spawning a thread at startup")
+    }
+
+    /// Cuts and stores the chunks of a file being written from scratch on another
+    /// thread while the writer keeps writing, so close/fsync only chunk the tail.
+    /// One pass at a time; a write arriving meanwhile simply plans the next one.
+    fn start_prechunk(&self, entry: EntryId, d: Arc<Mutex<DirtyEntry>>, plan: crate::repo::PrechunkPlan) {
+        if self.inner.prechunking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let fs = self.clone();
+        let spawned = std::thread::Builder::new().name("prechunk".into()).spawn(move || {
+            match plan.run(fs.repo()) {
+                Ok(done) => d.lock().file.prechunk_apply(done),
+                Err(err) => {
+                    tracing::debug!(entry = %entry, error = %err, "background chunking failed; commit will redo it")
+                }
+            }
+            fs.inner.prechunking.store(false, Ordering::Release);
+        });
+        if spawned.is_err() {
+            self.inner.prechunking.store(false, Ordering::Release);
+        }
     }
 
     fn commit_idle(&self) {
@@ -616,6 +641,9 @@ impl DistriboxFs {
         let mut g = d.lock();
         e(g.file.write(self.repo(), offset, data))?;
         g.touch();
+        if let Some(plan) = g.file.prechunk_plan() {
+            self.start_prechunk(entry, d.clone(), plan);
+        }
         Ok(data.len() as u32)
     }
 

@@ -15,7 +15,7 @@
 mod cache;
 mod writeback;
 
-pub use writeback::DirtyFile;
+pub use writeback::{DirtyFile, PrechunkPlan};
 
 use crate::chunking::{self, ChunkList, ChunkingError};
 use crate::model::{

@@ -40,6 +40,87 @@ pub struct DirtyFile {
     /// Content was chunked into `base` but its version is not committed yet (the
     /// record write failed, e.g. disk full): the next commit must still record it.
     pending: bool,
+    /// Chunks already cut and stored, in the background, for a file being written
+    /// from scratch (see `prechunk_plan`).
+    pre: PreChunked,
+    /// Bumped by every write or truncate that lands below `pre.upto`, so a background
+    /// pass that raced with it throws its result away.
+    generation: u64,
+}
+
+/// Chunks of bytes `[0, upto)` of a file written from empty; `upto` is a final cut
+/// point (a FastCDC cut depends only on the `MAX_CHUNK` bytes after the chunk start,
+/// so a cut at least that far behind the write front never moves).
+#[derive(Default)]
+struct PreChunked {
+    refs: Vec<chunking::ChunkRef>,
+    upto: u64,
+}
+
+/// What a background pre-chunking pass should read (taken under the lock, run
+/// without it).
+pub struct PrechunkPlan {
+    spill: File,
+    from: u64,
+    to: u64,
+    generation: u64,
+}
+
+/// Result of a pass, applied under the lock if nothing raced with it.
+pub struct PrechunkDone {
+    refs: Vec<chunking::ChunkRef>,
+    upto: u64,
+    generation: u64,
+}
+
+/// Start pre-chunking once this much unchunked data has piled up.
+const PRECHUNK_AFTER: u64 = 8 << 20;
+
+impl PrechunkPlan {
+    /// Cuts and stores the chunks of the planned range (no lock held).
+    pub fn run(self, repo: &Repo) -> Result<PrechunkDone> {
+        let reader = SpillReader {
+            file: &self.spill,
+            pos: self.from,
+            end: self.to,
+        };
+        let mut refs = Vec::new();
+        let mut pos = self.from;
+        for c in chunking::split(reader) {
+            let (r, bytes) = c?;
+            // Only cuts that can no longer move: the chunk start is at least
+            // MAX_CHUNK behind the end of what was written when we started.
+            if pos + chunking::MAX_CHUNK as u64 > self.to {
+                break;
+            }
+            repo.store().put_chunk_opt(r.id, &bytes, false)?;
+            refs.push(r);
+            pos += r.len as u64;
+        }
+        Ok(PrechunkDone {
+            refs,
+            upto: pos,
+            generation: self.generation,
+        })
+    }
+}
+
+struct SpillReader<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for SpillReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = (out.len() as u64).min(self.end - self.pos) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        let got = self.file.read_at(&mut out[..n], self.pos)?;
+        self.pos += got as u64;
+        Ok(got)
+    }
 }
 
 impl DirtyFile {
@@ -54,7 +135,51 @@ impl DirtyFile {
             spill_path,
             mtime,
             pending: false,
+            pre: PreChunked::default(),
+            generation: 0,
         }
+    }
+
+    /// Written from scratch: nothing of the base survives, so chunking from offset 0
+    /// can run ahead of the commit.
+    fn fresh(&self) -> bool {
+        self.base_valid == 0
+    }
+
+    /// Forgets pre-chunked data at or past `offset` (it is being changed).
+    fn invalidate_pre(&mut self, offset: u64) {
+        if offset < self.pre.upto {
+            self.pre = PreChunked::default();
+            self.generation += 1;
+        }
+    }
+
+    /// A background chunking pass worth running now, if any.
+    pub fn prechunk_plan(&self) -> Option<PrechunkPlan> {
+        if !self.fresh() || self.size < self.pre.upto + PRECHUNK_AFTER {
+            return None;
+        }
+        // Only a contiguous written prefix can be chunked ahead.
+        let (&s, &e) = self.ranges.iter().next()?;
+        if s != 0 || e < self.pre.upto + PRECHUNK_AFTER {
+            return None;
+        }
+        let spill = self.spill.as_ref()?.try_clone().ok()?;
+        Some(PrechunkPlan {
+            spill,
+            from: self.pre.upto,
+            to: e,
+            generation: self.generation,
+        })
+    }
+
+    /// Records a finished pass unless a write below its range raced with it.
+    pub fn prechunk_apply(&mut self, done: PrechunkDone) {
+        if done.generation != self.generation || !self.fresh() {
+            return;
+        }
+        self.pre.refs.extend(done.refs);
+        self.pre.upto = done.upto;
     }
 
     /// True if there is anything to commit.
@@ -85,6 +210,7 @@ impl DirtyFile {
         if !repo.store().admit_bytes(data.len() as u64) {
             return Err(std::io::Error::from_raw_os_error(libc::ENOSPC).into());
         }
+        self.invalidate_pre(offset);
         self.spill()?.write_all_at(data, offset)?;
         let end = offset + data.len() as u64;
         self.add_range(offset, end);
@@ -111,6 +237,7 @@ impl DirtyFile {
     }
 
     pub fn truncate(&mut self, size: u64) -> Result<()> {
+        self.invalidate_pre(size);
         if size < self.size {
             let cut: Vec<(u64, u64)> = self
                 .ranges
@@ -211,6 +338,13 @@ impl DirtyFile {
             base.start(restart_idx)
         };
         let mut refs: Vec<chunking::ChunkRef> = base.refs()[..restart_idx.min(base.refs().len())].to_vec();
+        let restart = if self.fresh() && self.pre.upto > 0 {
+            // Chunks cut in the background already cover [0, upto).
+            refs = self.pre.refs.clone();
+            self.pre.upto
+        } else {
+            restart
+        };
         let reader = LogicalReader {
             file: self,
             repo,
@@ -224,16 +358,11 @@ impl DirtyFile {
         // past that, chunks skip the WAL and one flush makes them durable before the
         // record is written.
         let mut logged = 0u64;
-        let mut unlogged = false;
         for c in chunking::split(reader) {
             let (r, bytes) = c?;
             let wal = logged < WAL_BYTES_PER_COMMIT;
-            if repo.store().put_chunk_opt(r.id, &bytes, wal)? {
-                if wal {
-                    logged += bytes.len() as u64;
-                } else {
-                    unlogged = true;
-                }
+            if repo.store().put_chunk_opt(r.id, &bytes, wal)? && wal {
+                logged += bytes.len() as u64;
             }
             refs.push(r);
             pos += r.len as u64;
@@ -244,15 +373,14 @@ impl DirtyFile {
                 }
             }
         }
-        if unlogged {
-            repo.store().flush_chunks()?;
-        }
         let root = repo.store_manifest(&refs)?;
         let list = ChunkList::new(refs);
         debug_assert_eq!(list.len_bytes(), self.size);
         self.base = Arc::new(list);
         self.base_valid = self.size;
         self.ranges.clear();
+        self.pre = PreChunked::default();
+        self.generation += 1;
         self.pending = true;
         if let Some(f) = self.spill.take() {
             drop(f);

@@ -149,6 +149,11 @@ pub struct Store {
     db: DB,
     /// Keeps chunk data out of the disk's last reserve (see `space`).
     space: SpaceGuard,
+    /// Count of chunk writes that skipped the WAL, and how many of them the last
+    /// flush covered: `write` flushes first whenever they differ, so no record can
+    /// become durable before a chunk it might name.
+    unlogged_writes: std::sync::atomic::AtomicU64,
+    flushed_writes: parking_lot::Mutex<u64>,
 }
 
 /// A set of index/record updates applied atomically by [`Store::write`].
@@ -231,6 +236,8 @@ impl Store {
         Ok(Store {
             db,
             space: SpaceGuard::new(path),
+            unlogged_writes: std::sync::atomic::AtomicU64::new(0),
+            flushed_writes: parking_lot::Mutex::new(0),
         })
     }
 
@@ -246,7 +253,9 @@ impl Store {
     }
 
     /// Applies a batch atomically (WAL on, not synced: survives a process kill).
+    /// Chunks written without the WAL are flushed first.
     pub fn write(&self, batch: Batch<'_>) -> Result<()> {
+        self.flush_chunks()?;
         self.db.write(batch.batch).map_err(db_err("write batch"))
     }
 
@@ -292,16 +301,27 @@ impl Store {
         wo.set_sync(false);
         wo.disable_wal(!wal);
         self.db.write_opt(b, &wo).map_err(db_err("put chunk"))?;
+        if !wal {
+            self.unlogged_writes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
         Ok(true)
     }
 
-    /// Persists chunks written without the WAL (memtable → blob/SST files).
+    /// Persists chunks written without the WAL (memtable → blob/SST files), if any
+    /// were written since the last flush.
     pub fn flush_chunks(&self) -> Result<()> {
+        let mut flushed = self.flushed_writes.lock();
+        let upto = self.unlogged_writes.load(std::sync::atomic::Ordering::Acquire);
+        if upto == *flushed {
+            return Ok(());
+        }
         let mut fo = rocksdb::FlushOptions::default();
         fo.set_wait(true);
         self.db
             .flush_cfs_opt(&[self.cf(CF_CHUNKS), self.cf(CF_CHUNK_INDEX)], &fo)
-            .map_err(db_err("flush chunks"))
+            .map_err(db_err("flush chunks"))?;
+        *flushed = upto;
+        Ok(())
     }
 
     /// Admits `bytes` of user data outside the store (spill files) against the
