@@ -16,7 +16,8 @@ const FILES: u64 = 6;
 
 fn content(file: u64, gen: u64) -> Vec<u8> {
     // Sizes from tiny to several chunks, so commits span one or many chunk writes.
-    let size = [100usize, 70_000, 300_000, 1_000_000][(gen % 4) as usize];
+    // 12 MB exercises background chunking and WAL-less chunk writes.
+    let size = [100usize, 70_000, 300_000, 1_000_000, 12_000_000][(gen % 5) as usize];
     let mut v = format!("file {file} gen {gen}\n").into_bytes();
     v.extend(random_bytes(size, file * 1000 + gen));
     v
