@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 #[derive(Parser, Debug)]
 #[command(name = "distribox", version, propagate_version = true)]
 #[command(
-    after_help = "Start here:\n  distribox mount ~/Distribox     mount the folder (creates the node on first use)\n  echo hi > ~/Distribox/a.txt\n  distribox log ~/Distribox/a.txt  list its versions\n  cat ~/Distribox/a.txt@v1         read version 1\n  distribox unmount ~/Distribox    (or: fusermount3 -u ~/Distribox)"
+    after_help = "Start here:\n  distribox mount ~/Distribox        mount the folder (creates the node on first use)\n  echo one > ~/Distribox/a.txt       v1 creates the file, v2 holds \"one\"\n  echo two > ~/Distribox/a.txt       v3 holds \"two\"\n  distribox log ~/Distribox/a.txt    list its versions\n  cat ~/Distribox/a.txt@v2           read an old version (read-only, not listed by ls)\n  distribox unmount ~/Distribox      (or: fusermount3 -u ~/Distribox)"
 )]
 pub struct Cli {
     /// Where this node keeps its store, identity and logs.

@@ -33,7 +33,7 @@ pub struct DirtyFile {
     pub size: u64,
     /// Written ranges, start → end, non-overlapping and non-adjacent.
     ranges: BTreeMap<u64, u64>,
-    spill: Option<File>,
+    spill: Spill,
     spill_path: PathBuf,
     /// mtime to record with the next commit.
     pub mtime: Timestamp,
@@ -131,7 +131,7 @@ impl DirtyFile {
             base_valid,
             size,
             ranges: BTreeMap::new(),
-            spill: None,
+            spill: Spill::None,
             spill_path,
             mtime,
             pending: false,
@@ -164,7 +164,8 @@ impl DirtyFile {
         if s != 0 || e < self.pre.upto + PRECHUNK_AFTER {
             return None;
         }
-        let spill = self.spill.as_ref()?.try_clone().ok()?;
+        let Spill::File(f) = &self.spill else { return None };
+        let spill = f.try_clone().ok()?;
         Some(PrechunkPlan {
             spill,
             from: self.pre.upto,
@@ -190,17 +191,54 @@ impl DirtyFile {
             || self.size != self.base.len_bytes()
     }
 
-    fn spill(&mut self) -> Result<&File> {
-        if self.spill.is_none() {
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&self.spill_path)?;
-            self.spill = Some(f);
+    /// Stores written bytes at their offset: in memory while the file's written
+    /// extent is small (no spill file to create and delete per small file), in the
+    /// spill file beyond that.
+    fn spill_write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        let end = offset + data.len() as u64;
+        match &mut self.spill {
+            Spill::Mem(v) if end <= MEM_SPILL_MAX => {
+                if (v.len() as u64) < end {
+                    v.resize(end as usize, 0);
+                }
+                v[offset as usize..end as usize].copy_from_slice(data);
+            }
+            Spill::None if end <= MEM_SPILL_MAX => {
+                let mut v = vec![0u8; end as usize];
+                v[offset as usize..].copy_from_slice(data);
+                self.spill = Spill::Mem(v);
+            }
+            Spill::File(f) => f.write_all_at(data, offset)?,
+            _ => {
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&self.spill_path)?;
+                if let Spill::Mem(v) = &self.spill {
+                    f.write_all_at(v, 0)?;
+                }
+                f.write_all_at(data, offset)?;
+                self.spill = Spill::File(f);
+            }
         }
-        Ok(self.spill.as_ref().expect("just set"))
+        Ok(())
+    }
+
+    fn spill_read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        match &self.spill {
+            Spill::Mem(v) => buf.copy_from_slice(&v[offset as usize..offset as usize + buf.len()]),
+            Spill::File(f) => f.read_exact_at(buf, offset)?,
+            Spill::None => unreachable!("a dirty range implies spilled bytes"),
+        }
+        Ok(())
+    }
+
+    fn drop_spill(&mut self) {
+        if let Spill::File(_) = std::mem::replace(&mut self.spill, Spill::None) {
+            let _ = std::fs::remove_file(&self.spill_path);
+        }
     }
 
     pub fn write(&mut self, repo: &Repo, offset: u64, data: &[u8]) -> Result<()> {
@@ -211,7 +249,7 @@ impl DirtyFile {
             return Err(std::io::Error::from_raw_os_error(libc::ENOSPC).into());
         }
         self.invalidate_pre(offset);
-        self.spill()?.write_all_at(data, offset)?;
+        self.spill_write(offset, data)?;
         let end = offset + data.len() as u64;
         self.add_range(offset, end);
         self.size = self.size.max(end);
@@ -252,8 +290,10 @@ impl DirtyFile {
                 }
             }
             self.base_valid = self.base_valid.min(size);
-            if let Some(f) = &self.spill {
-                f.set_len(size)?;
+            match &mut self.spill {
+                Spill::File(f) => f.set_len(size)?,
+                Spill::Mem(v) => v.truncate(size as usize),
+                Spill::None => {}
             }
         }
         self.size = size;
@@ -289,8 +329,7 @@ impl DirtyFile {
                 Source::Spill => {
                     let start = out.len();
                     out.resize(start + (to - pos) as usize, 0);
-                    let f = self.spill.as_ref().expect("a dirty range implies a spill file");
-                    f.read_exact_at(&mut out[start..], pos)?;
+                    self.spill_read(&mut out[start..], pos)?;
                 }
                 Source::Base => repo.read_chunks(&self.base, pos, to - pos, out)?,
                 Source::Zero => out.resize(out.len() + (to - pos) as usize, 0),
@@ -382,21 +421,26 @@ impl DirtyFile {
         self.pre = PreChunked::default();
         self.generation += 1;
         self.pending = true;
-        if let Some(f) = self.spill.take() {
-            drop(f);
-            let _ = std::fs::remove_file(&self.spill_path);
-        }
+        self.drop_spill();
         Ok((self.size, root))
     }
 }
 
 impl Drop for DirtyFile {
     fn drop(&mut self) {
-        if self.spill.take().is_some() {
-            let _ = std::fs::remove_file(&self.spill_path);
-        }
+        self.drop_spill();
     }
 }
+
+/// Where written bytes wait for the next commit.
+enum Spill {
+    None,
+    Mem(Vec<u8>),
+    File(File),
+}
+
+/// Written extents up to this size stay in memory.
+const MEM_SPILL_MAX: u64 = 1 << 20;
 
 fn current_root(repo: &Repo, list: &ChunkList) -> Result<Option<ChunkId>> {
     repo.store_manifest(list.refs())

@@ -154,6 +154,9 @@ pub struct Store {
     /// become durable before a chunk it might name.
     unlogged_writes: std::sync::atomic::AtomicU64,
     flushed_writes: parking_lot::Mutex<u64>,
+    /// Bytes of those chunks not yet flushed: they need disk space later, so the
+    /// space guard counts them as used now.
+    unflushed_bytes: std::sync::atomic::AtomicU64,
 }
 
 /// A set of index/record updates applied atomically by [`Store::write`].
@@ -238,6 +241,7 @@ impl Store {
             space: SpaceGuard::new(path),
             unlogged_writes: std::sync::atomic::AtomicU64::new(0),
             flushed_writes: parking_lot::Mutex::new(0),
+            unflushed_bytes: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -285,7 +289,10 @@ impl Store {
         if self.has_chunk(id)? {
             return Ok(false);
         }
-        if !self.space.admit(data.len() as u64) {
+        if !self.space.admit(
+            data.len() as u64,
+            self.unflushed_bytes.load(std::sync::atomic::Ordering::Relaxed),
+        ) {
             return Err(StoreError::NoSpace(format!(
                 "storing chunk {id} would use the disk's reserve"
             )));
@@ -302,6 +309,8 @@ impl Store {
         wo.disable_wal(!wal);
         self.db.write_opt(b, &wo).map_err(db_err("put chunk"))?;
         if !wal {
+            self.unflushed_bytes
+                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
             self.unlogged_writes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
         Ok(true)
@@ -321,13 +330,15 @@ impl Store {
             .flush_cfs_opt(&[self.cf(CF_CHUNKS), self.cf(CF_CHUNK_INDEX)], &fo)
             .map_err(db_err("flush chunks"))?;
         *flushed = upto;
+        self.unflushed_bytes.store(0, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
     /// Admits `bytes` of user data outside the store (spill files) against the
     /// same free-space reserve.
     pub fn admit_bytes(&self, bytes: u64) -> bool {
-        self.space.admit(bytes)
+        self.space
+            .admit(bytes, self.unflushed_bytes.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Reads a chunk and checks it against its hash: a mismatch is an error, never

@@ -42,8 +42,11 @@ impl SpaceGuard {
         }
     }
 
-    /// Admits `bytes` of user data if that leaves the reserve free.
-    pub fn admit(&self, bytes: u64) -> bool {
+    /// Admits `bytes` of user data if that leaves the reserve free. `unflushed` is
+    /// data already accepted into memory that will reach the disk later (chunks
+    /// written without the WAL, still in memtables): statvfs cannot see it yet.
+    pub fn admit(&self, bytes: u64, unflushed: u64) -> bool {
+        let bytes = bytes + unflushed;
         let mut last = self.last.lock();
         let now = Instant::now();
         let fresh = match *last {
