@@ -222,6 +222,9 @@ impl Store {
         // multi-GiB file streams in.
         opts.set_db_write_buffer_size(64 << 20);
         opts.set_max_background_jobs(2);
+        // Chunks of one file sit next to each other in blob files; with RocksDB's
+        // default FADV_RANDOM the kernel would not read ahead for sequential reads.
+        opts.set_advise_random_on_open(false);
         opts.set_keep_log_file_num(3);
         let cfs = ALL_CFS.iter().map(|name| {
             let mut o = Options::default();
