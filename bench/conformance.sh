@@ -70,11 +70,13 @@ rm -f "$LOG_DIR/pjdfstest-failed.txt" "$LOG_DIR/distribox.log" "$LOG_DIR/pjdfste
 CLOG="$LOG_DIR/conformance.log"
 NODE_LOG="$LOG_DIR/distribox.log"
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/distribox-conformance.XXXXXX")
+# Short on purpose: pjdfstest binds Unix sockets ~60 bytes below the mount, and
+# sun_path holds only 107 (a long mount path fails every socket test in bind).
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/dbx.XXXXXX")
 # mktemp makes it 0700: the dummy users must be able to walk down to the mount
 chmod 0755 "$WORK"
 DATA="$WORK/data"
-MNT="$WORK/mnt"
+MNT="$WORK/m"
 mkdir -p "$DATA" "$MNT"
 chmod 0700 "$DATA"
 
