@@ -8,8 +8,9 @@
 //! operations (chmod, rename, mkdir, ...) commit at once. A file unlinked while open
 //! stays deleted: commits from its handles are skipped once its head is a tombstone.
 //!
-//! Locking: `dirty` map lock → one file's `DirtyEntry` lock → the repo's commit lock;
-//! never in the other order, and never the map lock across I/O.
+//! Locking: `dirty` map lock → one file's `DirtyEntry` lock → `Inner::commit` → the
+//! repo's commit lock; never in the other order, and never the map lock across I/O.
+//! Nothing that holds `Inner::commit` takes a `DirtyEntry` lock or the `dirty` map.
 
 mod inodes;
 
@@ -133,6 +134,10 @@ struct Inner {
     stop: AtomicBool,
     /// A background chunking pass is running (see `start_prechunk`).
     prechunking: AtomicBool,
+    /// Held from reading an entry's state to committing the draft made from it, so
+    /// two operations on one entry cannot both start from the same state and the
+    /// later commit undo the earlier one (an unlink during a large file's close).
+    commit: Mutex<()>,
 }
 
 /// The mounted filesystem. Cloning shares the same state (the idle-commit thread
@@ -186,6 +191,7 @@ impl DistriboxFs {
                 subdirs: Mutex::new(HashMap::new()),
                 stop: AtomicBool::new(false),
                 prechunking: AtomicBool::new(false),
+                commit: Mutex::new(()),
             }),
         }
     }
@@ -510,19 +516,32 @@ impl DistriboxFs {
         if !state.is_alive() {
             return Ok(state); // deleted while open: stays deleted
         }
-        let mut draft = state.draft();
-        let mut wrote = false;
+        // Chunk the pending writes first: that can take a while, and only this
+        // file's lock is held meanwhile.
+        let mut content = None;
         if let Some(g) = guard.as_mut() {
             if g.file.is_dirty() {
                 let (size, manifest) = e(g.file.commit_content(self.repo()))?;
-                draft.content = Content::File { size, manifest };
-                draft.attrs.mtime = g.file.mtime;
-                wrote = true;
+                content = Some((Content::File { size, manifest }, g.file.mtime));
             }
         }
-        edit(&mut draft);
-        let st = e(self.repo().commit(vec![(entry, draft)]))?.remove(0);
-        if wrote {
+        let st = {
+            // The draft starts from the entry as it is now: an unlink or rename
+            // committed while the content was chunked stands.
+            let _commit = self.inner.commit.lock();
+            let state = e(self.repo().get(entry))?;
+            if !state.is_alive() {
+                return Ok(state); // deleted meanwhile: stays deleted
+            }
+            let mut draft = state.draft();
+            if let Some((c, mtime)) = &content {
+                draft.content = c.clone();
+                draft.attrs.mtime = *mtime;
+            }
+            edit(&mut draft);
+            e(self.repo().commit(vec![(entry, draft)]))?.remove(0)
+        };
+        if content.is_some() {
             if let Some(g) = guard.as_mut() {
                 g.file.committed();
             }
@@ -730,13 +749,18 @@ impl DistriboxFs {
             return Err(Errno::ENOTEMPTY);
         }
         let link = Link { parent: dir, name };
-        let draft = without_link(&s, &link);
-        if draft.content.is_tombstone() && !self.inner.open_count.lock().contains_key(&child) {
+        if without_link(&s, &link).content.is_tombstone() && !self.inner.open_count.lock().contains_key(&child) {
             // Uncommitted writes of a closed file being deleted (left behind when the
             // disk filled up) go with it; dropping them first frees their spill space.
             self.inner.dirty.lock().remove(&child);
         }
-        e(self.repo().commit(vec![(child, draft)]))?;
+        {
+            // From the state as it is now: a close may have committed new content
+            // since the checks above.
+            let _commit = self.inner.commit.lock();
+            let s = self.live(child)?;
+            e(self.repo().commit(vec![(child, without_link(&s, &link))]))?;
+        }
         if is_dir {
             self.forget_subdirs(&[dir]);
         }
@@ -767,6 +791,11 @@ impl DistriboxFs {
         }
         // Commit pending writes first, so what moves is what was written.
         self.handle_commit_entry(src)?;
+        if let Some(dst) = dst {
+            self.handle_commit_entry(dst)?;
+        }
+        // Held until the rename is committed (see `Inner::commit`).
+        let commit = self.inner.commit.lock();
         let s = self.live(src)?;
         let src_is_dir = s.record().content.is_dir();
         if src_is_dir && e(self.repo().is_ancestor(src, ddir))? {
@@ -780,7 +809,6 @@ impl DistriboxFs {
         let mut changes = Vec::new();
         let mut adopt = None;
         if let Some(dst) = dst {
-            self.handle_commit_entry(dst)?;
             let d = self.live(dst)?;
             let dst_is_dir = d.record().content.is_dir();
             match (src_is_dir, dst_is_dir) {
@@ -813,6 +841,7 @@ impl DistriboxFs {
             changes.push((src, nd));
         }
         e(self.repo().commit(changes))?;
+        drop(commit);
         if let Some(dst) = adopt {
             let mut inodes = self.inner.inodes.lock();
             let src_ino = inodes.entry_ino(src);
