@@ -128,7 +128,7 @@ cleanup() {
             while IFS= read -r -d '' f; do
                 mkdir -p "$LOG_DIR/node-logs"
                 cp -- "$f" "$LOG_DIR/node-logs/" 2>/dev/null || true
-            done < <(find "$DATA" -type f -name '*.log' -size -100M -print0 2>/dev/null)
+            done < <(find "$DATA" -type f -name '*.log' ! -regex '.*/[0-9]+\.log' -size -100M -print0 2>/dev/null)
         fi
         if grep -qs 'panicked' "$NODE_LOG" "$LOG_DIR"/node-logs/*.log; then
             log "WARNING: a distribox log contains 'panicked' (see $LOG_DIR)"
