@@ -179,7 +179,7 @@ impl Repo {
             root,
             commit_state: Mutex::new(CommitState { next_seq, hlc }),
             entries: Mutex::new(HashMap::new()),
-            chunks: Mutex::new(Lru::new(128)),
+            chunks: Mutex::new(Lru::new(64)),
             manifests: Mutex::new(Lru::new(16)),
             dir_times: Mutex::new(HashMap::new()),
             unsigned: Mutex::new(Vec::new()),

@@ -220,7 +220,7 @@ impl Store {
         opts.create_missing_column_families(true);
         // Bound memtables across all CFs so the node's RSS stays small even while a
         // multi-GiB file streams in.
-        opts.set_db_write_buffer_size(64 << 20);
+        opts.set_db_write_buffer_size(32 << 20);
         opts.set_max_background_jobs(2);
         // Chunks of one file sit next to each other in blob files; with RocksDB's
         // default FADV_RANDOM the kernel would not read ahead for sequential reads.
@@ -231,17 +231,11 @@ impl Store {
             if *name == CF_CHUNKS {
                 o.set_enable_blob_files(true);
                 o.set_min_blob_size(4096);
-                o.set_write_buffer_size(32 << 20);
+                o.set_write_buffer_size(16 << 20);
                 // No blob GC: chunks are never deleted yet (gc is a later issue), and
                 // GC made every compaction rewrite old blob files (~40% of CPU
                 // during a 1 GiB write).
                 o.set_enable_blob_gc(false);
-                // Values live in blob files, so each flush leaves only a tiny L0 table;
-                // RocksDB's default of slowing writes at 20 L0 files throttled a
-                // 1 GiB write to ~90 MiB/s while compaction caught up.
-                o.set_level_zero_slowdown_writes_trigger(400);
-                o.set_level_zero_stop_writes_trigger(800);
-                o.set_max_write_buffer_number(4);
             } else {
                 o.set_write_buffer_size(8 << 20);
             }
