@@ -1379,15 +1379,3 @@ impl Filesystem for DistriboxFs {
         reply_empty(r, reply)
     }
 }
-
-/// Errno numbers for tests and logs.
-pub fn describe(err: Errno) -> i32 {
-    err.code()
-}
-
-#[allow(unused)]
-fn assert_send_sync() {
-    fn is<T: Send + Sync>() {}
-    is::<DistriboxFs>();
-    let _ = VersionRecord::clone;
-}

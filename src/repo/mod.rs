@@ -597,18 +597,6 @@ impl Repo {
         Ok(())
     }
 
-    /// Stores the chunks of `data` and returns its manifest root (for small whole
-    /// files and tests; open files go through `DirtyFile`).
-    pub fn store_bytes(&self, data: &[u8]) -> Result<Option<ChunkId>> {
-        let mut refs = Vec::new();
-        for c in chunking::split(data) {
-            let (r, bytes) = c?;
-            self.store.put_chunk(r.id, &bytes)?;
-            refs.push(r);
-        }
-        self.store_manifest(&refs)
-    }
-
     fn store_manifest(&self, refs: &[chunking::ChunkRef]) -> Result<Option<ChunkId>> {
         chunking::build_manifest(refs, |id, bytes| {
             self.store.put_chunk(id, &bytes).map(|_| ()).map_err(RepoError::from)
