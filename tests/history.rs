@@ -191,3 +191,31 @@ fn every_record_is_signed_and_verifies_after_unmount() {
         assert_eq!(r.id, v);
     }
 }
+
+#[test]
+fn shell_redirection_records_one_version_per_write() {
+    let n = Node::start();
+    // bash opens with O_TRUNC, dup2s the fd onto stdout and closes the original
+    // before writing: that close must not record an empty version.
+    sh_ok(
+        &n.mnt,
+        "echo 'first draft' > notes.txt; echo 'second draft' > notes.txt",
+    );
+    let log = log_of(&n, "notes.txt");
+    let sizes: Vec<&str> = log
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().nth(3).unwrap())
+        .collect();
+    assert_eq!(
+        sizes,
+        vec!["0", "12", "13"],
+        "v1 creates, v2 and v3 hold the two writes:\n{log}"
+    );
+    assert_eq!(fs::read(n.path("notes.txt@v2")).unwrap(), b"first draft\n");
+    // Emptying a file on purpose is still recorded.
+    sh_ok(&n.mnt, ": > notes.txt");
+    assert_eq!(fs::metadata(n.path("notes.txt")).unwrap().len(), 0);
+    let log = log_of(&n, "notes.txt");
+    assert_eq!(log.lines().skip(1).count(), 4, "{log}");
+}

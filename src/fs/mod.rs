@@ -562,9 +562,20 @@ impl DistriboxFs {
     }
 
     fn handle_commit(&self, ino: INodeNo) -> FsResult<()> {
+        self.commit_pending(ino, false)
+    }
+
+    /// Commits pending writes of `ino`. On a flush (`is_flush`) a file that was only
+    /// emptied so far is left for the next commit point: shells open with O_TRUNC,
+    /// dup2 the fd and close the original before writing, and that close must not
+    /// record an empty version in between.
+    fn commit_pending(&self, ino: INodeNo, is_flush: bool) -> FsResult<()> {
         if let Target::Entry(entry) = self.target(ino)? {
             let has_dirty = match self.inner.dirty.lock().get(&entry) {
-                Some(d) => d.lock().file.is_dirty(),
+                Some(d) => {
+                    let g = d.lock();
+                    g.file.is_dirty() && !(is_flush && g.file.only_emptied())
+                }
                 None => false,
             };
             if has_dirty {
@@ -1164,7 +1175,7 @@ impl Filesystem for DistriboxFs {
     }
 
     fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock: LockOwner, reply: ReplyEmpty) {
-        reply_empty(self.handle_commit(ino), reply)
+        reply_empty(self.commit_pending(ino, true), reply)
     }
 
     fn release(

@@ -339,6 +339,11 @@ impl DirtyFile {
         Ok(())
     }
 
+    /// Emptied (truncated to 0) and nothing written since: what O_TRUNC leaves.
+    pub fn only_emptied(&self) -> bool {
+        self.size == 0 && self.ranges.is_empty() && !self.pending
+    }
+
     /// The version holding the last `commit_content` result is durable.
     pub fn committed(&mut self) {
         self.pending = false;
