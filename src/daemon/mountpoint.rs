@@ -66,6 +66,16 @@ pub fn is_mounted(path: &Path) -> bool {
         .any(|l| l.split(' ').nth(4).map(unescape).as_deref() == Some(&*want))
 }
 
+/// The "major:minor" device of the mount at `path` (canonical), from mountinfo.
+pub fn mount_device(path: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.to_string_lossy();
+    info.lines()
+        .rev()
+        .find(|l| l.split(' ').nth(4).map(unescape).as_deref() == Some(&*want))
+        .and_then(|l| l.split(' ').nth(2).map(str::to_owned))
+}
+
 /// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
 fn unescape(s: &str) -> String {
     let b = s.as_bytes();
