@@ -66,7 +66,7 @@ pub fn run_mount(cfg: MountConfig, ready: &mut dyn Ready) -> Result<(), DaemonEr
     cfg.data_dir.init()?;
     let _lock = cfg.data_dir.lock()?;
     let repo = Arc::new(Repo::open(&cfg.data_dir)?);
-    repo.start_prefetch(4);
+    repo.start_prefetch(2);
     let node = repo.node();
     let span = tracing::info_span!("node", node = %node);
     let _enter = span.enter();

@@ -140,7 +140,7 @@ pub struct Repo {
 /// Chunks read ahead of a sequential reader. Blob reads from RocksDB get no kernel
 /// read-ahead (each is its own small pread), so without this a cold sequential read
 /// waits for one 64 KiB disk read at a time.
-const PREFETCH_CHUNKS: usize = 24;
+const PREFETCH_CHUNKS: usize = 8;
 
 const META_GROUP: &str = "group";
 const META_HLC: &str = "hlc";
