@@ -79,6 +79,16 @@ const PRECHUNK_AFTER: u64 = 8 << 20;
 impl PrechunkPlan {
     /// Cuts and stores the chunks of the planned range (no lock held).
     pub fn run(self, repo: &Repo) -> Result<PrechunkDone> {
+        // Chunks cut ahead are garbage if the file is then deleted or never fits
+        // (nothing collects unreferenced chunks yet), and they coexist with the
+        // spill copy: only chunk ahead while there is room for several times that.
+        if !repo.store().room_for(4 * (self.to - self.from)) {
+            return Ok(PrechunkDone {
+                refs: Vec::new(),
+                upto: self.from,
+                generation: self.generation,
+            });
+        }
         let reader = SpillReader {
             file: &self.spill,
             pos: self.from,

@@ -340,6 +340,12 @@ impl Store {
         Ok(())
     }
 
+    /// True if `bytes` of optional work (background chunking) fit comfortably.
+    pub fn room_for(&self, bytes: u64) -> bool {
+        self.space
+            .room_for(bytes + self.unflushed_bytes.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Admits `bytes` of user data outside the store (spill files) against the
     /// same free-space reserve.
     pub fn admit_bytes(&self, bytes: u64) -> bool {

@@ -42,6 +42,15 @@ impl SpaceGuard {
         }
     }
 
+    /// True if `bytes` more would still leave the reserve free (a fresh reading;
+    /// nothing is admitted).
+    pub fn room_for(&self, bytes: u64) -> bool {
+        match statvfs(&self.path) {
+            Some((_, avail)) => avail >= bytes + self.reserve,
+            None => true,
+        }
+    }
+
     /// Admits `bytes` of user data if that leaves the reserve free. `unflushed` is
     /// data already accepted into memory that will reach the disk later (chunks
     /// written without the WAL, still in memtables): statvfs cannot see it yet.
