@@ -362,10 +362,7 @@ impl DistriboxFs {
         if !state.is_alive() {
             // Deleted but still open: show the last live version with no links.
             let prev = match state.record().parents.first() {
-                Some(p) => e(self.repo().history(state.id))?
-                    .into_iter()
-                    .find(|v| v.record.id == *p)
-                    .map(|v| v.record),
+                Some(p) => Some(e(self.repo().record(*p))?),
                 None => None,
             };
             let rec = prev.map(|p| p.record).unwrap_or_else(|| state.record().clone());
@@ -411,15 +408,10 @@ impl DistriboxFs {
                 self.entry_attr(ino.0, &s)
             }
             Target::Version(_, v) => {
-                let r = self.load_version(v)?;
+                let r = e(self.repo().record(v))?;
                 Ok(self.version_attr(ino.0, &r))
             }
         }
-    }
-
-    fn load_version(&self, v: crate::model::VersionId) -> FsResult<SignedRecord> {
-        let bytes = e(self.repo().store().get_record(v).map_err(RepoError::from))?.ok_or(Errno::ENOENT)?;
-        SignedRecord::decode(&bytes, false).map_err(|_| Errno::EIO)
     }
 
     fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> FsResult<FileAttr> {
@@ -592,7 +584,7 @@ impl DistriboxFs {
                 if writable {
                     return Err(Errno::EROFS);
                 }
-                match self.load_version(v)?.record.content {
+                match e(self.repo().record(v))?.record.content {
                     Content::File { size, manifest } => (e(self.repo().chunk_list(manifest))?, size),
                     _ => return Err(Errno::EINVAL),
                 }
@@ -1052,7 +1044,7 @@ impl Filesystem for DistriboxFs {
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let r = match self.target(ino) {
             Ok(Target::Entry(entry)) => self.live(entry).map(|s| s.record().content.clone()),
-            Ok(Target::Version(_, v)) => self.load_version(v).map(|r| r.record.content),
+            Ok(Target::Version(_, v)) => e(self.repo().record(v)).map(|r| r.record.content),
             Err(err) => Err(err),
         };
         match r {

@@ -226,7 +226,8 @@ impl Repo {
         Ok(self.store.sync()?)
     }
 
-    fn load_record(&self, id: VersionId) -> Result<SignedRecord> {
+    /// A stored record by id (a missing one is store corruption: ids come from indexes).
+    pub fn record(&self, id: VersionId) -> Result<SignedRecord> {
         let bytes = self.store.get_record(id)?.ok_or_else(|| StoreError::CorruptValue {
             what: "versions",
             detail: format!("record {id} is referenced but missing"),
@@ -250,7 +251,7 @@ impl Repo {
     fn resolve(&self, entry: EntryId, heads: EntryHeads) -> Result<EntryState> {
         let mut best: Option<(SignedRecord, u64)> = None;
         for (v, g) in &heads.heads {
-            let r = self.load_record(*v)?;
+            let r = self.record(*v)?;
             let better = match &best {
                 None => true,
                 Some((b, _)) => (r.record.hlc, r.record.author) > (b.record.hlc, b.record.author),
@@ -614,7 +615,7 @@ impl Repo {
             .collect();
         match matches.as_slice() {
             [] => Ok(None),
-            [one] => Ok(Some(self.load_record(*one)?)),
+            [one] => Ok(Some(self.record(*one)?)),
             _ => Err(RepoError::Ambiguous { generation }),
         }
     }
@@ -627,7 +628,7 @@ impl Repo {
             .map(|(generation, v)| {
                 Ok(VersionInfo {
                     generation,
-                    record: self.load_record(v)?,
+                    record: self.record(v)?,
                 })
             })
             .collect()
@@ -637,7 +638,7 @@ impl Repo {
     pub fn recent(&self, limit: usize) -> Result<Vec<VersionInfo>> {
         let mut all = Vec::new();
         for (_, _, v) in self.store.all_versions_by_author()? {
-            all.push(self.load_record(v)?);
+            all.push(self.record(v)?);
         }
         all.sort_by_key(|r| std::cmp::Reverse((r.record.hlc, r.record.author)));
         all.truncate(limit);

@@ -372,7 +372,7 @@ impl DirtyFile {
             (None, true) => self.base_valid,
             (None, false) => {
                 self.pending = true;
-                return Ok((self.size, current_root(repo, &base)?));
+                return Ok((self.size, repo.store_manifest(base.refs())?));
             }
         };
         let last_change_end = if tail_changed {
@@ -456,10 +456,6 @@ enum Spill {
 
 /// Written extents up to this size stay in memory.
 const MEM_SPILL_MAX: u64 = 1 << 20;
-
-fn current_root(repo: &Repo, list: &ChunkList) -> Result<Option<ChunkId>> {
-    repo.store_manifest(list.refs())
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Source {

@@ -387,26 +387,20 @@ impl Store {
             .map_err(db_err("get record"))
     }
 
-    pub fn get_heads(&self, entry: EntryId) -> Result<Option<EntryHeads>> {
-        match self
-            .db
-            .get_pinned_cf(self.cf(CF_ENTRIES), entry.as_bytes())
-            .map_err(db_err("get entry"))?
-        {
-            Some(v) => Ok(Some(decode_value("entries", &v)?)),
+    /// Reads and decodes one bincode value (see `encode_value`).
+    fn get_value<T: for<'de> Deserialize<'de>>(&self, cf: &'static str, key: &[u8]) -> Result<Option<T>> {
+        match self.db.get_pinned_cf(self.cf(cf), key).map_err(db_err("get value"))? {
+            Some(v) => Ok(Some(decode_value(cf, &v)?)),
             None => Ok(None),
         }
     }
 
+    pub fn get_heads(&self, entry: EntryId) -> Result<Option<EntryHeads>> {
+        self.get_value(CF_ENTRIES, entry.as_bytes())
+    }
+
     pub fn get_dir_time(&self, dir: EntryId) -> Result<Option<DirTime>> {
-        match self
-            .db
-            .get_pinned_cf(self.cf(CF_DIR_TIMES), dir.as_bytes())
-            .map_err(db_err("get dir time"))?
-        {
-            Some(v) => Ok(Some(decode_value("dir_times", &v)?)),
-            None => Ok(None),
-        }
+        self.get_value(CF_DIR_TIMES, dir.as_bytes())
     }
 
     pub fn get_child(&self, parent: EntryId, name: &[u8]) -> Result<Option<EntryId>> {
