@@ -2,11 +2,12 @@
 //! control socket. `anyhow` lives here, at the binary's edge.
 
 use crate::daemon::control::{self, ControlRequest, ControlResponse};
-use crate::daemon::{self, MountConfig, Ready};
+use crate::daemon::{self, MountConfig, Ready, ServeConfig};
+use crate::sync::{invite, NetConfig};
 use crate::fs::FsOptions;
 use crate::store::DataDir;
 use anyhow::{anyhow, bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 #[derive(Parser, Debug)]
 #[command(name = "distribox", version, propagate_version = true)]
 #[command(
-    after_help = "Start here:\n  distribox mount ~/Distribox        mount the folder (creates the node on first use)\n  echo one > ~/Distribox/a.txt       v1 creates the file, v2 holds \"one\"\n  echo two > ~/Distribox/a.txt       v3 holds \"two\"\n  distribox log ~/Distribox/a.txt    list its versions\n  cat ~/Distribox/a.txt@v2           read an old version (read-only, not listed by ls)\n  distribox unmount ~/Distribox      (or: fusermount3 -u ~/Distribox)"
+    after_help = "Start here:\n  distribox mount ~/Distribox        mount the folder (creates the node on first use)\n  echo one > ~/Distribox/a.txt       v1 creates the file, v2 holds \"one\"\n  echo two > ~/Distribox/a.txt       v3 holds \"two\"\n  distribox log ~/Distribox/a.txt    list its versions\n  cat ~/Distribox/a.txt@v2           read an old version (read-only, not listed by ls)\n  distribox unmount ~/Distribox      (or: fusermount3 -u ~/Distribox)\n\nShare it with another computer:\n  distribox invite                   (on a running node) prints a token\n  distribox join TOKEN               (on the other computer) then: distribox mount DIR\n  distribox peers                    who is online, how far in sync"
 )]
 pub struct Cli {
     /// Where this node keeps its store, identity and logs.
@@ -52,6 +53,27 @@ pub enum Cmd {
         /// FUSE request threads.
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// Run an always-on member without a mount (a "monitor" on a server): it
+    /// stores every version and relays them between members. Stays in the
+    /// foreground (run it under systemd); stop it with SIGTERM or Ctrl-C.
+    Serve {
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// Print an invitation token for this node's group (ask the running node for its
+    /// addresses). Anyone with the token can join: send it privately.
+    Invite,
+    /// Make this data dir a member of the group in TOKEN (from `distribox invite`),
+    /// then `distribox mount DIR` or `distribox serve`.
+    Join { token: String },
+    /// List the group's members this node knows: online or not, addresses, last
+    /// seen, round-trip time, and how many records each side still lacks.
+    Peers {
+        #[arg(long)]
+        json: bool,
     },
     /// Unmount the folder at DIR (like `fusermount3 -u DIR`) and wait for the node to
     /// exit.
@@ -74,6 +96,53 @@ pub enum Cmd {
     },
 }
 
+/// How a node reaches the group.
+#[derive(Args, Debug, Clone)]
+pub struct NetArgs {
+    /// Address to listen on for members (repeatable). Port 0 picks a free port.
+    #[arg(long, value_name = "MULTIADDR", default_value = "/ip4/0.0.0.0/tcp/7467")]
+    pub listen: Vec<String>,
+    /// A member to connect to, e.g. /ip4/192.168.1.7/tcp/7467 (repeatable). Members
+    /// found once are remembered and redialed.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub peer: Vec<String>,
+    /// Do not look for members on the LAN with mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// No network at all: a purely local, versioned folder.
+    #[arg(long, conflicts_with = "peer")]
+    pub no_net: bool,
+}
+
+impl NetArgs {
+    fn config(&self) -> Result<Option<NetConfig>> {
+        if self.no_net {
+            return Ok(None);
+        }
+        let parse = |s: &String| {
+            s.parse::<libp2p::Multiaddr>()
+                .map_err(|e| anyhow!("{s}: not a multiaddr ({e}); example: /ip4/192.168.1.7/tcp/7467"))
+        };
+        Ok(Some(NetConfig {
+            listen: self.listen.iter().map(parse).collect::<Result<_>>()?,
+            peers: self.peer.iter().map(parse).collect::<Result<_>>()?,
+            mdns: !self.no_mdns,
+        }))
+    }
+
+    fn child_args(&self) -> Vec<String> {
+        let mut a: Vec<String> = self.listen.iter().map(|l| format!("--listen={l}")).collect();
+        a.extend(self.peer.iter().map(|p| format!("--peer={p}")));
+        if self.no_mdns {
+            a.push("--no-mdns".into());
+        }
+        if self.no_net {
+            a.push("--no-net".into());
+        }
+        a
+    }
+}
+
 /// `$XDG_DATA_HOME/distribox`, else `~/.local/share/distribox`.
 pub fn default_data_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
@@ -92,7 +161,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let data_dir = DataDir::new(cli.data_dir.clone().unwrap_or_else(default_data_dir));
     match cli.command {
         Cmd::Init => {
-            if data_dir.init()? {
+            if data_dir.init(None)? {
                 println!("initialised node in {}", data_dir.root.display());
             } else {
                 println!("{} is already initialised", data_dir.root.display());
@@ -105,6 +174,7 @@ pub fn run(cli: Cli) -> Result<()> {
             allow_other,
             idle_commit_ms,
             threads,
+            net,
         } => {
             let cfg = MountConfig {
                 data_dir,
@@ -115,12 +185,100 @@ pub fn run(cli: Cli) -> Result<()> {
                 },
                 allow_other,
                 threads,
+                net: net.config()?,
             };
             if foreground {
                 mount_foreground(cfg)
             } else {
-                mount_background(cfg, &cli_args_for_child(allow_other, idle_commit_ms, threads))
+                let mut extra = cli_args_for_child(allow_other, idle_commit_ms, threads);
+                extra.extend(net.child_args());
+                mount_background(cfg, &extra)
             }
+        }
+        Cmd::Serve { net } => {
+            let Some(net) = net.config()? else {
+                bail!("`serve` without a network does nothing; drop --no-net");
+            };
+            data_dir.check()?;
+            let report = std::env::var_os(READY_ENV).is_some();
+            match daemon::run_serve(ServeConfig { data_dir, net }, &mut StdoutReady) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    if report {
+                        println!("ERROR {e}");
+                    }
+                    Err(e.into())
+                }
+            }
+        }
+        Cmd::Invite => {
+            data_dir.check()?;
+            let group = data_dir.load_group()?;
+            let addrs = match call(&data_dir, &ControlRequest::Status) {
+                Ok(ControlResponse::Status(s)) => s.listen,
+                _ => {
+                    eprintln!("note: no node is running for this data dir, so the token names no address; the new member needs --peer or mDNS to find one");
+                    Vec::new()
+                }
+            };
+            println!("{}", invite::encode(&group, &addrs));
+            Ok(())
+        }
+        Cmd::Join { token } => {
+            let (group, addrs) = invite::decode(&token)?;
+            if data_dir.is_initialised() {
+                data_dir.check()?;
+                if data_dir.load_group()? != group {
+                    bail!(
+                        "{} already belongs to another group; `join` will not mix two groups' data — use another --data-dir",
+                        data_dir.root.display()
+                    );
+                }
+            } else {
+                data_dir.init(Some(group))?;
+            }
+            let addrs: Vec<libp2p::Multiaddr> = addrs.iter().filter_map(|a| a.parse().ok()).collect();
+            let n = crate::sync::peers::remember(&crate::sync::peers::peers_file(&data_dir.root), &addrs)
+                .map_err(|e| anyhow!(e))?;
+            println!(
+                "joined group {} in {} ({n} member address(es) remembered); now run `distribox mount DIR` or `distribox serve`",
+                hex::encode(&group.id[..4]),
+                data_dir.root.display()
+            );
+            Ok(())
+        }
+        Cmd::Peers { json } => {
+            let peers = match call(&data_dir, &ControlRequest::Peers)? {
+                ControlResponse::Peers { peers } => peers,
+                ControlResponse::Error { message } => bail!("{message}"),
+                other => bail!("unexpected answer from node: {other:?}"),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&peers)?);
+            } else if peers.is_empty() {
+                println!("no members known yet (invite one: `distribox invite`)");
+            } else {
+                println!("{:<9} {:<8} {:>8} {:<21} {:>7} {:>7}  ADDRESS", "NODE", "STATE", "RTT", "LAST SEEN", "THEIRS", "OURS");
+                for p in peers {
+                    let rtt = p.rtt_ms.map(|r| format!("{r:.1}ms")).unwrap_or_else(|| "-".into());
+                    let seen = p
+                        .last_seen
+                        .map(|t| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t)).to_string())
+                        .unwrap_or_else(|| "never".into());
+                    println!(
+                        "{:<9} {:<8} {:>8} {:<21} {:>7} {:>7}  {}",
+                        p.node,
+                        if p.online { "online" } else { "offline" },
+                        rtt,
+                        seen,
+                        p.missing_here,
+                        p.missing_there,
+                        p.addrs.first().map(String::as_str).unwrap_or("-")
+                    );
+                }
+                println!("(THEIRS: records they have that we are missing; OURS: records we have that they are missing)");
+            }
+            Ok(())
         }
         Cmd::Unmount { dir } => unmount(&data_dir, &dir),
         Cmd::Status { json } => {
@@ -139,6 +297,17 @@ pub fn run(cli: Cli) -> Result<()> {
                 println!("store       {} bytes on disk (flushed part)", info.store_bytes);
                 println!("chunks      {} distinct, {} bytes", info.chunks, info.chunk_bytes);
                 println!("uptime      {}s", info.uptime_secs);
+                println!("group       {}", &info.group[..8.min(info.group.len())]);
+                println!("peers       {} online, {} known", info.peers_online, info.peers_known);
+                for a in &info.listen {
+                    println!("listening   {a}");
+                }
+                if info.versions_pending > 0 || info.chunks_wanted > 0 {
+                    println!(
+                        "incoming    {} version(s) waiting for {} chunk(s); {} bytes received so far",
+                        info.versions_pending, info.chunks_wanted, info.bytes_received
+                    );
+                }
             }
             Ok(())
         }
@@ -275,7 +444,7 @@ fn mount_background(cfg: MountConfig, extra: &[String]) -> Result<()> {
             });
         }
     } else {
-        cfg.data_dir.init()?;
+        cfg.data_dir.init(None)?;
     }
     let log_path = cfg.data_dir.log_path();
     let log = std::fs::OpenOptions::new()

@@ -6,15 +6,20 @@
 //! - `chunking`: FastCDC cut points, chunk manifests (Merkle tree), offset lookup.
 //! - `repo`: the one API for the tree — lookup, read, write-back, commit versions.
 //! - `fs`: the `fuser::Filesystem` implementation; errno mapping happens only here.
+//! - `net`: the libp2p swarm — group-gated transport, behaviours, wire messages.
+//! - `sync`: anti-entropy, announcements, record and chunk fetching (drives `net`,
+//!   talks to `repo`).
 //! - `daemon`: wires a node (lock, repo, FUSE session, control socket, signals).
 //! - `cli`: clap commands; talks to a running node over the control socket.
 //!
-//! Dependency order: model ← store ← chunking ← repo ← fs ← daemon ← cli.
+//! Dependency order: model ← store ← chunking ← repo ← {fs, net ← sync} ← daemon ← cli.
 
 pub mod chunking;
 pub mod cli;
 pub mod daemon;
 pub mod fs;
 pub mod model;
+pub mod net;
 pub mod repo;
 pub mod store;
+pub mod sync;

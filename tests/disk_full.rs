@@ -34,7 +34,8 @@ fn full_disk_gives_enospc_and_recovers() {
         tmp: tempfile::tempdir().unwrap(),
         data: small.join("node"),
         mnt: mnt.clone(),
-        extra: vec![],
+        extra: vec!["--no-net".into()],
+        env: vec![],
         pid: None,
     };
     n.mount();

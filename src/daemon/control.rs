@@ -17,6 +17,8 @@ pub enum ControlRequest {
         path: Option<String>,
         limit: usize,
     },
+    /// Members: online state, addresses, RTT, how far in sync.
+    Peers,
     /// Commit everything, unmount and exit.
     Shutdown,
 }
@@ -26,6 +28,7 @@ pub enum ControlRequest {
 pub enum ControlResponse {
     Status(StatusInfo),
     Log { lines: Vec<LogLine> },
+    Peers { peers: Vec<crate::sync::peers::PeerInfo> },
     Ok,
     Error { message: String },
 }
@@ -43,6 +46,16 @@ pub struct StatusInfo {
     pub chunks: u64,
     pub chunk_bytes: u64,
     pub uptime_secs: u64,
+    /// Group id (hex).
+    pub group: String,
+    /// Addresses the node listens on, each ending in /p2p/<peer id>.
+    pub listen: Vec<String>,
+    pub peers_online: usize,
+    pub peers_known: usize,
+    /// Received versions waiting for data, and chunks still to fetch.
+    pub versions_pending: usize,
+    pub chunks_wanted: usize,
+    pub bytes_received: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

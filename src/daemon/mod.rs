@@ -1,4 +1,6 @@
-//! Wires a node together: data dir lock, repo, FUSE session, control socket, signals.
+//! Wires a node together: data dir lock, repo, network, FUSE session, control
+//! socket, signals. `run_mount` serves a folder; `run_serve` is the always-on member
+//! with no mount (it stores and relays everything).
 //!
 //! Uses: everything below it. Process model (DESIGN.md): `distribox mount DIR`
 //! re-executes the binary with `--foreground` in a new session and waits for it to
@@ -13,6 +15,7 @@ pub use mountpoint::{check_mountpoint, is_mounted, mount_device, MountpointError
 use crate::fs::{DistriboxFs, FsOptions};
 use crate::repo::{Repo, RepoError};
 use crate::store::{DataDir, DataDirError};
+use crate::sync::NetConfig;
 use control::{ControlRequest, ControlResponse, LogLine, StatusInfo};
 use fuser::{Config, MountOption, SessionACL};
 use parking_lot::Mutex;
@@ -36,6 +39,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Sync(#[from] crate::sync::SyncError),
     #[error("control socket {path}: {source}")]
     Control {
         path: PathBuf,
@@ -58,17 +63,147 @@ pub struct MountConfig {
     /// Let other users in (`allow_other` + `default_permissions`).
     pub allow_other: bool,
     pub threads: usize,
+    /// None: no network (a purely local folder).
+    pub net: Option<NetConfig>,
+}
+
+/// Shared by the control socket: what the node can report and how it stops.
+struct NodeCtl {
+    repo: Arc<Repo>,
+    sync: Option<crate::sync::SyncHandle>,
+    mountpoint: Option<PathBuf>,
+    data_dir: PathBuf,
+    started: Instant,
+    stop: Box<dyn Fn() -> Result<(), String> + Send + Sync>,
+}
+
+/// The parts every running node has, mounted or not.
+struct Node {
+    repo: Arc<Repo>,
+    signer: Signer,
+    sock: PathBuf,
+}
+
+impl Node {
+    fn start(data_dir: &DataDir) -> Result<Node, DaemonError> {
+        let repo = Arc::new(Repo::open(data_dir)?);
+        let signer = spawn_signer(repo.clone());
+        Ok(Node {
+            repo,
+            signer,
+            sock: data_dir.control_socket(),
+        })
+    }
+
+    /// Listens on the control socket (the CLI's way in) in a thread.
+    fn listen_control(&self, ctl: Arc<Mutex<NodeCtl>>) -> Result<(), DaemonError> {
+        let _ = std::fs::remove_file(&self.sock);
+        let listener = UnixListener::bind(&self.sock).map_err(|source| DaemonError::Control {
+            path: self.sock.clone(),
+            source,
+        })?;
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || serve_control(listener, ctl))
+            .expect("spawning a thread at startup");
+        Ok(())
+    }
+
+    /// Signs, flushes and syncs everything: the process exits without waiting for
+    /// every Arc<Repo> to drop, and chunks written without the WAL live in memtables
+    /// until flushed.
+    fn shutdown(self, sync: Option<crate::sync::SyncHandle>) {
+        if let Some(s) = sync {
+            s.stop();
+        }
+        self.signer.stop();
+        let repo = &self.repo;
+        if let Err(err) = repo
+            .sign_pending()
+            .and_then(|_| repo.store().flush().map_err(Into::into))
+            .and_then(|_| repo.sync())
+        {
+            tracing::error!(error = %err, "signing records at shutdown failed; they are signed at next start");
+        }
+        let _ = std::fs::remove_file(&self.sock);
+    }
+}
+
+fn on_signals(action: impl Fn() + Send + 'static) -> Result<(), std::io::Error> {
+    let mut signals =
+        signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!(signal = sig, "signal received; stopping");
+                action();
+            }
+        })
+        .expect("spawning a thread at startup");
+    Ok(())
+}
+
+/// Options of the always-on node.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub data_dir: DataDir,
+    pub net: NetConfig,
+}
+
+/// Runs a member without a mount until SIGTERM/SIGINT or a shutdown request.
+pub fn run_serve(cfg: ServeConfig, ready: &mut dyn Ready) -> Result<(), DaemonError> {
+    cfg.data_dir.check()?;
+    let _lock = cfg.data_dir.lock()?;
+    let node = Node::start(&cfg.data_dir)?;
+    let span = tracing::info_span!("node", node = %node.repo.node());
+    let _enter = span.enter();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let stop_tx = Arc::new(Mutex::new(stop_tx));
+    let sync = crate::sync::start(node.repo.clone(), cfg.net.clone())?;
+    let ctl = Arc::new(Mutex::new(NodeCtl {
+        repo: node.repo.clone(),
+        sync: Some(sync),
+        mountpoint: None,
+        data_dir: cfg.data_dir.root.clone(),
+        started: Instant::now(),
+        stop: {
+            let tx = stop_tx.clone();
+            Box::new(move || {
+                let _ = tx.lock().send(());
+                Ok(())
+            })
+        },
+    }));
+    node.listen_control(ctl.clone())?;
+    {
+        let tx = stop_tx.clone();
+        on_signals(move || {
+            let _ = tx.lock().send(());
+        })
+        .map_err(|source| DaemonError::Control {
+            path: node.sock.clone(),
+            source,
+        })?;
+    }
+    tracing::info!(data_dir = %cfg.data_dir.root.display(), "serving (no mount)");
+    ready.ready(Path::new(""));
+    let _ = stop_rx.recv();
+    let sync = ctl.lock().sync.take();
+    node.shutdown(sync);
+    tracing::info!("stopped; store closed");
+    Ok(())
 }
 
 /// Runs a mounted node until its folder is unmounted.
 pub fn run_mount(cfg: MountConfig, ready: &mut dyn Ready) -> Result<(), DaemonError> {
     let mountpoint = check_mountpoint(&cfg.mountpoint)?;
-    cfg.data_dir.init()?;
+    cfg.data_dir.init(None)?;
     let _lock = cfg.data_dir.lock()?;
-    let repo = Arc::new(Repo::open(&cfg.data_dir)?);
+    let node = Node::start(&cfg.data_dir)?;
+    let repo = node.repo.clone();
     repo.start_prefetch(2);
-    let node = repo.node();
-    let span = tracing::info_span!("node", node = %node);
+    let span = tracing::info_span!("node", node = %repo.node());
     let _enter = span.enter();
     let fs = DistriboxFs::new(repo.clone(), cfg.fs.clone());
     let mut config = Config::default();
@@ -87,60 +222,50 @@ pub fn run_mount(cfg: MountConfig, ready: &mut dyn Ready) -> Result<(), DaemonEr
     })?;
     let unmounter = Arc::new(Mutex::new(session.unmount_callable()));
     raise_readahead(&mountpoint);
-    let started = Instant::now();
-    let sock = cfg.data_dir.control_socket();
-    let _ = std::fs::remove_file(&sock);
-    let listener = UnixListener::bind(&sock).map_err(|source| DaemonError::Control {
-        path: sock.clone(),
-        source,
-    })?;
-    {
-        let (repo, unmounter, mp) = (repo.clone(), unmounter.clone(), mountpoint.clone());
-        let data_dir = cfg.data_dir.root.clone();
-        std::thread::Builder::new()
-            .name("control".into())
-            .spawn(move || serve_control(listener, repo, unmounter, Some(mp), data_dir, started))
-            .expect("spawning a thread at startup");
-    }
+    // Remote versions: drop the kernel's cached pages and names (from a thread of
+    // its own, never inside a FUSE callback).
+    let _invalidator = fs.spawn_invalidator(session.notifier(), repo.subscribe());
+    let sync = match &cfg.net {
+        Some(net) => Some(crate::sync::start(repo.clone(), net.clone())?),
+        None => None,
+    };
+    let ctl = Arc::new(Mutex::new(NodeCtl {
+        repo: repo.clone(),
+        sync,
+        mountpoint: Some(mountpoint.clone()),
+        data_dir: cfg.data_dir.root.clone(),
+        started: Instant::now(),
+        stop: {
+            let unmounter = unmounter.clone();
+            Box::new(move || {
+                unmounter
+                    .lock()
+                    .unmount()
+                    .map_err(|e| format!("unmount failed: {e} (is a file in the folder still open?)"))
+            })
+        },
+    }));
+    node.listen_control(ctl.clone())?;
     {
         let unmounter = unmounter.clone();
-        let mut signals =
-            signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]).map_err(
-                |source| DaemonError::Control {
-                    path: sock.clone(),
-                    source,
-                },
-            )?;
-        std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                if let Some(sig) = signals.forever().next() {
-                    tracing::info!(signal = sig, "signal received; unmounting");
-                    if let Err(err) = unmounter.lock().unmount() {
-                        tracing::warn!(error = %err, "unmount after signal failed; try `fusermount3 -uz`");
-                    }
-                }
-            })
-            .expect("spawning a thread at startup");
+        on_signals(move || {
+            if let Err(err) = unmounter.lock().unmount() {
+                tracing::warn!(error = %err, "unmount after signal failed; try `fusermount3 -uz`");
+            }
+        })
+        .map_err(|source| DaemonError::Control {
+            path: node.sock.clone(),
+            source,
+        })?;
     }
     let idle = fs.spawn_idle_committer();
-    let signer = spawn_signer(repo.clone());
     tracing::info!(mountpoint = %mountpoint.display(), data_dir = %cfg.data_dir.root.display(), "mounted");
     ready.ready(&mountpoint);
     let result = session.run();
     fs.flush_all();
     let _ = idle.join();
-    signer.stop();
-    // Flush everything: the process exits without waiting for every Arc<Repo> to
-    // drop, and chunks written without the WAL live in memtables until flushed.
-    if let Err(err) = repo
-        .sign_pending()
-        .and_then(|_| repo.store().flush().map_err(Into::into))
-        .and_then(|_| repo.sync())
-    {
-        tracing::error!(error = %err, "signing records at shutdown failed; they are signed at next start");
-    }
-    let _ = std::fs::remove_file(&sock);
+    let sync = ctl.lock().sync.take();
+    node.shutdown(sync);
     match result {
         Ok(()) => tracing::info!("unmounted; store closed"),
         Err(err) => tracing::warn!(error = %err, "FUSE session ended with an error"),
@@ -196,14 +321,7 @@ fn spawn_signer(repo: Arc<Repo>) -> Signer {
     }
 }
 
-fn serve_control(
-    listener: UnixListener,
-    repo: Arc<Repo>,
-    unmounter: Arc<Mutex<fuser::SessionUnmounter>>,
-    mountpoint: Option<PathBuf>,
-    data_dir: PathBuf,
-    started: Instant,
-) {
+fn serve_control(listener: UnixListener, ctl: Arc<Mutex<NodeCtl>>) {
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
         let mut line = String::new();
@@ -214,37 +332,55 @@ fn serve_control(
             Err(e) => ControlResponse::Error {
                 message: format!("bad request: {e}"),
             },
-            Ok(ControlRequest::Status) => {
-                let (chunks, chunk_bytes) = repo.store().chunk_stats().unwrap_or((0, 0));
-                ControlResponse::Status(StatusInfo {
-                    node: repo.node().to_hex(),
-                    pid: std::process::id(),
-                    mountpoint: mountpoint.as_ref().map(|p| p.display().to_string()),
-                    data_dir: data_dir.display().to_string(),
-                    local_versions: repo.store().last_seq(repo.node()).unwrap_or(0),
-                    store_bytes: repo.store().disk_usage(),
-                    chunks,
-                    chunk_bytes,
-                    uptime_secs: started.elapsed().as_secs(),
-                })
-            }
-            Ok(ControlRequest::Log { path, limit }) => match log_lines(&repo, path.as_deref(), limit) {
-                Ok(lines) => ControlResponse::Log { lines },
-                Err(message) => ControlResponse::Error { message },
-            },
-            Ok(ControlRequest::Shutdown) => {
-                let r = unmounter.lock().unmount();
-                match r {
-                    Ok(()) => ControlResponse::Ok,
-                    Err(e) => ControlResponse::Error {
-                        message: format!("unmount failed: {e} (is a file in the folder still open?)"),
-                    },
-                }
-            }
+            Ok(req) => answer_control(&ctl, req),
         };
         let mut out = serde_json::to_string(&resp).unwrap_or_else(|_| "{}".into());
         out.push('\n');
         let _ = conn.write_all(out.as_bytes());
+    }
+}
+
+fn answer_control(ctl: &Mutex<NodeCtl>, req: ControlRequest) -> ControlResponse {
+    let c = ctl.lock();
+    let repo = &c.repo;
+    match req {
+        ControlRequest::Status => {
+            let (chunks, chunk_bytes) = repo.store().chunk_stats().unwrap_or((0, 0));
+            let (chunks_wanted, bytes_received) = c.sync.as_ref().map(|s| s.transfers()).unwrap_or((0, 0));
+            let peers = c.sync.as_ref().map(|s| s.peers()).unwrap_or_default();
+            ControlResponse::Status(StatusInfo {
+                node: repo.node().to_hex(),
+                pid: std::process::id(),
+                mountpoint: c.mountpoint.as_ref().map(|p| p.display().to_string()),
+                data_dir: c.data_dir.display().to_string(),
+                local_versions: repo.store().last_seq(repo.node()).unwrap_or(0),
+                store_bytes: repo.store().disk_usage(),
+                chunks,
+                chunk_bytes,
+                uptime_secs: c.started.elapsed().as_secs(),
+                group: hex::encode(repo.group().id),
+                listen: c.sync.as_ref().map(|s| s.listen_addrs()).unwrap_or_default(),
+                peers_online: peers.iter().filter(|p| p.online).count(),
+                peers_known: peers.len(),
+                versions_pending: repo.pending_ids().len(),
+                chunks_wanted,
+                bytes_received,
+            })
+        }
+        ControlRequest::Log { path, limit } => match log_lines(repo, path.as_deref(), limit) {
+            Ok(lines) => ControlResponse::Log { lines },
+            Err(message) => ControlResponse::Error { message },
+        },
+        ControlRequest::Peers => match &c.sync {
+            Some(s) => ControlResponse::Peers { peers: s.peers() },
+            None => ControlResponse::Error {
+                message: "this node runs without a network (--no-net)".into(),
+            },
+        },
+        ControlRequest::Shutdown => match (c.stop)() {
+            Ok(()) => ControlResponse::Ok,
+            Err(message) => ControlResponse::Error { message },
+        },
     }
 }
 

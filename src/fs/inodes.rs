@@ -49,6 +49,11 @@ impl InodeTable {
         i
     }
 
+    /// The inode the kernel may know for an entry (None: never handed out).
+    pub fn known_ino(&self, entry: EntryId) -> Option<u64> {
+        self.by_entry.get(&entry).copied()
+    }
+
     pub fn version_ino(&mut self, entry: EntryId, version: VersionId) -> u64 {
         if let Some(&i) = self.by_version.get(&version) {
             return i;

@@ -15,7 +15,9 @@
 mod inodes;
 
 use crate::chunking::ChunkList;
-use crate::model::{names, Attrs, Content, EntryId, Link, SignedRecord, SpecialKind, Timestamp, VersionRecord};
+use crate::model::{
+    names, Attrs, Content, EntryId, Link, SignedRecord, SpecialKind, Timestamp, VersionId, VersionRecord,
+};
 use crate::repo::{DirtyFile, Draft, EntryState, Repo, RepoError};
 use crate::store::StoreError;
 use fuser::{
@@ -89,6 +91,9 @@ fn e<T>(r: Result<T, RepoError>) -> FsResult<T> {
 
 struct DirtyEntry {
     file: DirtyFile,
+    /// The version these writes started from. If a peer's version lands meanwhile,
+    /// the commit forks from this one, so both stay (see `Repo::commit_based`).
+    base: VersionId,
     last_write: Instant,
     /// When the pending data last changed: the file's ctime until it is committed
     /// (write, truncate and fallocate change ctime at once, as on ext4).
@@ -310,6 +315,49 @@ impl DistriboxFs {
         Ok(n)
     }
 
+    /// Drops the kernel's cached pages, attributes and names of entries changed by
+    /// peers, from a thread of its own: a notification sent from inside a FUSE
+    /// callback, or while holding a lock a callback needs, deadlocks. Handles opened
+    /// before keep reading the content they opened (their snapshot).
+    pub fn spawn_invalidator(
+        &self,
+        notifier: fuser::Notifier,
+        mut changes: tokio::sync::mpsc::UnboundedReceiver<crate::repo::ChangeBatch>,
+    ) -> std::thread::JoinHandle<()> {
+        let fs = self.clone();
+        std::thread::Builder::new()
+            .name("invalidate".into())
+            .spawn(move || {
+                while let Some(batch) = changes.blocking_recv() {
+                    if batch.remote {
+                        for c in &batch.changes {
+                            fs.invalidate(&notifier, c);
+                        }
+                    }
+                }
+            })
+            .expect("spawning a thread at startup")
+    }
+
+    fn invalidate(&self, notifier: &fuser::Notifier, c: &crate::repo::Change) {
+        self.drop_clean_dirty(c.entry);
+        let ino = self.inner.inodes.lock().known_ino(c.entry);
+        if let Some(ino) = ino {
+            // ENOENT just means the kernel had nothing cached.
+            let _ = notifier.inval_inode(INodeNo(ino), 0, -1);
+        }
+        let mut parents = Vec::new();
+        for l in &c.links {
+            parents.push(l.parent);
+            let p = self.inner.inodes.lock().known_ino(l.parent);
+            if let Some(p) = p {
+                let _ = notifier.inval_entry(INodeNo(p), OsStr::from_bytes(&l.name));
+                let _ = notifier.inval_inode(INodeNo(p), 0, -1);
+            }
+        }
+        self.forget_subdirs(&parents);
+    }
+
     fn forget_subdirs(&self, dirs: &[EntryId]) {
         let mut s = self.inner.subdirs.lock();
         for d in dirs {
@@ -493,6 +541,7 @@ impl DistriboxFs {
         let spill = self.repo().data_dir().spill_dir().join(entry.to_hex());
         let d = Arc::new(Mutex::new(DirtyEntry {
             file: DirtyFile::new(list, size, spill, s.record().attrs.mtime),
+            base: s.head.id,
             last_write: Instant::now(),
             changed: SystemTime::UNIX_EPOCH,
         }));
@@ -526,16 +575,30 @@ impl DistriboxFs {
                 return Ok(state); // deleted meanwhile: stays deleted
             }
             let mut draft = state.draft();
+            let mut base = None;
             if let Some((c, mtime)) = &content {
+                let b = guard.as_ref().expect("content comes from the dirty state").base;
+                if b != state.head.id {
+                    // A peer's version landed while we wrote: ours forks from what
+                    // the writer saw instead of replacing theirs.
+                    let r = e(self.repo().record(b))?;
+                    if !r.record.content.is_tombstone() {
+                        draft.location = r.record.location.clone();
+                        draft.attrs = r.record.attrs;
+                    }
+                    base = Some(b);
+                }
                 draft.content = c.clone();
                 draft.attrs.mtime = *mtime;
             }
             edit(&mut draft);
-            e(self.repo().commit(vec![(entry, draft)]))?.remove(0)
+            e(self.repo().commit_based(vec![(entry, draft, base)]))?.remove(0)
         };
+        let (st, made) = st;
         if content.is_some() {
             if let Some(g) = guard.as_mut() {
                 g.file.committed();
+                g.base = made.unwrap_or(st.head.id);
             }
             tracing::debug!(entry = %entry, version = %st.head.id, "committed file content");
         }

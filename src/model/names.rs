@@ -21,6 +21,17 @@ pub fn parse_history_name(name: &[u8]) -> Option<(&[u8], u64)> {
     Some((base, n))
 }
 
+/// Splits `notes.txt@1a2b3c4d` into (`notes.txt`, `1a2b3c4d`): the name of an entry
+/// that shares its name with another (see `Repo::lookup`).
+pub fn parse_entry_suffix(name: &[u8]) -> Option<(&[u8], &str)> {
+    let at = name.iter().rposition(|b| *b == b'@')?;
+    let (base, tag) = (&name[..at], &name[at + 1..]);
+    if base.is_empty() || tag.len() != 8 || !tag.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)) {
+        return None;
+    }
+    Some((base, std::str::from_utf8(tag).ok()?))
+}
+
 /// Generation of a version given its parents' generations.
 pub fn generation(parent_gens: impl IntoIterator<Item = u64>) -> u64 {
     1 + parent_gens.into_iter().max().unwrap_or(0)
@@ -36,6 +47,14 @@ mod tests {
         assert_eq!(parse_history_name(b"x@v2@v10"), Some((&b"x@v2"[..], 10)));
         for bad in [&b"a.txt"[..], b"@v3", b"a@v", b"a@v0", b"a@v01", b"a@vx", b"a@v-1"] {
             assert_eq!(parse_history_name(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn entry_suffix_needs_eight_lowercase_hex_digits() {
+        assert_eq!(parse_entry_suffix(b"a.txt@0123abcd"), Some((&b"a.txt"[..], "0123abcd")));
+        for bad in [&b"a.txt"[..], b"@0123abcd", b"a@0123abc", b"a@0123ABCD", b"a@v3"] {
+            assert_eq!(parse_entry_suffix(bad), None);
         }
     }
 

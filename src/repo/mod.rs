@@ -12,17 +12,22 @@
 //! `Repo` is synchronous: RocksDB and FUSE callbacks block anyway. Async code (the
 //! network, later) calls it through `spawn_blocking`.
 
+mod apply;
 mod cache;
+mod remote;
 mod writeback;
 
+pub use apply::{winner, Change, ChangeBatch};
+pub use remote::{Received, Rejected};
 pub use writeback::{DirtyFile, PrechunkPlan};
 
 use crate::chunking::{self, ChunkList, ChunkingError};
 use crate::model::{
-    names, Attrs, ChunkId, Content, EntryId, Hlc, Link, NodeId, RecordError, SignedRecord, Timestamp, VersionId,
+    names, Attrs, ChunkId, Content, EntryId, Hlc, Link, NodeId, RecordError, SignedRecord, VersionId,
     VersionRecord,
 };
-use crate::store::{DataDir, DataDirError, DirTime, EntryHeads, Store, StoreError};
+use crate::store::{DataDir, DataDirError, DirTime, EntryHeads, GroupKey, Store, StoreError};
+use apply::Apply;
 use cache::Lru;
 use ed25519_dalek::SigningKey;
 use parking_lot::Mutex;
@@ -59,6 +64,8 @@ pub enum RepoError {
     },
     #[error("write-back file: {0}")]
     Spill(#[from] std::io::Error),
+    #[error("the store belongs to group {stored}, but group.key names group {key}; the data dir is inconsistent")]
+    GroupMismatch { stored: String, key: String },
 }
 
 pub type Result<T> = std::result::Result<T, RepoError>;
@@ -135,6 +142,13 @@ pub struct Repo {
     /// Chunk read-ahead queue (see `start_prefetch`); unset in tools that only
     /// open the store.
     prefetch: std::sync::OnceLock<std::sync::mpsc::SyncSender<ChunkId>>,
+    group: GroupKey,
+    /// author → highest seq held (see `vector`).
+    vector: Mutex<HashMap<NodeId, u64>>,
+    /// Received records not yet in the tree (see `remote`).
+    pending: Mutex<HashMap<VersionId, SignedRecord>>,
+    /// Who hears about changes (the network announcer, the kernel-cache invalidator).
+    subscribers: Mutex<Vec<tokio::sync::mpsc::UnboundedSender<ChangeBatch>>>,
 }
 
 /// Chunks read ahead of a sequential reader. Blob reads from RocksDB get no kernel
@@ -154,15 +168,26 @@ impl Repo {
         let node = NodeId(key.verifying_key().to_bytes());
         let store = Store::open(&data_dir.db_path())?;
         std::fs::create_dir_all(data_dir.spill_dir())?;
-        let group = match store.get_meta(META_GROUP)? {
-            Some(g) => g,
-            None => {
-                let g: [u8; 32] = rand::random();
-                store.put_meta(META_GROUP, &g)?;
-                g.to_vec()
+        let group = data_dir.load_group()?;
+        match store.get_meta(META_GROUP)? {
+            Some(g) if g != group.id => {
+                return Err(RepoError::GroupMismatch {
+                    stored: hex::encode(&g[..g.len().min(4)]),
+                    key: hex::encode(&group.id[..4]),
+                })
             }
-        };
-        let root = EntryId::root_of(&group);
+            Some(_) => {}
+            None => store.put_meta(META_GROUP, &group.id)?,
+        }
+        let root = EntryId::root_of(&group.id);
+        let vector: HashMap<NodeId, u64> = store.last_seqs()?.into_iter().collect();
+        let mut pending = HashMap::new();
+        for v in store.pending_versions()? {
+            if let Some(b) = store.get_record(v)? {
+                let r = SignedRecord::decode(&b, false).map_err(|source| RepoError::Record { version: v, source })?;
+                pending.insert(v, r);
+            }
+        }
         let next_seq = store.last_seq(node)? + 1;
         let hlc = match store.get_meta(META_HLC)? {
             Some(b) if b.len() == 12 => Hlc {
@@ -184,8 +209,16 @@ impl Repo {
             dir_times: Mutex::new(HashMap::new()),
             unsigned: Mutex::new(Vec::new()),
             prefetch: std::sync::OnceLock::new(),
+            group,
+            vector: Mutex::new(vector),
+            pending: Mutex::new(pending),
+            subscribers: Mutex::new(Vec::new()),
         };
         repo.queue_unsigned_from_store()?;
+        // The root's first version is deterministic (author-independent content is not
+        // possible: records are signed), so each member creates its own; the root
+        // then has one head per member until someone changes it, which is harmless:
+        // directories have no content to conflict on.
         if repo.store.get_heads(root)?.is_none() {
             let attrs = Attrs {
                 mode: 0o755,
@@ -220,6 +253,34 @@ impl Repo {
     pub fn store(&self) -> &Store {
         &self.store
     }
+    pub fn group(&self) -> &GroupKey {
+        &self.group
+    }
+
+    /// Hears about every change to the tree from now on.
+    pub fn subscribe(&self) -> tokio::sync::mpsc::UnboundedReceiver<ChangeBatch> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.subscribers.lock().push(tx);
+        rx
+    }
+
+    fn publish(&self, batch: ChangeBatch) {
+        if batch.changes.is_empty() {
+            return;
+        }
+        self.subscribers.lock().retain(|s| s.send(batch.clone()).is_ok());
+    }
+
+    fn notify(&self, states: &[Arc<EntryState>]) {
+        let changes = states
+            .iter()
+            .map(|s| Change {
+                entry: s.id,
+                links: Vec::new(),
+            })
+            .collect();
+        self.publish(ChangeBatch { remote: false, changes });
+    }
 
     /// Makes every committed version durable against power loss.
     pub fn sync(&self) -> Result<()> {
@@ -246,21 +307,16 @@ impl Repo {
         Ok(state)
     }
 
-    /// Picks the head shown under the plain name: the latest by (HLC, author).
+    /// Picks the head shown under the plain name (see `apply::winner`).
     /// (Field-by-field merging of several heads is the conflicts work.)
     fn resolve(&self, entry: EntryId, heads: EntryHeads) -> Result<EntryState> {
-        let mut best: Option<(SignedRecord, u64)> = None;
-        for (v, g) in &heads.heads {
-            let r = self.record(*v)?;
-            let better = match &best {
-                None => true,
-                Some((b, _)) => (r.record.hlc, r.record.author) > (b.record.hlc, b.record.author),
-            };
-            if better {
-                best = Some((r, *g));
-            }
-        }
-        let (head, generation) = best.ok_or(RepoError::NotFound { entry })?;
+        let recs = heads
+            .heads
+            .iter()
+            .map(|(v, _)| self.record(*v))
+            .collect::<Result<Vec<_>>>()?;
+        let head = winner(&recs).ok_or(RepoError::NotFound { entry })?.clone();
+        let generation = heads.heads.iter().find(|(v, _)| *v == head.id).map(|(_, g)| *g).unwrap_or(1);
         Ok(EntryState {
             id: entry,
             head,
@@ -269,12 +325,41 @@ impl Repo {
         })
     }
 
+    /// The entry shown as `name` in `parent`. When several entries hold the name
+    /// (created at once on two nodes), the lowest entry id gets the plain name and
+    /// the others answer to `name@<first 8 hex digits of their id>` (see
+    /// `children`), so nothing is hidden and every node shows the same names.
     pub fn lookup(&self, parent: EntryId, name: &[u8]) -> Result<Option<EntryId>> {
-        Ok(self.store.get_child(parent, name)?)
+        let found = self.store.get_children_named(parent, name)?;
+        if let Some(first) = found.first() {
+            return Ok(Some(*first));
+        }
+        if let Some((base, tag)) = names::parse_entry_suffix(name) {
+            for e in self.store.get_children_named(parent, base)?.into_iter().skip(1) {
+                if e.to_hex().starts_with(tag) {
+                    return Ok(Some(e));
+                }
+            }
+        }
+        Ok(None)
     }
 
+    /// A directory's listing with the names `lookup` answers to.
     pub fn children(&self, parent: EntryId) -> Result<Vec<(Vec<u8>, EntryId)>> {
-        Ok(self.store.list_children(parent)?)
+        let mut out: Vec<(Vec<u8>, EntryId)> = Vec::new();
+        let mut prev: Option<Vec<u8>> = None;
+        for (name, e) in self.store.list_children(parent)? {
+            if prev.as_ref() == Some(&name) {
+                let mut alt = name.clone();
+                alt.push(b'@');
+                alt.extend_from_slice(&e.to_hex().as_bytes()[..8]);
+                out.push((alt, e));
+            } else {
+                prev = Some(name.clone());
+                out.push((name, e));
+            }
+        }
+        Ok(out)
     }
 
     pub fn has_children(&self, parent: EntryId) -> Result<bool> {
@@ -318,77 +403,70 @@ impl Repo {
 
     /// Commits new versions of several entries in one atomic batch (a rename over an
     /// existing file touches two). Entries not yet in the store are created. A draft
-    /// equal to the current state is skipped. Returns the new states in order.
+    /// equal to the current state is skipped. Each new version's parent is the head
+    /// shown now. Returns the new states in order.
     pub fn commit(&self, changes: Vec<(EntryId, Draft)>) -> Result<Vec<Arc<EntryState>>> {
+        Ok(self
+            .commit_based(changes.into_iter().map(|(e, d)| (e, d, None)).collect())?
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect())
+    }
+
+    /// As `commit`, but a change may name the version its draft was made from
+    /// (`base`): a file edited while a peer's version of it arrived then forks from
+    /// what the writer saw, so both versions stay heads instead of the later one
+    /// silently replacing the other. Returns each entry's new state and the id of
+    /// the version made (None when the draft changed nothing).
+    pub fn commit_based(
+        &self,
+        changes: Vec<(EntryId, Draft, Option<VersionId>)>,
+    ) -> Result<Vec<(Arc<EntryState>, Option<VersionId>)>> {
         let mut cs = self.commit_state.lock();
-        let mut batch = self.store.batch();
-        let mut removed_links: Vec<Link> = Vec::new();
-        let mut added_links: Vec<(Link, EntryId)> = Vec::new();
-        let mut out: Vec<Arc<EntryState>> = Vec::new();
+        let mut tx = Apply::new(self);
         let mut seq = cs.next_seq;
         let mut hlc = cs.hlc;
-        // Events that set a directory's displayed mtime (see `store::DirTime`).
-        let mut dir_events: Vec<(EntryId, DirTime)> = Vec::new();
-        for (entry, draft) in changes {
-            // A second change to one entry in the same batch chains on the first.
-            let pending = out.iter().rev().find(|s| s.id == entry).cloned();
-            let prev = match pending.map(Ok).unwrap_or_else(|| self.get(entry)) {
-                Ok(s) => Some(s),
-                Err(RepoError::NotFound { .. }) => None,
-                Err(e) => return Err(e),
+        let mut created: Vec<(Link, EntryId)> = Vec::new();
+        let mut made: Vec<Option<VersionId>> = Vec::new();
+        for (entry, draft, base) in changes {
+            let prev = tx.current(entry)?;
+            let base = match (base, &prev) {
+                (Some(b), Some(p)) if b != p.head.id => {
+                    let gen = self.generation_of(entry, b)?;
+                    Some((tx.record(b)?, gen))
+                }
+                (_, Some(p)) => Some((p.head.clone(), p.generation)),
+                (_, None) => None,
             };
-            if let Some(p) = &prev {
-                if p.draft() == draft && p.heads.len() == 1 {
-                    out.push(p.clone());
+            if let (Some(p), Some((b, _))) = (&prev, &base) {
+                if p.heads.len() == 1 && p.head.id == b.id && p.draft() == draft {
+                    tx.states.push(p.clone());
+                    made.push(None);
                     continue;
                 }
             }
             hlc = Hlc::tick(hlc, crate::model::hlc::now_ns());
-            let (parents, parent_gens): (Vec<VersionId>, Vec<u64>) = prev
-                .as_ref()
-                .map(|p| p.heads.iter().copied().unzip())
-                .unwrap_or_default();
             let stamp = |changed: bool, from: Option<VersionId>| if changed { None } else { from };
-            let (content_from, location_from, attrs_from) = match &prev {
+            let (content_from, location_from, attrs_from) = match &base {
                 None => (None, None, None),
-                Some(p) => {
-                    let r = p.record();
+                Some((b, _)) => {
+                    let r = &b.record;
                     (
-                        stamp(r.content != draft.content, Some(p.head.content_from())),
-                        stamp(r.location != draft.location, Some(p.head.location_from())),
-                        stamp(r.attrs != draft.attrs, Some(p.head.attrs_from())),
+                        stamp(r.content != draft.content, Some(b.content_from())),
+                        stamp(r.location != draft.location, Some(b.location_from())),
+                        stamp(r.attrs != draft.attrs, Some(b.attrs_from())),
                     )
                 }
             };
-            let old_location = prev.as_ref().map(|p| p.record().location.clone()).unwrap_or_default();
-            let name_event = DirTime {
-                hlc,
-                mtime: Timestamp::from_system(hlc.system_time()),
-            };
-            for l in &old_location {
-                if !draft.location.contains(l) {
-                    removed_links.push(l.clone());
-                    dir_events.push((l.parent, name_event));
-                }
-            }
+            let old_links = base.as_ref().map(|(b, _)| b.record.location.clone()).unwrap_or_default();
             for l in &draft.location {
-                if !old_location.contains(l) {
-                    added_links.push((l.clone(), entry));
-                    dir_events.push((l.parent, name_event));
+                if !old_links.contains(l) {
+                    created.push((l.clone(), entry));
                 }
-            }
-            if draft.content.is_dir() && attrs_from.is_none() {
-                dir_events.push((
-                    entry,
-                    DirTime {
-                        hlc,
-                        mtime: draft.attrs.mtime,
-                    },
-                ));
             }
             let record = VersionRecord {
                 entry,
-                parents,
+                parents: base.as_ref().map(|(b, _)| vec![b.id]).unwrap_or_default(),
                 author: self.node,
                 seq,
                 hlc,
@@ -400,69 +478,42 @@ impl Repo {
                 attrs_from,
             };
             let signed = SignedRecord::unsigned(record);
-            let generation = names::generation(parent_gens);
-            batch.put_record(signed.id, self.node, seq, &signed.bytes);
-            let heads = vec![(signed.id, generation)];
-            batch.put_heads(entry, &EntryHeads { heads: heads.clone() });
-            batch.put_entry_version(entry, generation, signed.id);
+            let generation = names::generation(base.map(|(_, g)| g));
+            tx.batch.put_record(signed.id, self.node, seq, &signed.bytes);
+            made.push(Some(signed.id));
+            tx.add_version(signed, generation)?;
             seq += 1;
-            out.push(Arc::new(EntryState {
-                id: entry,
-                head: signed,
-                heads,
-                generation,
-            }));
         }
-        // Names must be free unless this batch frees them.
-        for (l, _) in &added_links {
-            if self.store.get_child(l.parent, &l.name)?.is_some() && !removed_links.contains(l) {
-                return Err(RepoError::Exists {
-                    name: String::from_utf8_lossy(&l.name).into_owned(),
-                });
+        // A name this batch gives an entry must be free unless this batch frees it.
+        for (l, entry) in &created {
+            for other in self.store.get_children_named(l.parent, &l.name)? {
+                if other != *entry && !tx.removed.contains(&(l.clone(), other)) {
+                    return Err(RepoError::Exists {
+                        name: String::from_utf8_lossy(&l.name).into_owned(),
+                    });
+                }
             }
-        }
-        for l in &removed_links {
-            batch.delete_child(l.parent, &l.name);
-        }
-        for (l, entry) in &added_links {
-            batch.put_child(l.parent, &l.name, *entry);
-        }
-        let mut new_dir_times: Vec<(EntryId, DirTime)> = Vec::new();
-        for (dir, ev) in dir_events {
-            let cur = match new_dir_times.iter().find(|(d, _)| *d == dir) {
-                Some((_, t)) => Some(*t),
-                None => self.dir_time(dir)?,
-            };
-            if cur.map(|c| ev.hlc > c.hlc).unwrap_or(true) {
-                new_dir_times.retain(|(d, _)| *d != dir);
-                new_dir_times.push((dir, ev));
-            }
-        }
-        for (dir, t) in &new_dir_times {
-            batch.put_dir_time(*dir, t);
         }
         let mut hlc_bytes = hlc.wall_ns.to_le_bytes().to_vec();
         hlc_bytes.extend_from_slice(&hlc.counter.to_le_bytes());
-        batch.put_meta(META_HLC, &hlc_bytes);
-        self.store.write(batch)?;
+        tx.batch.put_meta(META_HLC, &hlc_bytes);
+        let (out, _) = tx.finish()?;
         cs.next_seq = seq;
         cs.hlc = hlc;
-        let mut cache = self.entries.lock();
-        for s in &out {
-            cache.insert(s.id, s.clone());
-        }
-        drop(cache);
-        let mut dt = self.dir_times.lock();
-        for (dir, t) in new_dir_times {
-            dt.insert(dir, Some(t));
-        }
-        drop(dt);
-        self.unsigned.lock().extend(
-            out.iter()
-                .filter(|s| !SignedRecord::is_signed(&s.head.bytes))
-                .map(|s| s.head.id),
-        );
-        Ok(out)
+        self.vector.lock().insert(self.node, seq - 1);
+        self.unsigned.lock().extend(made.iter().flatten().copied());
+        self.notify(&out);
+        Ok(out.into_iter().zip(made).collect())
+    }
+
+    /// Generation of one version of an entry (its `@vN`).
+    fn generation_of(&self, entry: EntryId, v: VersionId) -> Result<u64> {
+        self.store
+            .entry_versions(entry)?
+            .into_iter()
+            .find(|(_, x)| *x == v)
+            .map(|(g, _)| g)
+            .ok_or(RepoError::NotFound { entry })
     }
 
     /// The latest event that set a directory's mtime (a name change in it or its own

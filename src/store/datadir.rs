@@ -1,7 +1,8 @@
 //! The data dir: format marker, node key, single-node lock, and where everything lives.
 //!
 //! Layout: `FORMAT` (text: `distribox-data-dir <N>`), `node.key` (Ed25519 secret,
-//! mode 0600), `node.lock` (flock'd by the running node; holds its pid), `db/`
+//! mode 0600), `group.key` (group id ‖ group secret, 64 bytes, mode 0600: whoever
+//! holds it is a member), `node.lock` (flock'd by the running node; holds its pid), `db/`
 //! (RocksDB), `spill/` (write-back staging of open files), `control.sock`, `node.log`.
 
 use ed25519_dalek::SigningKey;
@@ -12,7 +13,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// On-disk format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const FORMAT_MAGIC: &str = "distribox-data-dir";
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,8 @@ pub enum DataDirError {
     NotInitialised { path: PathBuf },
     #[error("data dir {path} was written by a newer Distribox (format {found}); this build reads format {FORMAT_VERSION} — upgrade distribox")]
     NewerFormat { path: PathBuf, found: u32 },
+    #[error("data dir {path} has format {found}, from a development build before sync (format {FORMAT_VERSION}); move it aside and run `distribox init` again")]
+    OlderFormat { path: PathBuf, found: u32 },
     #[error("{path} is not a Distribox data dir (unrecognised FORMAT file)")]
     Unrecognised { path: PathBuf },
     #[error("data dir {path} is in use by another running node{}; stop it first (`distribox unmount`)", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
@@ -29,6 +32,8 @@ pub enum DataDirError {
     NotEmpty { path: PathBuf },
     #[error("node key {path} is damaged (expected 32 bytes)")]
     BadKey { path: PathBuf },
+    #[error("group key {path} is damaged (expected 64 bytes)")]
+    BadGroupKey { path: PathBuf },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -43,6 +48,30 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
     move |source| DataDirError::Io {
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// Membership of a group: its public id (names the group, seeds the root entry id)
+/// and the 256-bit secret every member holds (the network's pre-shared key).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct GroupKey {
+    pub id: [u8; 32],
+    pub secret: [u8; 32],
+}
+
+impl GroupKey {
+    pub fn generate() -> Self {
+        GroupKey {
+            id: rand::random(),
+            secret: rand::random(),
+        }
+    }
+}
+
+impl std::fmt::Debug for GroupKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        write!(f, "GroupKey({})", hex::encode(&self.id[..4]))
     }
 }
 
@@ -82,6 +111,9 @@ impl DataDir {
     fn lock_path(&self) -> PathBuf {
         self.root.join("node.lock")
     }
+    fn group_path(&self) -> PathBuf {
+        self.root.join("group.key")
+    }
 
     /// Checks the format marker without changing anything.
     pub fn check(&self) -> Result<()> {
@@ -108,6 +140,12 @@ impl DataDir {
                 found,
             });
         }
+        if found < FORMAT_VERSION {
+            return Err(DataDirError::OlderFormat {
+                path: self.root.clone(),
+                found,
+            });
+        }
         Ok(())
     }
 
@@ -115,9 +153,10 @@ impl DataDir {
         self.format_path().exists()
     }
 
-    /// Creates the data dir and a fresh node identity. Refuses a non-empty directory
-    /// that is not ours, and never touches an initialised one (returns Ok).
-    pub fn init(&self) -> Result<bool> {
+    /// Creates the data dir, a fresh node identity and membership of `group` (a new
+    /// group when None). Refuses a non-empty directory that is not ours, and never
+    /// touches an initialised one (returns Ok(false)).
+    pub fn init(&self, group: Option<GroupKey>) -> Result<bool> {
         if self.is_initialised() {
             self.check()?;
             return Ok(false);
@@ -142,6 +181,17 @@ impl DataDir {
         f.write_all(&key.to_bytes())
             .and_then(|_| f.sync_all())
             .map_err(io_err(&kp))?;
+        let group = group.unwrap_or_else(GroupKey::generate);
+        let gp = self.group_path();
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&gp)
+            .map_err(io_err(&gp))?;
+        let mut bytes = group.id.to_vec();
+        bytes.extend_from_slice(&group.secret);
+        f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(io_err(&gp))?;
         // FORMAT last: its presence means "fully initialised".
         let fp = self.format_path();
         fs::write(&fp, format!("{FORMAT_MAGIC} {FORMAT_VERSION}\n")).map_err(io_err(&fp))?;
@@ -156,6 +206,18 @@ impl DataDir {
             .map_err(io_err(&kp))?;
         let bytes: [u8; 32] = buf.try_into().map_err(|_| DataDirError::BadKey { path: kp.clone() })?;
         Ok(SigningKey::from_bytes(&bytes))
+    }
+
+    pub fn load_group(&self) -> Result<GroupKey> {
+        let gp = self.group_path();
+        let buf = fs::read(&gp).map_err(io_err(&gp))?;
+        if buf.len() != 64 {
+            return Err(DataDirError::BadGroupKey { path: gp });
+        }
+        Ok(GroupKey {
+            id: buf[..32].try_into().expect("length checked"),
+            secret: buf[32..].try_into().expect("length checked"),
+        })
     }
 
     /// Pid of the node holding the lock, if any (without taking it).
@@ -205,8 +267,10 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let d = DataDir::new(t.path().join("d"));
         assert!(matches!(d.check(), Err(DataDirError::NotInitialised { .. })));
-        assert!(d.init().unwrap());
-        assert!(!d.init().unwrap());
+        assert!(d.init(None).unwrap());
+        assert!(!d.init(None).unwrap());
+        let g = d.load_group().unwrap();
+        assert_eq!(g, d.load_group().unwrap());
         d.check().unwrap();
         let k1 = d.load_key().unwrap();
         assert_eq!(k1.to_bytes(), d.load_key().unwrap().to_bytes());
@@ -221,6 +285,6 @@ mod tests {
         let d = DataDir::new(t.path());
         fs::write(t.path().join("FORMAT"), "distribox-data-dir 99\n").unwrap();
         assert!(matches!(d.check(), Err(DataDirError::NewerFormat { found: 99, .. })));
-        assert!(d.init().is_err());
+        assert!(d.init(None).is_err());
     }
 }

@@ -11,7 +11,11 @@
 //! - `versions`: version id → signed record bytes
 //! - `by_author`: author ‖ seq → version id
 //! - `entries`: entry id → `EntryHeads`
-//! - `children`: parent entry id ‖ name → child entry id
+//! - `children`: parent entry id ‖ name ‖ 0 ‖ child entry id → (). Several entries
+//!   may hold one name (two nodes created it at once); names never contain NUL, so
+//!   the 0 byte ends the name
+//! - `pending`: version id → (): records received from peers but not yet part of
+//!   the tree (a parent or a chunk is still missing)
 //! - `entry_versions`: entry id ‖ generation ‖ version id → () (history, `@vN` lookup)
 //! - `meta`: node identity, sequence counter, clock
 //! - `dir_times`: directory entry id → `DirTime`, the latest event that sets a
@@ -27,7 +31,7 @@
 mod datadir;
 mod space;
 
-pub use datadir::{DataDir, DataDirError, FORMAT_VERSION};
+pub use datadir::{DataDir, DataDirError, GroupKey, FORMAT_VERSION};
 pub use space::SpaceGuard;
 
 use crate::model::{ChunkId, EntryId, NodeId, VersionId};
@@ -44,7 +48,8 @@ const CF_CHILDREN: &str = "children";
 const CF_ENTRY_VERSIONS: &str = "entry_versions";
 const CF_META: &str = "meta";
 const CF_DIR_TIMES: &str = "dir_times";
-const ALL_CFS: [&str; 9] = [
+const CF_PENDING: &str = "pending";
+const ALL_CFS: [&str; 10] = [
     CF_CHUNKS,
     CF_CHUNK_INDEX,
     CF_VERSIONS,
@@ -54,6 +59,7 @@ const ALL_CFS: [&str; 9] = [
     CF_ENTRY_VERSIONS,
     CF_META,
     CF_DIR_TIMES,
+    CF_PENDING,
 ];
 
 /// Leading byte of every value we bincode into the store.
@@ -122,11 +128,32 @@ fn decode_value<T: for<'de> Deserialize<'de>>(what: &'static str, b: &[u8]) -> R
     }
 }
 
-fn child_key(parent: EntryId, name: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(16 + name.len());
+fn child_prefix(parent: EntryId, name: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16 + name.len() + 17);
     k.extend_from_slice(parent.as_bytes());
     k.extend_from_slice(name);
+    k.push(0);
     k
+}
+
+fn child_key(parent: EntryId, name: &[u8], child: EntryId) -> Vec<u8> {
+    let mut k = child_prefix(parent, name);
+    k.extend_from_slice(child.as_bytes());
+    k
+}
+
+/// Splits a `children` key after its 16-byte parent into (name, child).
+fn split_child_key(k: &[u8]) -> Result<(Vec<u8>, EntryId)> {
+    let bad = || StoreError::CorruptValue {
+        what: "children",
+        detail: "bad key".into(),
+    };
+    let rest = k.get(16..).ok_or_else(bad)?;
+    if rest.len() < 17 || rest[rest.len() - 17] != 0 {
+        return Err(bad());
+    }
+    let (name, child) = rest.split_at(rest.len() - 17);
+    Ok((name.to_vec(), EntryId::from_slice(&child[1..]).ok_or_else(bad)?))
 }
 
 fn entry_version_key(entry: EntryId, generation: u64, v: VersionId) -> Vec<u8> {
@@ -177,11 +204,17 @@ impl Batch<'_> {
     }
     pub fn put_child(&mut self, parent: EntryId, name: &[u8], child: EntryId) {
         self.batch
-            .put_cf(self.store.cf(CF_CHILDREN), child_key(parent, name), child.as_bytes());
+            .put_cf(self.store.cf(CF_CHILDREN), child_key(parent, name, child), []);
     }
-    pub fn delete_child(&mut self, parent: EntryId, name: &[u8]) {
+    pub fn delete_child(&mut self, parent: EntryId, name: &[u8], child: EntryId) {
         self.batch
-            .delete_cf(self.store.cf(CF_CHILDREN), child_key(parent, name));
+            .delete_cf(self.store.cf(CF_CHILDREN), child_key(parent, name, child));
+    }
+    pub fn put_pending(&mut self, v: VersionId) {
+        self.batch.put_cf(self.store.cf(CF_PENDING), v.as_bytes(), []);
+    }
+    pub fn delete_pending(&mut self, v: VersionId) {
+        self.batch.delete_cf(self.store.cf(CF_PENDING), v.as_bytes());
     }
     pub fn put_entry_version(&mut self, entry: EntryId, generation: u64, v: VersionId) {
         self.batch.put_cf(
@@ -403,21 +436,26 @@ impl Store {
         self.get_value(CF_DIR_TIMES, dir.as_bytes())
     }
 
-    pub fn get_child(&self, parent: EntryId, name: &[u8]) -> Result<Option<EntryId>> {
-        let v = self
+    /// Entries holding `name` in `parent` (usually one; several after concurrent
+    /// creates on different nodes), in entry id order.
+    pub fn get_children_named(&self, parent: EntryId, name: &[u8]) -> Result<Vec<EntryId>> {
+        let prefix = child_prefix(parent, name);
+        let mut out = Vec::new();
+        let it = self
             .db
-            .get_pinned_cf(self.cf(CF_CHILDREN), child_key(parent, name))
-            .map_err(db_err("lookup"))?;
-        match v {
-            Some(v) => EntryId::from_slice(&v).map(Some).ok_or(StoreError::CorruptValue {
-                what: "children",
-                detail: "bad entry id".into(),
-            }),
-            None => Ok(None),
+            .iterator_cf(self.cf(CF_CHILDREN), IteratorMode::From(&prefix, Direction::Forward));
+        for item in it {
+            let (k, _) = item.map_err(db_err("lookup"))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            out.push(split_child_key(&k)?.1);
         }
+        Ok(out)
     }
 
-    /// Children of a directory in name order.
+    /// Children of a directory in name order (a name held by several entries appears
+    /// once per entry).
     pub fn list_children(&self, parent: EntryId) -> Result<Vec<(Vec<u8>, EntryId)>> {
         let mut out = Vec::new();
         let prefix = parent.as_bytes();
@@ -425,15 +463,11 @@ impl Store {
             .db
             .iterator_cf(self.cf(CF_CHILDREN), IteratorMode::From(prefix, Direction::Forward));
         for item in it {
-            let (k, v) = item.map_err(db_err("readdir"))?;
+            let (k, _) = item.map_err(db_err("readdir"))?;
             if !k.starts_with(prefix) {
                 break;
             }
-            let child = EntryId::from_slice(&v).ok_or(StoreError::CorruptValue {
-                what: "children",
-                detail: "bad entry id".into(),
-            })?;
-            out.push((k[16..].to_vec(), child));
+            out.push(split_child_key(&k)?);
         }
         Ok(out)
     }
@@ -488,6 +522,67 @@ impl Store {
             }
         }
         Ok(0)
+    }
+
+    /// Record ids of `author` with seq in `from..=to`, in seq order.
+    pub fn versions_of_author(&self, author: NodeId, from: u64, to: u64) -> Result<Vec<(u64, VersionId)>> {
+        let mut out = Vec::new();
+        let start = author_key(author, from);
+        let it = self
+            .db
+            .iterator_cf(self.cf(CF_BY_AUTHOR), IteratorMode::From(&start, Direction::Forward));
+        for item in it {
+            let (k, v) = item.map_err(db_err("records by author"))?;
+            if k.len() != 40 || !k.starts_with(author.as_bytes()) {
+                break;
+            }
+            let seq = u64::from_be_bytes(k[32..40].try_into().expect("length checked"));
+            if seq > to {
+                break;
+            }
+            let bad = || StoreError::CorruptValue {
+                what: "by_author",
+                detail: "bad version id".into(),
+            };
+            out.push((seq, VersionId::from_slice(&v).ok_or_else(bad)?));
+        }
+        Ok(out)
+    }
+
+    /// Highest seq per author: one seek per author, not a scan of every record.
+    pub fn last_seqs(&self) -> Result<Vec<(NodeId, u64)>> {
+        let mut out = Vec::new();
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_BY_AUTHOR));
+        it.seek_to_first();
+        while it.valid() {
+            let k = it.key().unwrap_or_default();
+            let author = NodeId::from_slice(k.get(..32).unwrap_or_default()).ok_or(StoreError::CorruptValue {
+                what: "by_author",
+                detail: "bad key".into(),
+            })?;
+            let mut upper = author.as_bytes().to_vec();
+            upper.extend_from_slice(&u64::MAX.to_be_bytes());
+            it.seek_for_prev(&upper);
+            let k = it.key().unwrap_or_default();
+            let seq = u64::from_be_bytes(k.get(32..40).unwrap_or(&[0; 8]).try_into().expect("8 bytes"));
+            out.push((author, seq));
+            it.next();
+        }
+        it.status().map_err(db_err("seq scan"))?;
+        Ok(out)
+    }
+
+    /// Received records waiting to join the tree.
+    pub fn pending_versions(&self) -> Result<Vec<VersionId>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_PENDING), IteratorMode::Start) {
+            let (k, _) = item.map_err(db_err("pending"))?;
+            out.push(VersionId::from_slice(&k).ok_or(StoreError::CorruptValue {
+                what: "pending",
+                detail: "bad key".into(),
+            })?);
+        }
+        Ok(out)
     }
 
     /// Every record id with its author and seq, for `log` over the whole folder.

@@ -36,7 +36,15 @@ pub struct Node {
     pub data: PathBuf,
     pub mnt: PathBuf,
     pub extra: Vec<String>,
+    /// Environment for the node process (test hooks).
+    pub env: Vec<(String, String)>,
     pub pid: Option<u32>,
+}
+
+/// A free TCP port on 127.0.0.1 (kept for the node's lifetime, so a remounted node
+/// is found again at the address its peers remember).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Node {
@@ -45,27 +53,101 @@ impl Node {
         Self::start_with(&[])
     }
 
+    /// A mounted single node without a network (`--no-net`) unless `extra` names
+    /// a `--listen` address.
     pub fn start_with(extra: &[&str]) -> Node {
+        let mut n = Self::prepare(extra);
+        n.mount();
+        n
+    }
+
+    /// Data and mount dirs, not mounted yet (run `join` first, then `mount`).
+    pub fn prepare(extra: &[&str]) -> Node {
         let tmp = tempfile::Builder::new().prefix("distribox-test").tempdir().unwrap();
         let data = tmp.path().join("data");
         let mnt = tmp.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
-        let mut n = Node {
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if !extra.iter().any(|e| e.starts_with("--listen")) {
+            extra.push("--no-net".into());
+        }
+        Node {
             tmp,
             data,
             mnt,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra,
+            env: Vec::new(),
             pid: None,
-        };
+        }
+    }
+
+    /// A networked node on 127.0.0.1 (a free port, no mDNS) that has joined `token`'s
+    /// group (a new group when None), mounted.
+    pub fn member(token: Option<&str>) -> Node {
+        let mut n = Self::prepare_member();
+        if let Some(t) = token {
+            let out = cli(&n.data, &["join", t]);
+            assert!(out.status.success(), "join failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
         n.mount();
         n
+    }
+
+    /// A networked node's dirs and arguments (own port on 127.0.0.1, no mDNS).
+    pub fn prepare_member() -> Node {
+        let listen = format!("--listen=/ip4/127.0.0.1/tcp/{}", free_port());
+        Self::prepare(&[&listen, "--no-mdns"])
+    }
+
+    /// `distribox status --json`.
+    pub fn status(&self) -> serde_json::Value {
+        status_of(&self.data)
+    }
+
+    /// `distribox log PATH --json` (PATH relative to the mount).
+    pub fn log_json(&self, rel: &str) -> Vec<serde_json::Value> {
+        let p = self.path(rel);
+        let out = cli(&self.data, &["log", p.to_str().unwrap(), "--json"]);
+        assert!(out.status.success(), "log failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// An invitation to this node's group, naming its addresses.
+    pub fn invite(&self) -> String {
+        let out = cli(&self.data, &["invite"]);
+        assert!(out.status.success(), "invite failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// `distribox peers --json` of this node.
+    pub fn peers(&self) -> serde_json::Value {
+        let out = cli(&self.data, &["peers", "--json"]);
+        assert!(out.status.success(), "peers failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn online_peers(&self) -> usize {
+        self.peers()
+            .as_array()
+            .map(|a| a.iter().filter(|p| p["online"] == true).count())
+            .unwrap_or(0)
     }
 
     pub fn mount(&mut self) {
         let mut args = vec!["mount", self.mnt.to_str().unwrap()];
         let extra: Vec<&str> = self.extra.iter().map(|s| s.as_str()).collect();
         args.extend(extra);
-        let out = cli(&self.data, &args);
+        let out = Command::new(bin())
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(&args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("run distribox");
         assert!(
             out.status.success(),
             "mount failed: {}{}\nlog:\n{}",
@@ -177,6 +259,116 @@ impl Drop for Node {
             panic!("node log contains a panic:\n{log}");
         }
     }
+}
+
+pub fn status_of(data: &Path) -> serde_json::Value {
+    let out = cli(data, &["status", "--json"]);
+    assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// An always-on member (`distribox serve`) in its own process.
+pub struct Server {
+    pub tmp: tempfile::TempDir,
+    pub data: PathBuf,
+    child: std::process::Child,
+}
+
+impl Server {
+    pub fn start(token: &str) -> Server {
+        let tmp = tempfile::Builder::new().prefix("distribox-serve").tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let out = cli(&data, &["join", token]);
+        assert!(out.status.success(), "join failed: {}", String::from_utf8_lossy(&out.stderr));
+        let log = std::fs::File::create(tmp.path().join("serve.log")).unwrap();
+        let child = Command::new(bin())
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["serve", &format!("--listen=/ip4/127.0.0.1/tcp/{}", free_port()), "--no-mdns"])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let s = Server { tmp, data, child };
+        wait_until("the serve node to answer on its control socket", 60, || {
+            cli(&s.data, &["status", "--json"]).status.success()
+        });
+        s
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        status_of(&self.data)
+    }
+
+    pub fn invite(&self) -> String {
+        let out = cli(&self.data, &["invite"]);
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.tmp.path().join("serve.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log = self.log();
+        if log.contains("panicked") && !std::thread::panicking() {
+            panic!("serve node log contains a panic:\n{log}");
+        }
+    }
+}
+
+/// Polls `f` every 50 ms until it holds; panics naming `what` after `secs` seconds.
+/// (A bound against hangs, not a speed assertion: speed is in the benchmarks.)
+pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out after {secs} s waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every path under `root` with a fingerprint of what it is: (relative path, kind,
+/// mode, BLAKE3 of content or link target). Names like `x@v3` are never listed, so
+/// the walk sees exactly what `ls -R` shows.
+pub fn tree(root: &Path) -> Vec<(String, String, u32, String)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let mode = m.permissions().mode() & 0o7777;
+            if m.is_dir() {
+                out.push((rel, "dir".into(), mode, String::new()));
+                stack.push(p);
+            } else if m.file_type().is_symlink() {
+                let t = std::fs::read_link(&p).unwrap();
+                out.push((rel, "symlink".into(), mode, t.to_string_lossy().into_owned()));
+            } else {
+                let h = blake3::hash(&std::fs::read(&p).unwrap()).to_hex().to_string();
+                out.push((rel, "file".into(), mode, h));
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 /// Deterministic pseudo-random bytes.

@@ -1,0 +1,197 @@
+//! Applying new versions to the tree: the one place that turns "this version joins
+//! its entry" into head, name-index and directory-time updates.
+//!
+//! Local commits and records received from peers both go through `Apply`, so the
+//! visible tree is the same function of the record set however the records arrived:
+//! an entry's heads are its versions no other version names as parent, the head
+//! shown is picked by `winner`, and the `children` index holds exactly the links of
+//! each entry's shown head while that head is alive.
+
+use super::{EntryState, Repo, RepoError, Result};
+use crate::model::{EntryId, Link, SignedRecord, VersionId};
+use crate::store::{Batch, DirTime, EntryHeads};
+use crate::model::Timestamp;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One entry whose visible state changed, with every name it had or has now (what a
+/// kernel cache of the old and new names must forget).
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub entry: EntryId,
+    pub links: Vec<Link>,
+}
+
+/// Changes from one atomic write; `remote` when they came from a peer.
+#[derive(Clone, Debug)]
+pub struct ChangeBatch {
+    pub remote: bool,
+    pub changes: Vec<Change>,
+}
+
+/// The head shown under an entry's plain name: a live head beats a tombstone (a
+/// delete loses to a concurrent edit), then the latest by (HLC, author).
+pub fn winner<'a>(heads: impl IntoIterator<Item = &'a SignedRecord>) -> Option<&'a SignedRecord> {
+    heads
+        .into_iter()
+        .max_by_key(|r| (!r.record.content.is_tombstone(), r.record.hlc, r.record.author))
+}
+
+pub(super) struct Apply<'a> {
+    repo: &'a Repo,
+    pub batch: Batch<'a>,
+    /// New states in the order they were made (an entry may appear twice).
+    pub states: Vec<Arc<EntryState>>,
+    /// Records added by this batch, not in the store yet.
+    records: HashMap<VersionId, SignedRecord>,
+    pub removed: Vec<(Link, EntryId)>,
+    added: Vec<(Link, EntryId)>,
+    dir_events: Vec<(EntryId, DirTime)>,
+}
+
+fn visible_links(s: Option<&EntryState>) -> Vec<Link> {
+    match s {
+        Some(s) if s.is_alive() => s.record().location.clone(),
+        _ => Vec::new(),
+    }
+}
+
+impl<'a> Apply<'a> {
+    pub fn new(repo: &'a Repo) -> Self {
+        Apply {
+            repo,
+            batch: repo.store.batch(),
+            states: Vec::new(),
+            records: HashMap::new(),
+            removed: Vec::new(),
+            added: Vec::new(),
+            dir_events: Vec::new(),
+        }
+    }
+
+    /// An entry's state including this batch's changes; None if it never existed.
+    pub fn current(&self, entry: EntryId) -> Result<Option<Arc<EntryState>>> {
+        if let Some(s) = self.states.iter().rev().find(|s| s.id == entry) {
+            return Ok(Some(s.clone()));
+        }
+        match self.repo.get(entry) {
+            Ok(s) => Ok(Some(s)),
+            Err(RepoError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn record(&self, v: VersionId) -> Result<SignedRecord> {
+        match self.records.get(&v) {
+            Some(r) => Ok(r.clone()),
+            None => self.repo.record(v),
+        }
+    }
+
+    /// Makes `signed` (generation `generation`) a head of its entry: its parents stop
+    /// being heads. The record itself must already be in the batch or the store.
+    pub fn add_version(&mut self, signed: SignedRecord, new_gen: u64) -> Result<Arc<EntryState>> {
+        let entry = signed.record.entry;
+        let new_id = signed.id;
+        let prev = self.current(entry)?;
+        let mut heads: Vec<(VersionId, u64)> = prev.as_ref().map(|p| p.heads.clone()).unwrap_or_default();
+        heads.retain(|(v, _)| !signed.record.parents.contains(v) && *v != signed.id);
+        heads.push((signed.id, new_gen));
+        heads.sort();
+        let hlc = signed.record.hlc;
+        let own_times = signed.record.content.is_dir() && signed.record.attrs_from.is_none();
+        let mtime = signed.record.attrs.mtime;
+        self.records.insert(signed.id, signed);
+        let mut recs = Vec::with_capacity(heads.len());
+        for (v, _) in &heads {
+            recs.push(self.record(*v)?);
+        }
+        let head = winner(&recs).expect("heads is not empty").clone();
+        let generation = heads.iter().find(|(v, _)| *v == head.id).map(|(_, g)| *g).unwrap_or(1);
+        let state = Arc::new(EntryState {
+            id: entry,
+            head,
+            heads: heads.clone(),
+            generation,
+        });
+        let (old, new) = (visible_links(prev.as_deref()), visible_links(Some(&state)));
+        let name_event = DirTime {
+            hlc,
+            mtime: Timestamp::from_system(hlc.system_time()),
+        };
+        for l in &old {
+            if !new.contains(l) {
+                self.removed.push((l.clone(), entry));
+                self.dir_events.push((l.parent, name_event));
+            }
+        }
+        for l in &new {
+            if !old.contains(l) {
+                self.added.push((l.clone(), entry));
+                self.dir_events.push((l.parent, name_event));
+            }
+        }
+        if own_times {
+            self.dir_events.push((entry, DirTime { hlc, mtime }));
+        }
+        self.batch.put_heads(entry, &EntryHeads { heads });
+        self.batch.put_entry_version(entry, new_gen, new_id);
+        self.states.push(state.clone());
+        Ok(state)
+    }
+
+    /// Writes the batch and updates the caches. Returns the new states and what
+    /// changed, for subscribers.
+    pub fn finish(mut self) -> Result<(Vec<Arc<EntryState>>, Vec<Change>)> {
+        let removed: Vec<_> = self.removed.iter().filter(|x| !self.added.contains(x)).cloned().collect();
+        let added: Vec<_> = self.added.iter().filter(|x| !self.removed.contains(x)).cloned().collect();
+        for (l, e) in &removed {
+            self.batch.delete_child(l.parent, &l.name, *e);
+        }
+        for (l, e) in &added {
+            self.batch.put_child(l.parent, &l.name, *e);
+        }
+        let mut new_dir_times: Vec<(EntryId, DirTime)> = Vec::new();
+        for (dir, ev) in std::mem::take(&mut self.dir_events) {
+            let cur = match new_dir_times.iter().find(|(d, _)| *d == dir) {
+                Some((_, t)) => Some(*t),
+                None => self.repo.dir_time(dir)?,
+            };
+            if cur.map(|c| ev.hlc > c.hlc).unwrap_or(true) {
+                new_dir_times.retain(|(d, _)| *d != dir);
+                new_dir_times.push((dir, ev));
+            }
+        }
+        for (dir, t) in &new_dir_times {
+            self.batch.put_dir_time(*dir, t);
+        }
+        let mut changes: Vec<Change> = Vec::new();
+        for s in &self.states {
+            if !changes.iter().any(|c| c.entry == s.id) {
+                changes.push(Change {
+                    entry: s.id,
+                    links: Vec::new(),
+                });
+            }
+        }
+        for (l, e) in self.removed.iter().chain(&self.added) {
+            if let Some(c) = changes.iter_mut().find(|c| c.entry == *e) {
+                if !c.links.contains(l) {
+                    c.links.push(l.clone());
+                }
+            }
+        }
+        let repo = self.repo;
+        repo.store.write(self.batch)?;
+        let mut cache = repo.entries.lock();
+        for s in &self.states {
+            cache.insert(s.id, s.clone());
+        }
+        drop(cache);
+        let mut dt = repo.dir_times.lock();
+        for (dir, t) in new_dir_times {
+            dt.insert(dir, Some(t));
+        }
+        Ok((self.states, changes))
+    }
+}

@@ -1,0 +1,926 @@
+//! Keeping members in sync: anti-entropy by version vectors, announcements, record
+//! and chunk fetching, redialing.
+//!
+//! Owns: the swarm event loop (one thread with its own tokio runtime), which asks
+//! peers for what we lack and answers what they ask. Uses: `repo` (through
+//! `block_in_place`: RocksDB calls block) and `net` (the swarm and wire types).
+//!
+//! Delivery never depends on gossip: an announcement only makes a fetch happen
+//! sooner. On every connection and every 30 s each side sends its version vector;
+//! the other asks for exactly the (author, seq) ranges it lacks. Received records
+//! wait (pending) until their chunks are fetched, then join the tree atomically.
+
+pub mod invite;
+pub mod peers;
+
+use crate::model::{ChunkId, NodeId, SignedRecord, VersionId};
+use crate::net::wire::{self, Announce, Envelope, Request, Response};
+use crate::net::{Behaviour, BehaviourEvent, PROTO_VERSION};
+use crate::repo::{ChangeBatch, Repo};
+use futures::StreamExt;
+use libp2p::request_response::{self as rr, OutboundRequestId};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{gossipsub, identify, mdns, ping, Multiaddr, PeerId, Swarm};
+use parking_lot::Mutex;
+use peers::{PeerInfo, PeerTable};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Chunk requests in flight at once (each ≤ 64 chunks): bounds memory while a large
+/// file streams in, and spreads requests over every peer that has the data.
+const MAX_CHUNK_REQUESTS: usize = 8;
+const ANTI_ENTROPY_EVERY: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+    #[error("listen address {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+    #[error("starting the network thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// Network options of a node.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    pub listen: Vec<Multiaddr>,
+    pub peers: Vec<Multiaddr>,
+    pub mdns: bool,
+}
+
+/// A running sync engine. Dropping it does not stop it; call `stop`.
+pub struct SyncHandle {
+    table: Arc<Mutex<PeerTable>>,
+    repo: Arc<Repo>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SyncHandle {
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        self.table.lock().infos(&self.repo.vector())
+    }
+    /// Addresses we listen on, each ending in /p2p/<our peer id>.
+    pub fn listen_addrs(&self) -> Vec<String> {
+        let t = self.table.lock();
+        let me = t.local.map(|p| p.to_string()).unwrap_or_default();
+        t.listen.iter().map(|a| format!("{a}/p2p/{me}")).collect()
+    }
+    pub fn transfers(&self) -> (usize, u64) {
+        let t = self.table.lock();
+        (t.chunks_wanted, t.bytes_received)
+    }
+    pub fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the network for `repo`. Returns once the listeners are up.
+pub fn start(repo: Arc<Repo>, cfg: NetConfig) -> Result<SyncHandle, SyncError> {
+    let key = repo.data_dir().load_key().map_err(|e| std::io::Error::other(e.to_string()))?;
+    let keypair = crate::net::keypair(key.to_bytes());
+    let table = Arc::new(Mutex::new(PeerTable::default()));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), SyncError>>();
+    let (repo2, table2) = (repo.clone(), table.clone());
+    let want_listen = !cfg.listen.is_empty();
+    let thread = std::thread::Builder::new().name("net".into()).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("net-worker")
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = ready_tx.send(Err(e.into()));
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let engine = match Engine::new(repo2, keypair, table2, &cfg) {
+                Ok(e) => e,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            engine.run(stop_rx).await;
+        });
+    })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(std::io::Error::other("network thread died at startup").into()),
+    }
+    // Give the listeners a moment to report their addresses (for `invite`).
+    for _ in 0..50 {
+        if !want_listen || !table.lock().listen.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(SyncHandle {
+        table,
+        repo,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    })
+}
+
+/// Runs blocking store work from the event loop (RocksDB calls block).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+struct Engine {
+    repo: Arc<Repo>,
+    me: NodeId,
+    swarm: Swarm<Behaviour>,
+    topic: gossipsub::IdentTopic,
+    table: Arc<Mutex<PeerTable>>,
+    peers_file: PathBuf,
+    changes: tokio::sync::mpsc::UnboundedReceiver<ChangeBatch>,
+    /// Outstanding record requests: request → (peer, author). One per author.
+    record_reqs: HashMap<OutboundRequestId, (PeerId, NodeId)>,
+    asking: HashSet<NodeId>,
+    /// chunk → pending records waiting for it; record → chunks it still waits for.
+    want: HashMap<ChunkId, Vec<VersionId>>,
+    waiting: HashMap<VersionId, usize>,
+    queue: VecDeque<ChunkId>,
+    chunk_reqs: HashMap<OutboundRequestId, (PeerId, Vec<ChunkId>)>,
+    /// Peers that did not have (or sent bad data for) a chunk.
+    tried: HashMap<ChunkId, HashSet<PeerId>>,
+    /// Chunks no connected peer had; retried at the next anti-entropy round.
+    parked: Vec<ChunkId>,
+    next_peer: usize,
+    announce: bool,
+    /// Test hook (`DISTRIBOX_TEST_CORRUPT_SENT_CHUNKS=1`): play a lying peer that
+    /// flips a byte in every chunk it serves, so tests can check that receivers
+    /// catch it. Logged loudly at start.
+    corrupt_sends: bool,
+}
+
+impl Engine {
+    fn new(
+        repo: Arc<Repo>,
+        keypair: libp2p::identity::Keypair,
+        table: Arc<Mutex<PeerTable>>,
+        cfg: &NetConfig,
+    ) -> Result<Engine, SyncError> {
+        let local = keypair.public().to_peer_id();
+        let mut swarm = crate::net::build_swarm(keypair, repo.group(), cfg.mdns)?;
+        let topic = crate::net::topic(repo.group());
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&topic)
+            .map_err(|e| crate::net::NetError::Setup(e.to_string()))?;
+        for a in &cfg.listen {
+            swarm.listen_on(a.clone()).map_err(|e| SyncError::Listen {
+                addr: a.to_string(),
+                reason: e.to_string(),
+            })?;
+        }
+        let peers_file = peers::peers_file(&repo.data_dir().root);
+        {
+            let mut t = table.lock();
+            t.local = Some(local);
+            for (peer, addrs) in peers::load_known(&peers_file) {
+                let Ok(peer) = peer.parse::<PeerId>() else { continue };
+                for a in addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
+                    t.add_addr(peer, a);
+                }
+            }
+            for a in &cfg.peers {
+                match a.iter().last() {
+                    Some(libp2p::multiaddr::Protocol::P2p(peer)) => {
+                        t.add_addr(peer, a.clone());
+                    }
+                    _ => {
+                        // No peer id: dial once by address; identify fills it in.
+                        if let Err(e) = swarm.dial(a.clone()) {
+                            tracing::warn!(addr = %a, error = %e, "cannot dial --peer address");
+                        }
+                    }
+                }
+            }
+            for p in t.peers.values_mut() {
+                p.next_dial = Some(Instant::now());
+                p.backoff = Duration::from_secs(1);
+            }
+        }
+        let changes = repo.subscribe();
+        let me = repo.node();
+        let mut e = Engine {
+            repo,
+            me,
+            swarm,
+            topic,
+            table,
+            peers_file,
+            changes,
+            record_reqs: HashMap::new(),
+            asking: HashSet::new(),
+            want: HashMap::new(),
+            waiting: HashMap::new(),
+            queue: VecDeque::new(),
+            chunk_reqs: HashMap::new(),
+            tried: HashMap::new(),
+            parked: Vec::new(),
+            next_peer: 0,
+            announce: true,
+            corrupt_sends: std::env::var_os("DISTRIBOX_TEST_CORRUPT_SENT_CHUNKS").is_some(),
+        };
+        if e.corrupt_sends {
+            tracing::warn!("DISTRIBOX_TEST_CORRUPT_SENT_CHUNKS is set: this node sends corrupt chunks (test hook)");
+        }
+        e.resume_pending();
+        Ok(e)
+    }
+
+    async fn run(mut self, mut stop: tokio::sync::oneshot::Receiver<()>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_round = Instant::now();
+        loop {
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_swarm(ev),
+                Some(batch) = self.changes.recv() => {
+                    if !batch.remote {
+                        self.announce = true;
+                    }
+                    while let Ok(b) = self.changes.try_recv() {
+                        self.announce |= !b.remote;
+                    }
+                }
+                _ = tick.tick() => {
+                    self.redial();
+                    if last_round.elapsed() >= ANTI_ENTROPY_EVERY {
+                        last_round = Instant::now();
+                        self.anti_entropy_round();
+                    }
+                }
+                _ = &mut stop => break,
+            }
+            if self.announce {
+                self.announce_local();
+            }
+            self.schedule_chunks();
+        }
+        peers::save_known(&self.peers_file, &self.table.lock());
+        tracing::info!("network stopped");
+    }
+
+    // ------------------------------------------------------------ swarm events
+
+    fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(addr = %address, "listening");
+                self.table.lock().listen.push(address);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, num_established, ..
+            } => {
+                let mut t = self.table.lock();
+                let p = t.peers.entry(peer_id).or_default();
+                p.online = true;
+                p.last_seen = Some(SystemTime::now());
+                p.backoff = Duration::from_secs(1);
+                p.next_dial = None;
+                drop(t);
+                if endpoint.is_dialer() {
+                    let addr = endpoint.get_remote_address().clone();
+                    if self.table.lock().add_addr(peer_id, addr) {
+                        peers::save_known(&self.peers_file, &self.table.lock());
+                    }
+                }
+                if num_established.get() == 1 {
+                    tracing::info!(peer = %peer_id, "peer online");
+                    self.send_vector(peer_id);
+                    // A new source: chunks nobody had may be there.
+                    for c in std::mem::take(&mut self.parked) {
+                        self.tried.remove(&c);
+                        self.queue.push_back(c);
+                    }
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id, num_established, cause, ..
+            } => {
+                if num_established == 0 {
+                    let mut t = self.table.lock();
+                    if let Some(p) = t.peers.get_mut(&peer_id) {
+                        p.online = false;
+                        p.next_dial = Some(Instant::now() + p.backoff.max(Duration::from_secs(1)));
+                    }
+                    drop(t);
+                    tracing::info!(peer = %peer_id, cause = ?cause, "peer offline");
+                    self.requeue_from(peer_id);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(peer = ?peer_id, error = %error, "dial failed");
+            }
+            SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+                // A node without the group secret ends here (pnet/noise fails).
+                tracing::info!(addr = %send_back_addr, error = %error, "refused a connection (not a member, or not Distribox)");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Rr(ev)) => self.on_rr(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message,
+                ..
+            })) => self.on_announce(propagation_source, &message.data),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(_)) => {}
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                if info.protocol_version != "/distribox/1" {
+                    tracing::warn!(peer = %peer_id, version = %info.protocol_version, "peer speaks another Distribox protocol version; disconnecting");
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
+                let mut changed = false;
+                for a in info.listen_addrs {
+                    self.swarm.add_peer_address(peer_id, a.clone());
+                    changed |= self.table.lock().add_addr(peer_id, a);
+                }
+                if changed {
+                    peers::save_known(&self.peers_file, &self.table.lock());
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(_)) => {}
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result, .. })) => match result {
+                Ok(rtt) => {
+                    let mut t = self.table.lock();
+                    let p = t.peers.entry(peer).or_default();
+                    p.rtt = Some(rtt);
+                    p.last_seen = Some(SystemTime::now());
+                }
+                Err(e) => {
+                    // A stopped or vanished peer: drop it now rather than waiting for
+                    // TCP to notice, so `peers` says offline within seconds.
+                    tracing::info!(peer = %peer, error = %e, "ping failed; disconnecting");
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
+                for (peer, addr) in list {
+                    if self.table.lock().add_addr(peer, addr.clone()) {
+                        tracing::info!(peer = %peer, addr = %addr, "discovered on the LAN");
+                    }
+                    if !self.swarm.is_connected(&peer) {
+                        let _ = self.swarm.dial(addr);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(_)) => {}
+            _ => {}
+        }
+    }
+
+    fn redial(&mut self) {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        {
+            let mut t = self.table.lock();
+            for (id, p) in t.peers.iter_mut() {
+                if p.online || p.addrs.is_empty() || self.swarm.is_connected(id) {
+                    continue;
+                }
+                match p.next_dial {
+                    Some(at) if at <= now => {
+                        due.push((*id, p.addrs.clone()));
+                        p.backoff = (p.backoff * 2).clamp(Duration::from_secs(1), MAX_BACKOFF);
+                        p.next_dial = Some(now + p.backoff);
+                    }
+                    None => p.next_dial = Some(now + p.backoff.max(Duration::from_secs(1))),
+                    _ => {}
+                }
+            }
+        }
+        for (peer, addrs) in due {
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(addrs).build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(peer = %peer, error = %e, "redial failed");
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ requests
+
+    fn request(&mut self, peer: PeerId, body: Request) -> OutboundRequestId {
+        self.swarm.behaviour_mut().rr.send_request(
+            &peer,
+            Envelope {
+                version: PROTO_VERSION,
+                body,
+            },
+        )
+    }
+
+    fn our_vector(&self) -> Vec<(NodeId, u64)> {
+        let mut v: Vec<_> = self.repo.vector().into_iter().collect();
+        v.sort();
+        v
+    }
+
+    fn send_vector(&mut self, peer: PeerId) {
+        let vector = self.our_vector();
+        self.request(peer, Request::Vector { vector });
+    }
+
+    fn anti_entropy_round(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for p in peers {
+            self.send_vector(p);
+        }
+        // Chunks nobody had last time: someone may have them now.
+        let parked = std::mem::take(&mut self.parked);
+        for c in parked {
+            self.tried.remove(&c);
+            self.queue.push_back(c);
+        }
+        self.resume_pending();
+    }
+
+    /// Asks `peer` for every record range it has and we lack.
+    fn pull(&mut self, peer: PeerId, theirs: &[(NodeId, u64)]) {
+        let ours = self.repo.vector();
+        for (author, seq) in theirs {
+            let have = ours.get(author).copied().unwrap_or(0);
+            if *seq <= have || self.asking.contains(author) {
+                continue;
+            }
+            if *author == self.me {
+                tracing::error!(peer = %peer, seq, have, "peer holds records signed with this node's key that this node never wrote: is a copy of this data dir running elsewhere?");
+                continue;
+            }
+            let to = (*seq).min(have + wire::MAX_RECORDS_PER_RESPONSE as u64);
+            let id = self.request(
+                peer,
+                Request::Records {
+                    author: *author,
+                    from: have + 1,
+                    to,
+                },
+            );
+            self.asking.insert(*author);
+            self.record_reqs.insert(id, (peer, *author));
+        }
+    }
+
+    fn on_announce(&mut self, from: PeerId, data: &[u8]) {
+        let a: Announce = match wire::decode(data, 1024) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(peer = %from, error = %e, "malformed announcement; ignored");
+                return;
+            }
+        };
+        if a.version != PROTO_VERSION {
+            tracing::warn!(peer = %from, version = a.version, "announcement of an incompatible protocol version; ignored");
+            return;
+        }
+        if let Some(p) = self.table.lock().peers.get_mut(&from) {
+            p.last_seen = Some(SystemTime::now());
+        }
+        self.pull(from, &[(a.author, a.seq)]);
+    }
+
+    /// Publishes "our records go up to seq N" after making them durable and signed.
+    fn announce_local(&mut self) {
+        self.announce = false;
+        let repo = self.repo.clone();
+        if let Err(e) = blocking(|| repo.sign_pending().and_then(|_| repo.sync())) {
+            tracing::warn!(error = %e, "could not sign/sync records before announcing; retrying");
+            self.announce = true;
+            return;
+        }
+        let seq = self.repo.vector().get(&self.me).copied().unwrap_or(0);
+        self.publish(self.me, seq);
+    }
+
+    fn publish(&mut self, author: NodeId, seq: u64) {
+        let msg = wire::encode(&Announce {
+            version: PROTO_VERSION,
+            author,
+            seq,
+        });
+        match self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), msg) {
+            Ok(_) => tracing::debug!(author = %author, seq, "announced"),
+            // Routine in a small group or just after start: anti-entropy delivers.
+            Err(e) => tracing::debug!(error = %e, "announcement not sent"),
+        }
+    }
+
+    fn on_rr(&mut self, ev: rr::Event<Envelope<Request>, Envelope<Response>>) {
+        match ev {
+            rr::Event::Message {
+                peer,
+                message: rr::Message::Request { request, channel, .. },
+                ..
+            } => {
+                let resp = self.answer(peer, request);
+                let _ = self.swarm.behaviour_mut().rr.send_response(
+                    channel,
+                    Envelope {
+                        version: PROTO_VERSION,
+                        body: resp,
+                    },
+                );
+            }
+            rr::Event::Message {
+                peer,
+                message: rr::Message::Response { request_id, response },
+                ..
+            } => {
+                if response.version != PROTO_VERSION {
+                    tracing::warn!(peer = %peer, version = response.version, "response of an incompatible protocol version; disconnecting");
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                    self.failed(request_id, peer);
+                    return;
+                }
+                self.on_response(peer, request_id, response.body);
+            }
+            rr::Event::OutboundFailure {
+                peer, request_id, error, ..
+            } => {
+                match &error {
+                    rr::OutboundFailure::UnsupportedProtocols => {
+                        tracing::warn!(peer = %peer, "peer does not speak {} (incompatible Distribox version?)", crate::net::SYNC_PROTOCOL)
+                    }
+                    e => tracing::debug!(peer = %peer, error = %e, "request failed"),
+                }
+                self.failed(request_id, peer);
+            }
+            rr::Event::InboundFailure { peer, error, .. } => {
+                tracing::warn!(peer = %peer, error = %error, "bad or failed request from peer");
+            }
+            rr::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn failed(&mut self, id: OutboundRequestId, peer: PeerId) {
+        if let Some((_, author)) = self.record_reqs.remove(&id) {
+            self.asking.remove(&author);
+        }
+        if let Some((_, chunks)) = self.chunk_reqs.remove(&id) {
+            for c in chunks {
+                self.tried.entry(c).or_default().insert(peer);
+                self.queue.push_back(c);
+            }
+        }
+    }
+
+    /// Puts chunks asked of a peer that went away back in the queue.
+    fn requeue_from(&mut self, peer: PeerId) {
+        let ids: Vec<OutboundRequestId> = self
+            .chunk_reqs
+            .iter()
+            .filter(|(_, (p, _))| *p == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.failed(id, peer);
+        }
+        let ids: Vec<OutboundRequestId> = self
+            .record_reqs
+            .iter()
+            .filter(|(_, (p, _))| *p == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.failed(id, peer);
+        }
+    }
+
+    /// Answers a peer's request from the store.
+    fn answer(&mut self, peer: PeerId, req: Envelope<Request>) -> Response {
+        if req.version != PROTO_VERSION {
+            tracing::warn!(peer = %peer, version = req.version, "request of an incompatible protocol version; refused");
+            return Response::Error {
+                message: format!("protocol version {} not supported (this node speaks {PROTO_VERSION})", req.version),
+            };
+        }
+        if let Some(p) = self.table.lock().peers.get_mut(&peer) {
+            p.last_seen = Some(SystemTime::now());
+        }
+        let repo = self.repo.clone();
+        match req.body {
+            Request::Vector { vector } => {
+                self.table.lock().peers.entry(peer).or_default().vector = vector.iter().copied().collect();
+                self.pull(peer, &vector);
+                Response::Vector {
+                    vector: self.our_vector(),
+                    peers: self.peer_list(peer),
+                }
+            }
+            Request::Records { author, from, to } => {
+                match blocking(|| repo.records_of(author, from, to, wire::MAX_RECORDS_PER_RESPONSE)) {
+                    Ok(records) => Response::Records { records },
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading records for a peer failed");
+                        Response::Error {
+                            message: "store error".into(),
+                        }
+                    }
+                }
+            }
+            Request::Chunks { ids } => {
+                if ids.len() > wire::MAX_CHUNKS_PER_REQUEST {
+                    tracing::warn!(peer = %peer, n = ids.len(), "peer asked for too many chunks at once; refused");
+                    return Response::Error {
+                        message: format!("at most {} chunks per request", wire::MAX_CHUNKS_PER_REQUEST),
+                    };
+                }
+                let corrupt = self.corrupt_sends;
+                let chunks = blocking(|| {
+                    ids.iter()
+                        .map(|id| match repo.store().get_chunk(*id) {
+                            Ok(mut b) => {
+                                if corrupt && !b.is_empty() {
+                                    b[0] ^= 0xff;
+                                }
+                                Some(serde_bytes::ByteBuf::from(b))
+                            }
+                            Err(crate::store::StoreError::MissingChunk { .. }) => None,
+                            Err(e) => {
+                                tracing::error!(chunk = %id, error = %e, "cannot serve chunk");
+                                None
+                            }
+                        })
+                        .collect()
+                });
+                Response::Chunks { chunks }
+            }
+        }
+    }
+
+    /// Members we know of (except the asker), with their addresses.
+    fn peer_list(&self, asker: PeerId) -> Vec<(Vec<u8>, Vec<String>)> {
+        self.table
+            .lock()
+            .peers
+            .iter()
+            .filter(|(id, p)| **id != asker && !p.addrs.is_empty())
+            .map(|(id, p)| (id.to_bytes(), p.addrs.iter().map(|a| a.to_string()).collect()))
+            .collect()
+    }
+
+    fn on_response(&mut self, peer: PeerId, id: OutboundRequestId, body: Response) {
+        match body {
+            Response::Vector { vector, peers } => {
+                self.table.lock().peers.entry(peer).or_default().vector = vector.iter().copied().collect();
+                self.pull(peer, &vector);
+                let mut new = Vec::new();
+                for (pid, addrs) in peers.into_iter().take(256) {
+                    let Ok(pid) = PeerId::from_bytes(&pid) else { continue };
+                    for a in addrs.iter().take(16).filter_map(|a| a.parse::<Multiaddr>().ok()) {
+                        if self.table.lock().add_addr(pid, a) {
+                            new.push(pid);
+                        }
+                    }
+                }
+                for pid in new {
+                    if !self.swarm.is_connected(&pid) {
+                        if let Some(p) = self.table.lock().peers.get_mut(&pid) {
+                            p.next_dial = Some(Instant::now());
+                        }
+                    }
+                }
+            }
+            Response::Records { records } => {
+                let Some((_, author)) = self.record_reqs.remove(&id) else { return };
+                self.asking.remove(&author);
+                self.on_records(peer, author, records);
+            }
+            Response::Chunks { chunks } => {
+                let Some((_, ids)) = self.chunk_reqs.remove(&id) else { return };
+                self.on_chunks(peer, ids, chunks);
+            }
+            Response::Error { message } => {
+                tracing::warn!(peer = %peer, message = %message, "peer refused a request");
+                self.failed(id, peer);
+            }
+        }
+    }
+
+    fn on_records(&mut self, peer: PeerId, author: NodeId, records: Vec<Vec<u8>>) {
+        let mut recs = Vec::with_capacity(records.len());
+        for b in &records {
+            match SignedRecord::decode(b, true) {
+                Ok(r) if r.record.author == author => recs.push(r),
+                Ok(r) => {
+                    tracing::warn!(peer = %peer, version = %r.id, "peer sent a record of another author than asked; dropped");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %peer, error = %e, "peer sent a bad record; dropped");
+                    break;
+                }
+            }
+        }
+        let repo = self.repo.clone();
+        let received = match blocking(|| repo.receive(recs)) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "storing received records failed");
+                return;
+            }
+        };
+        for r in &received.rejected {
+            tracing::warn!(peer = %peer, "{r}");
+        }
+        if !received.stored.is_empty() {
+            tracing::debug!(peer = %peer, author = %author, n = received.stored.len(), "records received");
+            for v in &received.stored {
+                self.need(*v);
+            }
+            self.integrate();
+            // Tell others this node can now serve them (relaying through members
+            // that are not connected to the author).
+            let seq = self.repo.vector().get(&author).copied().unwrap_or(0);
+            self.publish(author, seq);
+        }
+        // More to fetch from this peer?
+        let theirs: Vec<(NodeId, u64)> = self
+            .table
+            .lock()
+            .peers
+            .get(&peer)
+            .and_then(|p| p.vector.get(&author).map(|s| (author, *s)))
+            .into_iter()
+            .collect();
+        if !received.stored.is_empty() {
+            self.pull(peer, &theirs);
+        }
+    }
+
+    // ------------------------------------------------------------ chunks
+
+    /// Queues the chunks a pending record still needs.
+    fn need(&mut self, v: VersionId) {
+        let repo = self.repo.clone();
+        let missing = match blocking(|| repo.missing_chunks(v)) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(version = %v, error = %e, "cannot tell which chunks a record needs");
+                return;
+            }
+        };
+        if missing.is_empty() {
+            self.waiting.remove(&v);
+            return;
+        }
+        self.waiting.insert(v, missing.len());
+        for c in missing {
+            let w = self.want.entry(c).or_default();
+            if w.is_empty() {
+                self.queue.push_back(c);
+            }
+            if !w.contains(&v) {
+                w.push(v);
+            }
+        }
+        self.table.lock().chunks_wanted = self.want.len();
+    }
+
+    /// Picks up records left pending by an earlier run (resume after restart).
+    fn resume_pending(&mut self) {
+        let pending = self.repo.pending_ids();
+        for v in pending {
+            if !self.waiting.contains_key(&v) {
+                self.need(v);
+            }
+        }
+        self.integrate();
+    }
+
+    fn integrate(&mut self) {
+        let repo = self.repo.clone();
+        match blocking(|| repo.integrate_ready()) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(versions = n, "remote versions landed"),
+            Err(e) => tracing::error!(error = %e, "applying received versions failed"),
+        }
+    }
+
+    fn schedule_chunks(&mut self) {
+        let peers: Vec<PeerId> = {
+            let mut p: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+            p.sort();
+            p
+        };
+        if peers.is_empty() {
+            return;
+        }
+        while self.chunk_reqs.len() < MAX_CHUNK_REQUESTS && !self.queue.is_empty() {
+            let peer = peers[self.next_peer % peers.len()];
+            self.next_peer += 1;
+            let mut batch = Vec::new();
+            let mut skipped = Vec::new();
+            while batch.len() < wire::MAX_CHUNKS_PER_REQUEST {
+                let Some(c) = self.queue.pop_front() else { break };
+                if !self.want.contains_key(&c) {
+                    continue; // arrived meanwhile
+                }
+                let tried = self.tried.get(&c);
+                if tried.map(|t| t.contains(&peer)).unwrap_or(false) {
+                    if tried.map(|t| peers.iter().all(|p| t.contains(p))).unwrap_or(false) {
+                        self.parked.push(c); // nobody connected has it
+                    } else {
+                        skipped.push(c);
+                    }
+                    continue;
+                }
+                batch.push(c);
+            }
+            for c in skipped.into_iter().rev() {
+                self.queue.push_front(c);
+            }
+            if batch.is_empty() {
+                if self.queue.iter().all(|c| self.tried.get(c).map(|t| t.contains(&peer)).unwrap_or(false)) {
+                    // This peer has none of what is left; try the next one, and stop
+                    // after a full circle.
+                    if self.next_peer % peers.len() == 0 {
+                        break;
+                    }
+                }
+                continue;
+            }
+            let id = self.request(peer, Request::Chunks { ids: batch.clone() });
+            self.chunk_reqs.insert(id, (peer, batch));
+        }
+    }
+
+    fn on_chunks(&mut self, peer: PeerId, ids: Vec<ChunkId>, chunks: Vec<Option<serde_bytes::ByteBuf>>) {
+        if chunks.len() != ids.len() {
+            tracing::warn!(peer = %peer, asked = ids.len(), got = chunks.len(), "peer answered a chunk request with the wrong number of slots; dropped");
+        }
+        let mut got: Vec<(ChunkId, Vec<u8>)> = Vec::new();
+        let mut retry = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            match chunks.get(i).cloned().flatten() {
+                Some(b) if ChunkId::of(&b) == *id => got.push((*id, b.into_vec())),
+                Some(_) => {
+                    tracing::warn!(peer = %peer, chunk = %id, "peer sent chunk data that does not match its hash; fetching it elsewhere");
+                    self.tried.entry(*id).or_default().insert(peer);
+                    retry.push(*id);
+                }
+                None => {
+                    self.tried.entry(*id).or_default().insert(peer);
+                    retry.push(*id);
+                }
+            }
+        }
+        let repo = self.repo.clone();
+        let bytes: u64 = got.iter().map(|(_, b)| b.len() as u64).sum();
+        let stored = blocking(|| {
+            for (id, b) in &got {
+                repo.store().put_chunk_opt(*id, b, false)?;
+            }
+            Ok::<_, crate::store::StoreError>(())
+        });
+        if let Err(e) = stored {
+            tracing::error!(error = %e, "storing received chunks failed (disk full?); will retry");
+            for (id, _) in &got {
+                self.parked.push(*id);
+            }
+            return;
+        }
+        self.table.lock().bytes_received += bytes;
+        for c in retry {
+            self.queue.push_back(c);
+        }
+        let mut done = Vec::new();
+        for (id, _) in got {
+            self.tried.remove(&id);
+            for v in self.want.remove(&id).unwrap_or_default() {
+                if let Some(n) = self.waiting.get_mut(&v) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        done.push(v);
+                    }
+                }
+            }
+        }
+        self.table.lock().chunks_wanted = self.want.len();
+        if done.is_empty() {
+            return;
+        }
+        for v in done {
+            self.need(v); // a manifest node arrived: now its children are known
+        }
+        self.integrate();
+    }
+}

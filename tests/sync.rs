@@ -1,0 +1,215 @@
+//! Members syncing over libp2p: real node processes with real mounts, talking over
+//! 127.0.0.1. Waits are bounded polls (a hang fails the test); how fast changes
+//! propagate is measured in bench/sync-bench.sh, not asserted here.
+
+mod common;
+
+use common::*;
+use std::fs;
+
+/// Time allowed for a change to reach another node before the test fails.
+const PROPAGATE_SECS: u64 = 60;
+
+fn read(n: &Node, rel: &str) -> Option<Vec<u8>> {
+    fs::read(n.path(rel)).ok()
+}
+
+fn wait_content(n: &Node, rel: &str, want: &[u8]) {
+    wait_until(&format!("{rel} on {} to hold the new content", n.mnt.display()), PROPAGATE_SECS, || {
+        read(n, rel).as_deref() == Some(want)
+    });
+}
+
+fn wait_gone(n: &Node, rel: &str) {
+    wait_until(&format!("{rel} to disappear on {}", n.mnt.display()), PROPAGATE_SECS, || {
+        !n.path(rel).exists()
+    });
+}
+
+fn wait_same_tree(nodes: &[&Node]) {
+    let mut last = Vec::new();
+    let ok = (0..(PROPAGATE_SECS * 20)).any(|_| {
+        last = nodes.iter().map(|n| tree(&n.mnt)).collect::<Vec<_>>();
+        if last.windows(2).all(|w| w[0] == w[1]) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        false
+    });
+    assert!(ok, "trees did not converge:\n{last:#?}");
+}
+
+/// Three members, each change made on one shows up on the others.
+#[test]
+fn three_nodes_see_each_others_changes() {
+    let a = Node::member(None);
+    let token = a.invite();
+    assert!(token.starts_with("dbx1-"), "{token}");
+    let b = Node::member(Some(&token));
+    let c = Node::member(Some(&token));
+    wait_until("A to see B and C online", PROPAGATE_SECS, || a.online_peers() == 2);
+    // B and C only had A's address; they find each other through A.
+    wait_until("B to see A and C online", PROPAGATE_SECS, || b.online_peers() == 2);
+
+    fs::write(a.path("hello.txt"), b"hello from A\n").unwrap();
+    wait_content(&b, "hello.txt", b"hello from A\n");
+    wait_content(&c, "hello.txt", b"hello from A\n");
+
+    // An edit on B replaces the content everywhere (no conflict: B saw A's version).
+    fs::write(b.path("hello.txt"), b"edited on B\n").unwrap();
+    wait_content(&a, "hello.txt", b"edited on B\n");
+    wait_content(&c, "hello.txt", b"edited on B\n");
+
+    fs::create_dir(c.path("docs")).unwrap();
+    fs::write(c.path("docs/notes.md"), b"# notes\n").unwrap();
+    wait_content(&a, "docs/notes.md", b"# notes\n");
+
+    fs::rename(a.path("hello.txt"), a.path("docs/hello.txt")).unwrap();
+    wait_content(&b, "docs/hello.txt", b"edited on B\n");
+    wait_gone(&b, "hello.txt");
+    wait_gone(&c, "hello.txt");
+
+    fs::remove_file(b.path("docs/notes.md")).unwrap();
+    wait_gone(&a, "docs/notes.md");
+    wait_gone(&c, "docs/notes.md");
+
+    // A file of many chunks arrives whole.
+    let big = random_bytes(24 << 20, 7);
+    fs::write(a.path("big.bin"), &big).unwrap();
+    wait_until("big.bin on B and C", PROPAGATE_SECS * 2, || {
+        read(&b, "big.bin").map(|d| d.len()) == Some(big.len()) && read(&c, "big.bin").map(|d| d.len()) == Some(big.len())
+    });
+    assert!(read(&b, "big.bin").unwrap() == big, "big.bin differs on B");
+    assert!(read(&c, "big.bin").unwrap() == big, "big.bin differs on C");
+
+    // A copy moves no data: every chunk is already there.
+    let before = b.status()["bytes_received"].as_u64().unwrap();
+    fs::copy(a.path("big.bin"), a.path("copy.bin")).unwrap();
+    wait_until("copy.bin on B", PROPAGATE_SECS, || {
+        read(&b, "copy.bin").map(|d| d.len()) == Some(big.len())
+    });
+    let after = b.status()["bytes_received"].as_u64().unwrap();
+    assert!(after - before < 64 * 1024, "a copy transferred {} bytes", after - before);
+
+    wait_same_tree(&[&a, &b, &c]);
+}
+
+/// A node that was away catches up completely; concurrent edits of one file keep
+/// both versions.
+#[test]
+fn partitioned_node_catches_up_and_nothing_is_lost() {
+    let a = Node::member(None);
+    let token = a.invite();
+    let b = Node::member(Some(&token));
+    let mut c = Node::member(Some(&token));
+    wait_until("A to see B and C", PROPAGATE_SECS, || a.online_peers() == 2);
+    fs::write(a.path("shared.txt"), b"v1\n").unwrap();
+    wait_content(&c, "shared.txt", b"v1\n");
+    wait_content(&b, "shared.txt", b"v1\n");
+
+    c.unmount();
+    wait_until("A to see C offline", PROPAGATE_SECS, || a.online_peers() == 1);
+    for i in 0..20 {
+        fs::write(a.path(&format!("from-a-{i}.txt")), format!("a{i}\n")).unwrap();
+        fs::write(b.path(&format!("from-b-{i}.txt")), format!("b{i}\n")).unwrap();
+    }
+    fs::create_dir(b.path("dir")).unwrap();
+    fs::write(b.path("dir/deep.txt"), b"deep\n").unwrap();
+    c.mount();
+    wait_same_tree(&[&a, &b, &c]);
+    assert_eq!(read(&c, "dir/deep.txt").as_deref(), Some(&b"deep\n"[..]));
+
+    // Concurrent edits: B is away while A edits, B edits its own copy offline
+    // (--no-net), then B comes back: both edits must survive as versions.
+    let mut b = b;
+    b.unmount();
+    fs::write(a.path("shared.txt"), b"A's edit\n").unwrap();
+    let net_args = std::mem::take(&mut b.extra);
+    b.extra = vec!["--no-net".into()];
+    b.mount();
+    fs::write(b.path("shared.txt"), b"B's edit\n").unwrap();
+    b.unmount();
+    b.extra = net_args;
+    b.mount();
+    wait_same_tree(&[&a, &b, &c]);
+    for n in [&a, &b, &c] {
+        let log = n.log_json("shared.txt");
+        let heads = log.iter().filter(|l| l["head"] == true).count();
+        assert_eq!(heads, 2, "both edits should be heads of shared.txt on {}: {log:#?}", n.mnt.display());
+        assert!(log.len() >= 4, "history of shared.txt on {}: {log:#?}", n.mnt.display());
+    }
+    let shown = read(&a, "shared.txt").unwrap();
+    assert!(shown == b"A's edit\n" || shown == b"B's edit\n", "{shown:?}");
+}
+
+/// A node with another group's secret cannot connect and receives nothing.
+#[test]
+fn wrong_secret_gets_nothing() {
+    let a = Node::member(None);
+    fs::write(a.path("secret.txt"), b"members only\n").unwrap();
+    let addr = a.status()["listen"][0].as_str().unwrap().to_string();
+    // Same protocol, own group: the pnet handshake with A's key cannot succeed.
+    let mut x = Node::prepare_member();
+    x.extra.push(format!("--peer={addr}"));
+    x.mount();
+    wait_until("A to log the refused connection", PROPAGATE_SECS, || {
+        a.log().contains("refused a connection")
+    });
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(x.online_peers(), 0, "{:?}", x.peers());
+    assert_eq!(a.online_peers(), 0, "{:?}", a.peers());
+    assert!(!x.path("secret.txt").exists());
+    assert_eq!(fs::read_dir(&x.mnt).unwrap().count(), 0);
+    assert_eq!(x.status()["bytes_received"].as_u64(), Some(0));
+}
+
+/// The always-on node keeps the group's data while the others come and go.
+#[test]
+fn serve_node_relays_to_a_member_that_was_away() {
+    let mut a = Node::member(None);
+    let token_a = a.invite();
+    let s = Server::start(&token_a);
+    let token_s = s.invite();
+    let mut b = Node::member(Some(&token_s));
+    wait_until("A to see S and B", PROPAGATE_SECS, || a.online_peers() == 2);
+    b.unmount();
+    let data = random_bytes(3 << 20, 11);
+    fs::write(a.path("report.bin"), &data).unwrap();
+    fs::write(a.path("small.txt"), b"written while B was away\n").unwrap();
+    wait_until("S to hold A's records and data", PROPAGATE_SECS, || {
+        let st = s.status();
+        st["versions_pending"] == 0 && st["chunk_bytes"].as_u64().unwrap_or(0) >= data.len() as u64
+    });
+    a.unmount();
+    b.mount();
+    wait_content(&b, "small.txt", b"written while B was away\n");
+    wait_content(&b, "report.bin", &data);
+    assert!(!common::is_mounted(&a.mnt));
+}
+
+/// A peer that sends chunk bytes not matching their hash is caught: the bad data
+/// never becomes visible, the liar is logged, and the data comes from an honest
+/// member once one is reachable.
+#[test]
+fn lying_peer_is_caught_and_data_comes_from_elsewhere() {
+    let mut a = Node::member(None);
+    let token = a.invite();
+    let data = random_bytes(2 << 20, 5);
+    fs::write(a.path("data.bin"), &data).unwrap();
+    // L holds the data too, then restarts corrupting every chunk it sends.
+    let mut l = Node::prepare_member();
+    assert!(cli(&l.data, &["join", &token]).status.success());
+    l.mount();
+    wait_content(&l, "data.bin", &data);
+    l.unmount();
+    a.unmount();
+    l.env.push(("DISTRIBOX_TEST_CORRUPT_SENT_CHUNKS".into(), "1".into()));
+    l.mount();
+    let b = Node::member(Some(&l.invite()));
+    wait_until("B to log the bad chunk", PROPAGATE_SECS, || {
+        b.log().contains("does not match its hash")
+    });
+    assert!(!b.path("data.bin").exists(), "a file with unverified data became visible");
+    a.mount();
+    wait_content(&b, "data.bin", &data);
+}
