@@ -209,7 +209,14 @@ fn lying_peer_is_caught_and_data_comes_from_elsewhere() {
     wait_until("B to log the bad chunk", PROPAGATE_SECS, || {
         b.log().contains("does not match its hash")
     });
-    assert!(!b.path("data.bin").exists(), "a file with unverified data became visible");
+    // What B shows is a committed version: the empty file A created first (it
+    // needs no chunks), never bytes that failed their hash.
+    let shown = read(&b, "data.bin");
+    assert!(
+        shown.as_deref().map(|d| d.is_empty()).unwrap_or(true),
+        "unverified data became visible ({} bytes)",
+        shown.map(|d| d.len()).unwrap_or(0)
+    );
     a.mount();
     wait_content(&b, "data.bin", &data);
 }
