@@ -220,3 +220,34 @@ fn lying_peer_is_caught_and_data_comes_from_elsewhere() {
     a.mount();
     wait_content(&b, "data.bin", &data);
 }
+
+/// `peers` shows RTT and sync state; a node that exits is offline at once, one
+/// that stops answering (SIGSTOP) within 30 s, and it is back once it answers.
+#[test]
+fn peers_report_online_state() {
+    let a = Node::member(None);
+    let mut b = Node::member(Some(&a.invite()));
+    wait_until("A to see B online with a round-trip time", PROPAGATE_SECS, || {
+        a.peers()
+            .as_array()
+            .map(|l| l.iter().any(|p| p["online"] == true && p["rtt_ms"].is_number()))
+            .unwrap_or(false)
+    });
+    fs::write(b.path("x.txt"), b"x").unwrap();
+    wait_content(&a, "x.txt", b"x");
+    wait_until("A and B to report being in sync", PROPAGATE_SECS, || {
+        let p = &a.peers()[0];
+        p["missing_here"] == 0 && p["missing_there"] == 0
+    });
+    let human = cli(&a.data, &["peers"]);
+    assert!(String::from_utf8_lossy(&human.stdout).contains("online"));
+
+    let pid = b.pid.expect("mount reports the node pid") as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    wait_until("A to show the stopped B offline (spec: within 30 s)", 30, || a.online_peers() == 0);
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    wait_until("B to come back online", PROPAGATE_SECS, || a.online_peers() == 1);
+
+    b.unmount();
+    wait_until("A to show the exited B offline", 5, || a.online_peers() == 0);
+}

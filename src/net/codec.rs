@@ -70,3 +70,48 @@ impl libp2p::request_response::Codec for SyncCodec {
         write_frame(io, &wire::encode(&res)).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::io::Cursor;
+    use libp2p::request_response::Codec;
+
+    fn proto() -> StreamProtocol {
+        StreamProtocol::new(super::super::SYNC_PROTOCOL)
+    }
+
+    #[test]
+    fn oversized_and_garbage_frames_are_refused() {
+        futures::executor::block_on(async {
+            // A length prefix past the cap is refused before anything is allocated.
+            let mut big = Cursor::new((MAX_REQUEST as u32 + 1).to_be_bytes().to_vec());
+            let e = SyncCodec.read_request(&proto(), &mut big).await.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+            // A well-sized frame of garbage does not decode.
+            let mut frame = 16u32.to_be_bytes().to_vec();
+            frame.extend_from_slice(&[0xee; 16]);
+            assert!(SyncCodec.read_request(&proto(), &mut Cursor::new(frame)).await.is_err());
+            // A truncated frame is an error, not a hang or a partial message.
+            let mut short = 100u32.to_be_bytes().to_vec();
+            short.extend_from_slice(&[0; 10]);
+            assert!(SyncCodec.read_response(&proto(), &mut Cursor::new(short)).await.is_err());
+            // And a real request round-trips.
+            let mut out = Cursor::new(Vec::new());
+            let req = Envelope {
+                version: 1,
+                body: Request::Records {
+                    author: crate::model::NodeId([3; 32]),
+                    from: 1,
+                    to: 9,
+                },
+            };
+            SyncCodec.write_request(&proto(), &mut out, req).await.unwrap();
+            let back = SyncCodec
+                .read_request(&proto(), &mut Cursor::new(out.into_inner()))
+                .await
+                .unwrap();
+            assert!(matches!(back.body, Request::Records { from: 1, to: 9, .. }));
+        });
+    }
+}
