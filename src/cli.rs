@@ -3,9 +3,9 @@
 
 use crate::daemon::control::{self, ControlRequest, ControlResponse};
 use crate::daemon::{self, MountConfig, Ready, ServeConfig};
-use crate::sync::{invite, NetConfig};
 use crate::fs::FsOptions;
 use crate::store::DataDir;
+use crate::sync::{invite, NetConfig};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::io::{BufRead, BufReader, Write};
@@ -258,12 +258,18 @@ pub fn run(cli: Cli) -> Result<()> {
             } else if peers.is_empty() {
                 println!("no members known yet (invite one: `distribox invite`)");
             } else {
-                println!("{:<9} {:<8} {:>8} {:<21} {:>7} {:>7}  ADDRESS", "NODE", "STATE", "RTT", "LAST SEEN", "THEIRS", "OURS");
+                println!(
+                    "{:<9} {:<8} {:>8} {:<21} {:>7} {:>7}  ADDRESS",
+                    "NODE", "STATE", "RTT", "LAST SEEN", "THEIRS", "OURS"
+                );
                 for p in peers {
                     let rtt = p.rtt_ms.map(|r| format!("{r:.1}ms")).unwrap_or_else(|| "-".into());
                     let seen = p
                         .last_seen
-                        .map(|t| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t)).to_string())
+                        .map(|t| {
+                            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t))
+                                .to_string()
+                        })
                         .unwrap_or_else(|| "never".into());
                     println!(
                         "{:<9} {:<8} {:>8} {:<21} {:>7} {:>7}  {}",
@@ -276,7 +282,9 @@ pub fn run(cli: Cli) -> Result<()> {
                         p.addrs.first().map(String::as_str).unwrap_or("-")
                     );
                 }
-                println!("(THEIRS: records they have that we are missing; OURS: records we have that they are missing)");
+                println!(
+                    "(THEIRS: records they have that we are missing; OURS: records we have that they are missing)"
+                );
             }
             Ok(())
         }

@@ -15,7 +15,10 @@ struct Netns {
 }
 
 fn ip(args: &[&str]) {
-    let st = Command::new("ip").args(args).status().expect("ip(8) from iproute2 is needed");
+    let st = Command::new("ip")
+        .args(args)
+        .status()
+        .expect("ip(8) from iproute2 is needed");
     assert!(st.success(), "ip {}", args.join(" "));
 }
 

@@ -15,15 +15,19 @@ fn read(n: &Node, rel: &str) -> Option<Vec<u8>> {
 }
 
 fn wait_content(n: &Node, rel: &str, want: &[u8]) {
-    wait_until(&format!("{rel} on {} to hold the new content", n.mnt.display()), PROPAGATE_SECS, || {
-        read(n, rel).as_deref() == Some(want)
-    });
+    wait_until(
+        &format!("{rel} on {} to hold the new content", n.mnt.display()),
+        PROPAGATE_SECS,
+        || read(n, rel).as_deref() == Some(want),
+    );
 }
 
 fn wait_gone(n: &Node, rel: &str) {
-    wait_until(&format!("{rel} to disappear on {}", n.mnt.display()), PROPAGATE_SECS, || {
-        !n.path(rel).exists()
-    });
+    wait_until(
+        &format!("{rel} to disappear on {}", n.mnt.display()),
+        PROPAGATE_SECS,
+        || !n.path(rel).exists(),
+    );
 }
 
 fn wait_same_tree(nodes: &[&Node]) {
@@ -77,7 +81,8 @@ fn three_nodes_see_each_others_changes() {
     let big = random_bytes(24 << 20, 7);
     fs::write(a.path("big.bin"), &big).unwrap();
     wait_until("big.bin on B and C", PROPAGATE_SECS * 2, || {
-        read(&b, "big.bin").map(|d| d.len()) == Some(big.len()) && read(&c, "big.bin").map(|d| d.len()) == Some(big.len())
+        read(&b, "big.bin").map(|d| d.len()) == Some(big.len())
+            && read(&c, "big.bin").map(|d| d.len()) == Some(big.len())
     });
     assert!(read(&b, "big.bin").unwrap() == big, "big.bin differs on B");
     assert!(read(&c, "big.bin").unwrap() == big, "big.bin differs on C");
@@ -89,7 +94,11 @@ fn three_nodes_see_each_others_changes() {
         read(&b, "copy.bin").map(|d| d.len()) == Some(big.len())
     });
     let after = b.status()["bytes_received"].as_u64().unwrap();
-    assert!(after - before < 64 * 1024, "a copy transferred {} bytes", after - before);
+    assert!(
+        after - before < 64 * 1024,
+        "a copy transferred {} bytes",
+        after - before
+    );
 
     wait_same_tree(&[&a, &b, &c]);
 }
@@ -135,7 +144,12 @@ fn partitioned_node_catches_up_and_nothing_is_lost() {
     for n in [&a, &b, &c] {
         let log = n.log_json("shared.txt");
         let heads = log.iter().filter(|l| l["head"] == true).count();
-        assert_eq!(heads, 2, "both edits should be heads of shared.txt on {}: {log:#?}", n.mnt.display());
+        assert_eq!(
+            heads,
+            2,
+            "both edits should be heads of shared.txt on {}: {log:#?}",
+            n.mnt.display()
+        );
         assert!(log.len() >= 4, "history of shared.txt on {}: {log:#?}", n.mnt.display());
     }
     let shown = read(&a, "shared.txt").unwrap();
@@ -244,7 +258,9 @@ fn peers_report_online_state() {
 
     let pid = b.pid.expect("mount reports the node pid") as i32;
     unsafe { libc::kill(pid, libc::SIGSTOP) };
-    wait_until("A to show the stopped B offline (spec: within 30 s)", 30, || a.online_peers() == 0);
+    wait_until("A to show the stopped B offline (spec: within 30 s)", 30, || {
+        a.online_peers() == 0
+    });
     unsafe { libc::kill(pid, libc::SIGCONT) };
     wait_until("B to come back online", PROPAGATE_SECS, || a.online_peers() == 1);
 

@@ -130,8 +130,7 @@ impl Node {
 }
 
 fn on_signals(action: impl Fn() + Send + 'static) -> Result<(), std::io::Error> {
-    let mut signals =
-        signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {

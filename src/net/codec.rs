@@ -95,7 +95,10 @@ mod tests {
             // A truncated frame is an error, not a hang or a partial message.
             let mut short = 100u32.to_be_bytes().to_vec();
             short.extend_from_slice(&[0; 10]);
-            assert!(SyncCodec.read_response(&proto(), &mut Cursor::new(short)).await.is_err());
+            assert!(SyncCodec
+                .read_response(&proto(), &mut Cursor::new(short))
+                .await
+                .is_err());
             // And a real request round-trips.
             let mut out = Cursor::new(Vec::new());
             let req = Envelope {

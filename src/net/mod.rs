@@ -89,7 +89,10 @@ pub fn build_swarm(key: identity::Keypair, group: &GroupKey, mdns_on: bool) -> R
             let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gs_config)?;
             let rr = request_response::Behaviour::with_codec(
                 SyncCodec,
-                [(StreamProtocol::new(SYNC_PROTOCOL), request_response::ProtocolSupport::Full)],
+                [(
+                    StreamProtocol::new(SYNC_PROTOCOL),
+                    request_response::ProtocolSupport::Full,
+                )],
                 request_response::Config::default()
                     .with_request_timeout(Duration::from_secs(60))
                     .with_max_concurrent_streams(256),

@@ -38,8 +38,12 @@ pub enum Response {
         records: Vec<Vec<u8>>,
     },
     /// One slot per asked id, None where we do not have it.
-    Chunks { chunks: Vec<Option<serde_bytes::ByteBuf>> },
-    Error { message: String },
+    Chunks {
+        chunks: Vec<Option<serde_bytes::ByteBuf>>,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// The versioned envelope of every request and response.
@@ -83,7 +87,10 @@ mod serde_bytes_vec {
         v.iter().map(|b| Bytes::new(b)).collect::<Vec<_>>().serialize(s)
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
-        Ok(Vec::<ByteBuf>::deserialize(d)?.into_iter().map(ByteBuf::into_vec).collect())
+        Ok(Vec::<ByteBuf>::deserialize(d)?
+            .into_iter()
+            .map(ByteBuf::into_vec)
+            .collect())
     }
 }
 

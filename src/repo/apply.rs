@@ -8,9 +8,9 @@
 //! each entry's shown head while that head is alive.
 
 use super::{EntryState, Repo, RepoError, Result};
+use crate::model::Timestamp;
 use crate::model::{EntryId, Link, SignedRecord, VersionId};
 use crate::store::{Batch, DirTime, EntryHeads};
-use crate::model::Timestamp;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -143,8 +143,18 @@ impl<'a> Apply<'a> {
     /// Writes the batch and updates the caches. Returns the new states and what
     /// changed, for subscribers.
     pub fn finish(mut self) -> Result<(Vec<Arc<EntryState>>, Vec<Change>)> {
-        let removed: Vec<_> = self.removed.iter().filter(|x| !self.added.contains(x)).cloned().collect();
-        let added: Vec<_> = self.added.iter().filter(|x| !self.removed.contains(x)).cloned().collect();
+        let removed: Vec<_> = self
+            .removed
+            .iter()
+            .filter(|x| !self.added.contains(x))
+            .cloned()
+            .collect();
+        let added: Vec<_> = self
+            .added
+            .iter()
+            .filter(|x| !self.removed.contains(x))
+            .cloned()
+            .collect();
         for (l, e) in &removed {
             self.batch.delete_child(l.parent, &l.name, *e);
         }

@@ -23,8 +23,7 @@ pub use writeback::{DirtyFile, PrechunkPlan};
 
 use crate::chunking::{self, ChunkList, ChunkingError};
 use crate::model::{
-    names, Attrs, ChunkId, Content, EntryId, Hlc, Link, NodeId, RecordError, SignedRecord, VersionId,
-    VersionRecord,
+    names, Attrs, ChunkId, Content, EntryId, Hlc, Link, NodeId, RecordError, SignedRecord, VersionId, VersionRecord,
 };
 use crate::store::{DataDir, DataDirError, DirTime, EntryHeads, GroupKey, Store, StoreError};
 use apply::Apply;
@@ -316,7 +315,12 @@ impl Repo {
             .map(|(v, _)| self.record(*v))
             .collect::<Result<Vec<_>>>()?;
         let head = winner(&recs).ok_or(RepoError::NotFound { entry })?.clone();
-        let generation = heads.heads.iter().find(|(v, _)| *v == head.id).map(|(_, g)| *g).unwrap_or(1);
+        let generation = heads
+            .heads
+            .iter()
+            .find(|(v, _)| *v == head.id)
+            .map(|(_, g)| *g)
+            .unwrap_or(1);
         Ok(EntryState {
             id: entry,
             head,
@@ -458,7 +462,10 @@ impl Repo {
                     )
                 }
             };
-            let old_links = base.as_ref().map(|(b, _)| b.record.location.clone()).unwrap_or_default();
+            let old_links = base
+                .as_ref()
+                .map(|(b, _)| b.record.location.clone())
+                .unwrap_or_default();
             for l in &draft.location {
                 if !old_links.contains(l) {
                     created.push((l.clone(), entry));

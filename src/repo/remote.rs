@@ -123,7 +123,10 @@ impl Repo {
         let Some(r) = self.pending.lock().get(&v).cloned() else {
             return Ok(Vec::new());
         };
-        let Content::File { manifest: Some(root), .. } = r.record.content else {
+        let Content::File {
+            manifest: Some(root), ..
+        } = r.record.content
+        else {
             return Ok(Vec::new());
         };
         let list = match self.chunk_list(Some(root)) {

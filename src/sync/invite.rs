@@ -65,7 +65,8 @@ mod tests {
     #[test]
     fn round_trip_and_damage_is_caught() {
         let g = GroupKey::generate();
-        let addrs = vec!["/ip4/127.0.0.1/tcp/7467/p2p/12D3KooWDx8yJKVEN5LsCsovRb8HyHKA79cBshzShsE14ioS6Kok".to_string()];
+        let addrs =
+            vec!["/ip4/127.0.0.1/tcp/7467/p2p/12D3KooWDx8yJKVEN5LsCsovRb8HyHKA79cBshzShsE14ioS6Kok".to_string()];
         let t = encode(&g, &addrs);
         let (g2, a2) = decode(&t).unwrap();
         assert_eq!(g, g2);

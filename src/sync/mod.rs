@@ -86,7 +86,10 @@ impl SyncHandle {
 
 /// Starts the network for `repo`. Returns once the listeners are up.
 pub fn start(repo: Arc<Repo>, cfg: NetConfig) -> Result<SyncHandle, SyncError> {
-    let key = repo.data_dir().load_key().map_err(|e| std::io::Error::other(e.to_string()))?;
+    let key = repo
+        .data_dir()
+        .load_key()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     let keypair = crate::net::keypair(key.to_bytes());
     let table = Arc::new(Mutex::new(PeerTable::default()));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
@@ -290,7 +293,10 @@ impl Engine {
                 self.table.lock().listen.push(address);
             }
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, num_established, ..
+                peer_id,
+                endpoint,
+                num_established,
+                ..
             } => {
                 let mut t = self.table.lock();
                 let p = t.peers.entry(peer_id).or_default();
@@ -316,23 +322,26 @@ impl Engine {
                 }
             }
             SwarmEvent::ConnectionClosed {
-                peer_id, num_established, cause, ..
+                peer_id,
+                num_established: 0,
+                cause,
+                ..
             } => {
-                if num_established == 0 {
-                    let mut t = self.table.lock();
-                    if let Some(p) = t.peers.get_mut(&peer_id) {
-                        p.online = false;
-                        p.next_dial = Some(Instant::now() + p.backoff.max(Duration::from_secs(1)));
-                    }
-                    drop(t);
-                    tracing::info!(peer = %peer_id, cause = ?cause, "peer offline");
-                    self.requeue_from(peer_id);
+                let mut t = self.table.lock();
+                if let Some(p) = t.peers.get_mut(&peer_id) {
+                    p.online = false;
+                    p.next_dial = Some(Instant::now() + p.backoff.max(Duration::from_secs(1)));
                 }
+                drop(t);
+                tracing::info!(peer = %peer_id, cause = ?cause, "peer offline");
+                self.requeue_from(peer_id);
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(peer = ?peer_id, error = %error, "dial failed");
             }
-            SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr, error, ..
+            } => {
                 // A node without the group secret ends here (pnet/noise fails).
                 tracing::info!(addr = %send_back_addr, error = %error, "refused a connection (not a member, or not Distribox)");
             }
@@ -409,7 +418,9 @@ impl Engine {
             }
         }
         for (peer, addrs) in due {
-            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(addrs).build();
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .build();
             if let Err(e) = self.swarm.dial(opts) {
                 tracing::debug!(peer = %peer, error = %e, "redial failed");
             }
@@ -553,7 +564,10 @@ impl Engine {
                 self.on_response(peer, request_id, response.body);
             }
             rr::Event::OutboundFailure {
-                peer, request_id, error, ..
+                peer,
+                request_id,
+                error,
+                ..
             } => {
                 match &error {
                     rr::OutboundFailure::UnsupportedProtocols => {
@@ -609,7 +623,10 @@ impl Engine {
         if req.version != PROTO_VERSION {
             tracing::warn!(peer = %peer, version = req.version, "request of an incompatible protocol version; refused");
             return Response::Error {
-                message: format!("protocol version {} not supported (this node speaks {PROTO_VERSION})", req.version),
+                message: format!(
+                    "protocol version {} not supported (this node speaks {PROTO_VERSION})",
+                    req.version
+                ),
             };
         }
         if let Some(p) = self.table.lock().peers.get_mut(&peer) {
@@ -700,12 +717,16 @@ impl Engine {
                 }
             }
             Response::Records { records } => {
-                let Some((_, author)) = self.record_reqs.remove(&id) else { return };
+                let Some((_, author)) = self.record_reqs.remove(&id) else {
+                    return;
+                };
                 self.asking.remove(&author);
                 self.on_records(peer, author, records);
             }
             Response::Chunks { chunks } => {
-                let Some((_, ids)) = self.chunk_reqs.remove(&id) else { return };
+                let Some((_, ids)) = self.chunk_reqs.remove(&id) else {
+                    return;
+                };
                 self.on_chunks(peer, ids, chunks);
             }
             Response::Error { message } => {
@@ -849,7 +870,11 @@ impl Engine {
                 self.queue.push_front(c);
             }
             if batch.is_empty() {
-                if self.queue.iter().all(|c| self.tried.get(c).map(|t| t.contains(&peer)).unwrap_or(false)) {
+                if self
+                    .queue
+                    .iter()
+                    .all(|c| self.tried.get(c).map(|t| t.contains(&peer)).unwrap_or(false))
+                {
                     // This peer has none of what is left; try the next one, and stop
                     // after a full circle.
                     if self.next_peer % peers.len() == 0 {

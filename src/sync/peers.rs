@@ -131,9 +131,11 @@ pub fn save_known(path: &Path, table: &PeerTable) {
         .map(|(id, p)| (id.to_string(), p.addrs.iter().map(|a| a.to_string()).collect()))
         .collect();
     let tmp = path.with_extension("json.tmp");
-    let ok = serde_json::to_string_pretty(&known)
-        .ok()
-        .map(|s| std::fs::write(&tmp, s).and_then(|_| std::fs::rename(&tmp, path)).is_ok());
+    let ok = serde_json::to_string_pretty(&known).ok().map(|s| {
+        std::fs::write(&tmp, s)
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .is_ok()
+    });
     if ok != Some(true) {
         tracing::warn!(path = %path.display(), "could not save known peers");
     }

@@ -44,7 +44,11 @@ pub struct Node {
 /// A free TCP port on 127.0.0.1 (kept for the node's lifetime, so a remounted node
 /// is found again at the address its peers remember).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Node {
@@ -87,7 +91,11 @@ impl Node {
         let mut n = Self::prepare_member();
         if let Some(t) = token {
             let out = cli(&n.data, &["join", t]);
-            assert!(out.status.success(), "join failed: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "join failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         n.mount();
         n
@@ -108,7 +116,11 @@ impl Node {
     pub fn log_json(&self, rel: &str) -> Vec<serde_json::Value> {
         let p = self.path(rel);
         let out = cli(&self.data, &["log", p.to_str().unwrap(), "--json"]);
-        assert!(out.status.success(), "log failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "log failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice::<serde_json::Value>(&out.stdout)
             .unwrap()
             .as_array()
@@ -119,14 +131,22 @@ impl Node {
     /// An invitation to this node's group, naming its addresses.
     pub fn invite(&self) -> String {
         let out = cli(&self.data, &["invite"]);
-        assert!(out.status.success(), "invite failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "invite failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// `distribox peers --json` of this node.
     pub fn peers(&self) -> serde_json::Value {
         let out = cli(&self.data, &["peers", "--json"]);
-        assert!(out.status.success(), "peers failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "peers failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
@@ -263,7 +283,11 @@ impl Drop for Node {
 
 pub fn status_of(data: &Path) -> serde_json::Value {
     let out = cli(data, &["status", "--json"]);
-    assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -279,12 +303,20 @@ impl Server {
         let tmp = tempfile::Builder::new().prefix("distribox-serve").tempdir().unwrap();
         let data = tmp.path().join("data");
         let out = cli(&data, &["join", token]);
-        assert!(out.status.success(), "join failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "join failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let log = std::fs::File::create(tmp.path().join("serve.log")).unwrap();
         let child = Command::new(bin())
             .arg("--data-dir")
             .arg(&data)
-            .args(["serve", &format!("--listen=/ip4/127.0.0.1/tcp/{}", free_port()), "--no-mdns"])
+            .args([
+                "serve",
+                &format!("--listen=/ip4/127.0.0.1/tcp/{}", free_port()),
+                "--no-mdns",
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
@@ -335,7 +367,10 @@ impl Drop for Server {
 pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {
-        assert!(Instant::now() < deadline, "timed out after {secs} s waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for: {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
