@@ -33,6 +33,7 @@ use std::time::{Duration, Instant, SystemTime};
 const MAX_CHUNK_REQUESTS: usize = 8;
 const ANTI_ENTROPY_EVERY: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+const FLUSH_EVERY: u64 = 32 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -172,6 +173,8 @@ struct Engine {
     /// flips a byte in every chunk it serves, so tests can check that receivers
     /// catch it. Logged loudly at start.
     corrupt_sends: bool,
+    /// Chunk bytes stored without the WAL since the last flush (see `on_chunks`).
+    unflushed: u64,
 }
 
 impl Engine {
@@ -244,6 +247,7 @@ impl Engine {
             next_peer: 0,
             announce: true,
             corrupt_sends: std::env::var_os("DISTRIBOX_TEST_CORRUPT_SENT_CHUNKS").is_some(),
+            unflushed: 0,
         };
         if e.corrupt_sends {
             tracing::warn!("DISTRIBOX_TEST_CORRUPT_SENT_CHUNKS is set: this node sends corrupt chunks (test hook)");
@@ -504,6 +508,10 @@ impl Engine {
         }
         if let Some(p) = self.table.lock().peers.get_mut(&from) {
             p.last_seen = Some(SystemTime::now());
+            // Remember it: if a fetch for this author is in flight, its answer
+            // continues up to this seq instead of waiting for the next round.
+            let known = p.vector.entry(a.author).or_default();
+            *known = (*known).max(a.seq);
         }
         self.pull(from, &[(a.author, a.seq)]);
     }
@@ -910,9 +918,19 @@ impl Engine {
         }
         let repo = self.repo.clone();
         let bytes: u64 = got.iter().map(|(_, b)| b.len() as u64).sum();
+        // Received chunks skip the WAL (half the disk writes); flushing every
+        // FLUSH_EVERY bytes bounds what a crash mid-transfer makes us fetch again.
+        self.unflushed += bytes;
+        let flush = self.unflushed >= FLUSH_EVERY;
+        if flush {
+            self.unflushed = 0;
+        }
         let stored = blocking(|| {
             for (id, b) in &got {
                 repo.store().put_chunk_opt(*id, b, false)?;
+            }
+            if flush {
+                repo.store().flush_chunks()?;
             }
             Ok::<_, crate::store::StoreError>(())
         });
