@@ -162,26 +162,40 @@ pub fn build_manifest<E>(
 
 /// Loads the full chunk list of a manifest, fetching nodes through `get` (which must
 /// verify hashes).
+/// Chunks one manifest may list: 2^22 × 64 KiB average = 256 GiB per file, yet a
+/// bound (~160 MiB of refs) on what a malicious manifest can make us allocate.
+const MAX_MANIFEST_REFS: usize = 1 << 22;
+
 pub fn load_manifest<E: From<ChunkingError>>(
     root: Option<ChunkId>,
     mut get: impl FnMut(ChunkId) -> Result<Vec<u8>, E>,
 ) -> Result<ChunkList, E> {
     let mut refs = Vec::new();
     if let Some(root) = root {
-        let mut stack = vec![root];
+        // (node, the level it must have): levels fall by exactly one per step, so a
+        // manifest from a peer cannot loop or fan out without bound.
+        let mut stack: Vec<(ChunkId, Option<u8>)> = vec![(root, None)];
         // Depth-first, children pushed in reverse so output stays in file order.
-        while let Some(id) = stack.pop() {
+        while let Some((id, want)) = stack.pop() {
             let node = decode_node(id, &get(id)?)?;
+            let bad = |detail: &str| ChunkingError::BadManifest {
+                node: id,
+                detail: detail.into(),
+            };
+            if want.is_some_and(|w| w != node.level) {
+                return Err(bad("manifest levels do not descend by one").into());
+            }
             if node.level == 0 {
                 for (cid, len) in node.entries {
-                    let len = u32::try_from(len).map_err(|_| ChunkingError::BadManifest {
-                        node: id,
-                        detail: "chunk too long".into(),
-                    })?;
+                    let len = u32::try_from(len).map_err(|_| bad("chunk too long"))?;
                     refs.push(ChunkRef { id: cid, len });
                 }
+                if refs.len() > MAX_MANIFEST_REFS {
+                    return Err(bad("manifest lists too many chunks").into());
+                }
             } else {
-                stack.extend(node.entries.iter().rev().map(|e| e.0));
+                let next = node.level - 1;
+                stack.extend(node.entries.iter().rev().map(|e| (e.0, Some(next))));
             }
         }
     }

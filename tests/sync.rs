@@ -300,3 +300,68 @@ fn transfer_resumes_after_a_crash() {
         "after the restart B fetched {after} of {size} bytes (had {before} before)"
     );
 }
+
+/// Several changes of one entry reaching a peer in one batch (a rename and back,
+/// a create and delete) land as the author's tree shows them.
+#[test]
+fn a_burst_of_renames_lands_as_written() {
+    let a = Node::member(None);
+    sh_ok(
+        &a.mnt,
+        "touch a && mv a b && mv b a && echo x > gone && rm gone && mkdir d && mv a d/a && mv d/a a",
+    );
+    let b = Node::member(Some(&a.invite()));
+    wait_same_tree(&[&a, &b]);
+    assert!(b.path("a").exists() && !b.path("b").exists() && !b.path("gone").exists());
+    // The name is free again on B: creating it works.
+    fs::write(b.path("gone"), b"new").unwrap();
+    wait_content(&a, "gone", b"new");
+}
+
+/// A file being written on one node while another node's version of it lands:
+/// closing it keeps both versions (ours does not silently replace theirs).
+#[test]
+fn writing_while_a_peer_version_lands_keeps_both() {
+    let a = Node::member(None);
+    let b = Node::member(Some(&a.invite()));
+    fs::write(a.path("f.txt"), b"base\n").unwrap();
+    wait_content(&b, "f.txt", b"base\n");
+    let before = b.log_json("f.txt").len();
+    // The writer is a separate process that never forks: when a process holding
+    // the descriptor forks, the copy is closed at exec or exit, and that close is a
+    // FUSE flush, which commits (as it must).
+    let sig = b.tmp.path().join("close-now");
+    let writer = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import os,time\nfd=os.open({:?},os.O_WRONLY)\nos.write(fd,b'B was here\\n')\nprint('written',flush=True)\nwhile not os.path.exists({:?}): time.sleep(0.02)\nos.close(fd)\n",
+            b.path("f.txt").display().to_string(),
+            sig.display().to_string()
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut writer = writer;
+    let mut out = std::io::BufReader::new(writer.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "written");
+    fs::write(a.path("f.txt"), b"A's version\n").unwrap();
+    wait_until("A's version to land on B", PROPAGATE_SECS, || {
+        b.log_json("f.txt").len() > before
+    });
+    fs::write(&sig, b"").unwrap();
+    assert!(writer.wait().unwrap().success());
+    let both = |n: &Node| n.log_json("f.txt").iter().filter(|l| l["head"] == true).count() == 2;
+    let ok = (0..PROPAGATE_SECS * 20).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        both(&a) && both(&b)
+    });
+    assert!(
+        ok,
+        "both nodes should hold both heads\nA: {:#?}\nB: {:#?}",
+        a.log_json("f.txt"),
+        b.log_json("f.txt"),
+    );
+    wait_same_tree(&[&a, &b]);
+}

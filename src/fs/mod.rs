@@ -91,9 +91,10 @@ fn e<T>(r: Result<T, RepoError>) -> FsResult<T> {
 
 struct DirtyEntry {
     file: DirtyFile,
-    /// The version these writes started from. If a peer's version lands meanwhile,
-    /// the commit forks from this one, so both stay (see `Repo::commit_based`).
-    base: VersionId,
+    /// Set when a peer's version of this entry lands while this state exists: the
+    /// head the writer was working from. The next commit forks from it, so the
+    /// peer's version and ours both stay heads (see `Repo::commit_based`).
+    fork_from: Option<VersionId>,
     last_write: Instant,
     /// When the pending data last changed: the file's ctime until it is committed
     /// (write, truncate and fallocate change ctime at once, as on ext4).
@@ -341,6 +342,13 @@ impl DistriboxFs {
 
     fn invalidate(&self, notifier: &fuser::Notifier, c: &crate::repo::Change) {
         self.drop_clean_dirty(c.entry);
+        let dirty = self.inner.dirty.lock().get(&c.entry).cloned();
+        if let Some(d) = dirty {
+            let mut g = d.lock();
+            if g.fork_from.is_none() {
+                g.fork_from = c.head_before;
+            }
+        }
         let ino = self.inner.inodes.lock().known_ino(c.entry);
         if let Some(ino) = ino {
             // ENOENT just means the kernel had nothing cached.
@@ -541,7 +549,7 @@ impl DistriboxFs {
         let spill = self.repo().data_dir().spill_dir().join(entry.to_hex());
         let d = Arc::new(Mutex::new(DirtyEntry {
             file: DirtyFile::new(list, size, spill, s.record().attrs.mtime),
-            base: s.head.id,
+            fork_from: None,
             last_write: Instant::now(),
             changed: SystemTime::UNIX_EPOCH,
         }));
@@ -577,8 +585,8 @@ impl DistriboxFs {
             let mut draft = state.draft();
             let mut base = None;
             if let Some((c, mtime)) = &content {
-                let b = guard.as_ref().expect("content comes from the dirty state").base;
-                if b != state.head.id {
+                let fork = guard.as_ref().and_then(|g| g.fork_from);
+                if let Some(b) = fork.filter(|b| *b != state.head.id) {
                     // A peer's version landed while we wrote: ours forks from what
                     // the writer saw instead of replacing theirs.
                     let r = e(self.repo().record(b))?;
@@ -594,11 +602,11 @@ impl DistriboxFs {
             edit(&mut draft);
             e(self.repo().commit_based(vec![(entry, draft, base)]))?.remove(0)
         };
-        let (st, made) = st;
+        let (st, _) = st;
         if content.is_some() {
             if let Some(g) = guard.as_mut() {
                 g.file.committed();
-                g.base = made.unwrap_or(st.head.id);
+                g.fork_from = None;
             }
             tracing::debug!(entry = %entry, version = %st.head.id, "committed file content");
         }

@@ -22,15 +22,28 @@ impl Hlc {
                 counter: 0,
             }
         } else {
-            Hlc {
-                wall_ns: last.wall_ns,
-                counter: last.counter + 1,
+            match last.counter.checked_add(1) {
+                Some(counter) => Hlc {
+                    wall_ns: last.wall_ns,
+                    counter,
+                },
+                None => Hlc {
+                    wall_ns: last.wall_ns.saturating_add(1),
+                    counter: 0,
+                },
             }
         }
     }
 
-    /// Merge a timestamp seen in a received record so later local ticks order after it.
+    /// Merge a timestamp seen in a received record so later local ticks order after
+    /// it. A timestamp more than a day ahead of our wall clock is not adopted (a
+    /// peer with a broken clock, or a hostile one, must not drag ours into the
+    /// future); the record is still kept and ordered by its own timestamp.
     pub fn observe(last: Hlc, seen: Hlc) -> Hlc {
+        const MAX_AHEAD_NS: u64 = 24 * 3600 * 1_000_000_000;
+        if seen.wall_ns > now_ns().saturating_add(MAX_AHEAD_NS) {
+            return last;
+        }
         last.max(seen)
     }
 

@@ -65,11 +65,19 @@ impl Timestamp {
         }
     }
 
+    /// As a SystemTime; values beyond what the platform represents (a peer may
+    /// send anything) clamp to the epoch instead of panicking.
     pub fn to_system(self) -> SystemTime {
+        let nanos = Duration::from_nanos(self.nanos.min(999_999_999) as u64);
         if self.secs >= 0 {
-            UNIX_EPOCH + Duration::new(self.secs as u64, self.nanos)
+            UNIX_EPOCH
+                .checked_add(Duration::from_secs(self.secs as u64) + nanos)
+                .unwrap_or(UNIX_EPOCH)
         } else {
-            UNIX_EPOCH - Duration::new((-self.secs) as u64, 0) + Duration::from_nanos(self.nanos as u64)
+            UNIX_EPOCH
+                .checked_sub(Duration::from_secs(self.secs.unsigned_abs()))
+                .and_then(|t| t.checked_add(nanos))
+                .unwrap_or(UNIX_EPOCH)
         }
     }
 

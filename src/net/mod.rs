@@ -95,7 +95,7 @@ pub fn build_swarm(key: identity::Keypair, group: &GroupKey, mdns_on: bool) -> R
                 )],
                 request_response::Config::default()
                     .with_request_timeout(Duration::from_secs(60))
-                    .with_max_concurrent_streams(256),
+                    .with_max_concurrent_streams(32),
             );
             let identify = identify::Behaviour::new(identify::Config::new("/distribox/1".into(), key.public()));
             let ping = ping::Behaviour::new(

@@ -20,6 +20,8 @@ use std::sync::Arc;
 pub struct Change {
     pub entry: EntryId,
     pub links: Vec<Link>,
+    /// The head shown before the change (what a writer with the file open saw).
+    pub head_before: Option<VersionId>,
 }
 
 /// Changes from one atomic write; `remote` when they came from a peer.
@@ -37,6 +39,9 @@ pub fn winner<'a>(heads: impl IntoIterator<Item = &'a SignedRecord>) -> Option<&
         .max_by_key(|r| (!r.record.content.is_tombstone(), r.record.hlc, r.record.author))
 }
 
+/// (link, entry) pairs leaving and entering the `children` index.
+pub(super) type LinkChanges = (Vec<(Link, EntryId)>, Vec<(Link, EntryId)>);
+
 pub(super) struct Apply<'a> {
     repo: &'a Repo,
     pub batch: Batch<'a>,
@@ -44,8 +49,10 @@ pub(super) struct Apply<'a> {
     pub states: Vec<Arc<EntryState>>,
     /// Records added by this batch, not in the store yet.
     records: HashMap<VersionId, SignedRecord>,
-    pub removed: Vec<(Link, EntryId)>,
-    added: Vec<(Link, EntryId)>,
+    /// Each touched entry's visible links before this batch: the `children` index
+    /// is updated from these to the entry's final links, so an entry changed
+    /// several times in one batch (a rename and back) nets out correctly.
+    before: Vec<(EntryId, Vec<Link>, Option<VersionId>)>,
     dir_events: Vec<(EntryId, DirTime)>,
 }
 
@@ -63,8 +70,7 @@ impl<'a> Apply<'a> {
             batch: repo.store.batch(),
             states: Vec::new(),
             records: HashMap::new(),
-            removed: Vec::new(),
-            added: Vec::new(),
+            before: Vec::new(),
             dir_events: Vec::new(),
         }
     }
@@ -115,21 +121,19 @@ impl<'a> Apply<'a> {
             generation,
         });
         let (old, new) = (visible_links(prev.as_deref()), visible_links(Some(&state)));
+        if !self.before.iter().any(|(e, _, _)| *e == entry) {
+            self.before.push((entry, old.clone(), prev.as_ref().map(|p| p.head.id)));
+        }
         let name_event = DirTime {
             hlc,
             mtime: Timestamp::from_system(hlc.system_time()),
         };
-        for l in &old {
-            if !new.contains(l) {
-                self.removed.push((l.clone(), entry));
-                self.dir_events.push((l.parent, name_event));
-            }
-        }
-        for l in &new {
-            if !old.contains(l) {
-                self.added.push((l.clone(), entry));
-                self.dir_events.push((l.parent, name_event));
-            }
+        for l in old
+            .iter()
+            .filter(|l| !new.contains(l))
+            .chain(new.iter().filter(|l| !old.contains(l)))
+        {
+            self.dir_events.push((l.parent, name_event));
         }
         if own_times {
             self.dir_events.push((entry, DirTime { hlc, mtime }));
@@ -140,21 +144,23 @@ impl<'a> Apply<'a> {
         Ok(state)
     }
 
+    /// (link, entry) pairs this batch removes from / adds to the `children` index:
+    /// each touched entry's links before the batch against its final links.
+    pub fn link_changes(&self) -> LinkChanges {
+        let (mut removed, mut added) = (Vec::new(), Vec::new());
+        for (entry, old, _) in &self.before {
+            let last = self.states.iter().rev().find(|s| s.id == *entry);
+            let new = visible_links(last.map(|s| s.as_ref()));
+            removed.extend(old.iter().filter(|l| !new.contains(l)).map(|l| (l.clone(), *entry)));
+            added.extend(new.iter().filter(|l| !old.contains(l)).map(|l| (l.clone(), *entry)));
+        }
+        (removed, added)
+    }
+
     /// Writes the batch and updates the caches. Returns the new states and what
     /// changed, for subscribers.
     pub fn finish(mut self) -> Result<(Vec<Arc<EntryState>>, Vec<Change>)> {
-        let removed: Vec<_> = self
-            .removed
-            .iter()
-            .filter(|x| !self.added.contains(x))
-            .cloned()
-            .collect();
-        let added: Vec<_> = self
-            .added
-            .iter()
-            .filter(|x| !self.removed.contains(x))
-            .cloned()
-            .collect();
+        let (removed, added) = self.link_changes();
         for (l, e) in &removed {
             self.batch.delete_child(l.parent, &l.name, *e);
         }
@@ -176,20 +182,20 @@ impl<'a> Apply<'a> {
             self.batch.put_dir_time(*dir, t);
         }
         let mut changes: Vec<Change> = Vec::new();
-        for s in &self.states {
-            if !changes.iter().any(|c| c.entry == s.id) {
-                changes.push(Change {
-                    entry: s.id,
-                    links: Vec::new(),
-                });
-            }
-        }
-        for (l, e) in self.removed.iter().chain(&self.added) {
-            if let Some(c) = changes.iter_mut().find(|c| c.entry == *e) {
-                if !c.links.contains(l) {
-                    c.links.push(l.clone());
+        for (entry, old, head_before) in &self.before {
+            let mut links = old.clone();
+            if let Some(s) = self.states.iter().rev().find(|s| s.id == *entry) {
+                for l in visible_links(Some(s)) {
+                    if !links.contains(&l) {
+                        links.push(l);
+                    }
                 }
             }
+            changes.push(Change {
+                entry: *entry,
+                links,
+                head_before: *head_before,
+            });
         }
         let repo = self.repo;
         repo.store.write(self.batch)?;

@@ -63,6 +63,8 @@ pub enum RepoError {
     },
     #[error("write-back file: {0}")]
     Spill(#[from] std::io::Error),
+    #[error("received version {version} is invalid: {detail}")]
+    BadRemote { version: VersionId, detail: String },
     #[error("the store belongs to group {stored}, but group.key names group {key}; the data dir is inconsistent")]
     GroupMismatch { stored: String, key: String },
 }
@@ -146,6 +148,8 @@ pub struct Repo {
     vector: Mutex<HashMap<NodeId, u64>>,
     /// Received records not yet in the tree (see `remote`).
     pending: Mutex<HashMap<VersionId, SignedRecord>>,
+    /// Pending records waiting for a parent to join: parent → records.
+    waiting_parent: Mutex<HashMap<VersionId, Vec<VersionId>>>,
     /// Who hears about changes (the network announcer, the kernel-cache invalidator).
     subscribers: Mutex<Vec<tokio::sync::mpsc::UnboundedSender<ChangeBatch>>>,
 }
@@ -211,6 +215,7 @@ impl Repo {
             group,
             vector: Mutex::new(vector),
             pending: Mutex::new(pending),
+            waiting_parent: Mutex::new(HashMap::new()),
             subscribers: Mutex::new(Vec::new()),
         };
         repo.queue_unsigned_from_store()?;
@@ -270,17 +275,6 @@ impl Repo {
         self.subscribers.lock().retain(|s| s.send(batch.clone()).is_ok());
     }
 
-    fn notify(&self, states: &[Arc<EntryState>]) {
-        let changes = states
-            .iter()
-            .map(|s| Change {
-                entry: s.id,
-                links: Vec::new(),
-            })
-            .collect();
-        self.publish(ChangeBatch { remote: false, changes });
-    }
-
     /// Makes every committed version durable against power loss.
     pub fn sync(&self) -> Result<()> {
         Ok(self.store.sync()?)
@@ -302,8 +296,8 @@ impl Repo {
         }
         let heads = self.store.get_heads(entry)?.ok_or(RepoError::NotFound { entry })?;
         let state = Arc::new(self.resolve(entry, heads)?);
-        self.entries.lock().insert(entry, state.clone());
-        Ok(state)
+        // A commit may have cached a newer state since we read the store: keep it.
+        Ok(self.entries.lock().entry(entry).or_insert(state).clone())
     }
 
     /// Picks the head shown under the plain name (see `apply::winner`).
@@ -492,9 +486,10 @@ impl Repo {
             seq += 1;
         }
         // A name this batch gives an entry must be free unless this batch frees it.
+        let (removed, _) = tx.link_changes();
         for (l, entry) in &created {
             for other in self.store.get_children_named(l.parent, &l.name)? {
-                if other != *entry && !tx.removed.contains(&(l.clone(), other)) {
+                if other != *entry && !removed.contains(&(l.clone(), other)) {
                     return Err(RepoError::Exists {
                         name: String::from_utf8_lossy(&l.name).into_owned(),
                     });
@@ -504,12 +499,12 @@ impl Repo {
         let mut hlc_bytes = hlc.wall_ns.to_le_bytes().to_vec();
         hlc_bytes.extend_from_slice(&hlc.counter.to_le_bytes());
         tx.batch.put_meta(META_HLC, &hlc_bytes);
-        let (out, _) = tx.finish()?;
+        let (out, changes) = tx.finish()?;
         cs.next_seq = seq;
         cs.hlc = hlc;
         self.vector.lock().insert(self.node, seq - 1);
         self.unsigned.lock().extend(made.iter().flatten().copied());
-        self.notify(&out);
+        self.publish(ChangeBatch { remote: false, changes });
         Ok(out.into_iter().zip(made).collect())
     }
 
@@ -530,8 +525,7 @@ impl Repo {
             return Ok(*t);
         }
         let t = self.store.get_dir_time(dir)?;
-        self.dir_times.lock().insert(dir, t);
-        Ok(t)
+        Ok(*self.dir_times.lock().entry(dir).or_insert(t))
     }
 
     /// Signs the records committed unsigned (see `SignedRecord::unsigned`). Run in the

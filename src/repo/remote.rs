@@ -24,6 +24,17 @@ pub enum Rejected {
     },
     #[error("record {version} claims to be by this node, which never wrote it (is another node running with a copy of this data dir?)")]
     ForgedSelf { version: VersionId },
+    #[error("record {version} by {author} names an invalid file name {name:?}")]
+    BadName {
+        version: VersionId,
+        author: NodeId,
+        name: String,
+    },
+}
+
+/// A name a directory entry can have: not empty, not `.`/`..`, no `/` or NUL.
+fn valid_name(n: &[u8]) -> bool {
+    !n.is_empty() && n != b"." && n != b".." && !n.contains(&b'/') && !n.contains(&0)
 }
 
 /// What `receive` did with a batch.
@@ -44,14 +55,31 @@ impl Repo {
 
     /// Signed records of `author` with seq in `from..=to` (at most `limit`), for a
     /// peer. Stops at a record not yet signed (ours, signed shortly).
-    pub fn records_of(&self, author: NodeId, from: u64, to: u64, limit: usize) -> Result<Vec<Vec<u8>>> {
+    pub fn records_of(
+        &self,
+        author: NodeId,
+        from: u64,
+        to: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>> {
         if author == self.node {
+            // Durable before anyone else holds them: a seq we hand out must never
+            // be reused after a power loss.
             self.sign_pending()?;
+            self.sync()?;
         }
         let mut out = Vec::new();
-        for (_, v) in self.store.versions_of_author(author, from, to)?.into_iter().take(limit) {
+        let mut bytes = 0;
+        for (_, v) in self.store.versions_of_author(author, from, to, limit)? {
             match self.store.get_record(v)? {
-                Some(b) if SignedRecord::is_signed(&b) => out.push(b),
+                Some(b) if SignedRecord::is_signed(&b) => {
+                    bytes += b.len();
+                    if bytes > max_bytes && !out.is_empty() {
+                        break;
+                    }
+                    out.push(b);
+                }
                 _ => break,
             }
         }
@@ -77,6 +105,16 @@ impl Repo {
             }
             if author == self.node {
                 out.rejected.push(Rejected::ForgedSelf { version: r.id });
+                continue;
+            }
+            if let Some(l) = r.record.location.iter().find(|l| !valid_name(&l.name)) {
+                out.rejected.push(Rejected::BadName {
+                    version: r.id,
+                    author,
+                    name: String::from_utf8_lossy(&l.name).into_owned(),
+                });
+                // Later records of this author then wait behind it (seq order keeps
+                // the vector exact): a member that sends such names is broken.
                 continue;
             }
             if seq != have + 1 {
@@ -123,8 +161,13 @@ impl Repo {
         let Some(r) = self.pending.lock().get(&v).cloned() else {
             return Ok(Vec::new());
         };
+        self.missing_chunks_of(&r, limit)
+    }
+
+    fn missing_chunks_of(&self, r: &SignedRecord, limit: usize) -> Result<Vec<ChunkId>> {
         let Content::File {
-            manifest: Some(root), ..
+            manifest: Some(root),
+            size,
         } = r.record.content
         else {
             return Ok(Vec::new());
@@ -134,6 +177,12 @@ impl Repo {
             Err(RepoError::Store(StoreError::MissingChunk { chunk })) => return Ok(vec![chunk]),
             Err(e) => return Err(e),
         };
+        if list.len_bytes() != size {
+            return Err(RepoError::BadRemote {
+                version: r.id,
+                detail: format!("its manifest holds {} bytes but it says {size}", list.len_bytes()),
+            });
+        }
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for c in list.refs() {
@@ -147,57 +196,94 @@ impl Repo {
         Ok(out)
     }
 
-    /// Lets every pending record whose parents are in the tree and whose chunks are
-    /// all local join the tree, in one atomic batch. Returns how many joined.
-    pub fn integrate_ready(&self) -> Result<usize> {
+    /// Lets `candidates` (pending records whose chunks the caller saw arrive) join
+    /// the tree if their parents are in it, then every pending record that was
+    /// waiting for one of them, in one atomic batch. A record whose parent is not
+    /// in yet is remembered under that parent, so the cost is per record, not per
+    /// call × everything pending. Returns how many joined.
+    pub fn integrate_ready(&self, candidates: Vec<VersionId>) -> Result<usize> {
         let _cs = self.commit_state.lock();
-        let mut pending = self.pending.lock().clone();
+        let mut pending = self.pending.lock();
+        let mut waiting = self.waiting_parent.lock();
         let mut tx = Apply::new(self);
-        let mut joined = Vec::new();
+        let mut joined: Vec<SignedRecord> = Vec::new();
         let mut assigned: HashMap<VersionId, u64> = HashMap::new();
-        loop {
-            let mut progress = false;
-            let mut ids: Vec<VersionId> = pending.keys().copied().collect();
-            ids.sort_by_key(|v| (pending[v].record.hlc, *v));
-            for v in ids {
-                let r = &pending[&v];
-                let parents_in = r
-                    .record
-                    .parents
-                    .iter()
-                    .all(|p| !pending.contains_key(p) && self.store.get_record(*p).ok().flatten().is_some());
-                if !parents_in || !self.missing_chunks_upto(v, 1)?.is_empty() {
+        let mut work = candidates;
+        let mut result = Ok(());
+        while let Some(v) = work.pop() {
+            let Some(r) = pending.get(&v) else { continue };
+            let blocked = r
+                .record
+                .parents
+                .iter()
+                .find(|p| pending.contains_key(p) || self.store.get_record(**p).ok().flatten().is_none());
+            if let Some(p) = blocked {
+                let w = waiting.entry(*p).or_default();
+                if !w.contains(&v) {
+                    w.push(v);
+                }
+                continue;
+            }
+            // A record that cannot join (bad manifest, a parent of another entry)
+            // stays pending and is reported; it must not stop the others.
+            match self.missing_chunks_of(r, 1) {
+                Ok(m) if m.is_empty() => {}
+                Ok(_) => continue, // its chunks are still coming: it is a candidate again then
+                Err(e) => {
+                    tracing::warn!(version = %v, error = %e, "received version cannot join the tree; left aside");
                     continue;
                 }
-                let mut gens = Vec::new();
-                for p in &r.record.parents {
-                    gens.push(match assigned.get(p) {
-                        Some(g) => *g,
-                        None => self.generation_of(r.record.entry, *p)?,
-                    });
-                }
-                let gen = names::generation(gens);
-                let r = pending.remove(&v).expect("listed above");
-                tx.batch.delete_pending(v);
-                tx.add_version(r, gen)?;
-                assigned.insert(v, gen);
-                joined.push(v);
-                progress = true;
             }
-            if !progress {
+            let mut gens = Vec::new();
+            for p in &r.record.parents {
+                match assigned
+                    .get(p)
+                    .copied()
+                    .map(Ok)
+                    .unwrap_or_else(|| self.generation_of(r.record.entry, *p))
+                {
+                    Ok(g) => gens.push(g),
+                    Err(e) => {
+                        tracing::warn!(version = %v, parent = %p, error = %e, "received version names a parent outside its entry; left aside");
+                        break;
+                    }
+                }
+            }
+            if gens.len() != r.record.parents.len() {
+                continue;
+            }
+            let gen = names::generation(gens);
+            let r = pending.remove(&v).expect("looked up above");
+            tx.batch.delete_pending(v);
+            joined.push(r.clone());
+            assigned.insert(v, gen);
+            if let Err(e) = tx.add_version(r, gen) {
+                result = Err(e);
                 break;
             }
+            work.extend(waiting.remove(&v).unwrap_or_default());
         }
-        if joined.is_empty() {
-            return Ok(0);
+        let outcome = result.and_then(|_| {
+            if joined.is_empty() {
+                Ok(None)
+            } else {
+                tx.finish().map(Some)
+            }
+        });
+        match outcome {
+            Ok(None) => Ok(0),
+            Ok(Some((_, changes))) => {
+                drop((pending, waiting));
+                self.publish(ChangeBatch { remote: true, changes });
+                Ok(joined.len())
+            }
+            Err(e) => {
+                // Nothing was written: they are all still pending.
+                for r in joined {
+                    pending.insert(r.id, r);
+                }
+                Err(e)
+            }
         }
-        let (_, changes) = tx.finish()?;
-        let mut p = self.pending.lock();
-        for v in &joined {
-            p.remove(v);
-        }
-        drop(p);
-        self.publish(ChangeBatch { remote: true, changes });
-        Ok(joined.len())
     }
 }

@@ -524,8 +524,14 @@ impl Store {
         Ok(0)
     }
 
-    /// Record ids of `author` with seq in `from..=to`, in seq order.
-    pub fn versions_of_author(&self, author: NodeId, from: u64, to: u64) -> Result<Vec<(u64, VersionId)>> {
+    /// Record ids of `author` with seq in `from..=to`, in seq order, at most `limit`.
+    pub fn versions_of_author(
+        &self,
+        author: NodeId,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, VersionId)>> {
         let mut out = Vec::new();
         let start = author_key(author, from);
         let it = self
@@ -537,7 +543,7 @@ impl Store {
                 break;
             }
             let seq = u64::from_be_bytes(k[32..40].try_into().expect("length checked"));
-            if seq > to {
+            if seq > to || out.len() >= limit {
                 break;
             }
             let bad = || StoreError::CorruptValue {

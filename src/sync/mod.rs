@@ -34,6 +34,9 @@ const MAX_CHUNK_REQUESTS: usize = 8;
 const ANTI_ENTROPY_EVERY: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const FLUSH_EVERY: u64 = 32 << 20;
+/// Members learned from other members' lists (a small group; a bound against a
+/// member that sends endless lists).
+const MAX_KNOWN_PEERS: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -175,6 +178,8 @@ struct Engine {
     corrupt_sends: bool,
     /// Chunk bytes stored without the WAL since the last flush (see `on_chunks`).
     unflushed: u64,
+    /// Pending records whose chunks are all here: the next `integrate` offers them.
+    ready: Vec<VersionId>,
 }
 
 impl Engine {
@@ -248,6 +253,7 @@ impl Engine {
             announce: true,
             corrupt_sends: std::env::var_os("DISTRIBOX_TEST_CORRUPT_SENT_CHUNKS").is_some(),
             unflushed: 0,
+            ready: Vec::new(),
         };
         if e.corrupt_sends {
             tracing::warn!("DISTRIBOX_TEST_CORRUPT_SENT_CHUNKS is set: this node sends corrupt chunks (test hook)");
@@ -651,7 +657,9 @@ impl Engine {
                 }
             }
             Request::Records { author, from, to } => {
-                match blocking(|| repo.records_of(author, from, to, wire::MAX_RECORDS_PER_RESPONSE)) {
+                match blocking(|| {
+                    repo.records_of(author, from, to, wire::MAX_RECORDS_PER_RESPONSE, wire::MAX_RESPONSE / 2)
+                }) {
                     Ok(records) => Response::Records { records },
                     Err(e) => {
                         tracing::error!(error = %e, "reading records for a peer failed");
@@ -703,12 +711,29 @@ impl Engine {
     }
 
     fn on_response(&mut self, peer: PeerId, id: OutboundRequestId, body: Response) {
+        let expected = matches!(
+            (
+                &body,
+                self.record_reqs.contains_key(&id),
+                self.chunk_reqs.contains_key(&id)
+            ),
+            (Response::Records { .. }, true, _)
+                | (Response::Chunks { .. }, _, true)
+                | (Response::Vector { .. }, false, false)
+                | (Response::Error { .. }, _, _)
+        );
+        if !expected {
+            tracing::warn!(peer = %peer, "peer answered with the wrong kind of response; dropped");
+            self.failed(id, peer);
+            return;
+        }
         match body {
             Response::Vector { vector, peers } => {
                 self.table.lock().peers.entry(peer).or_default().vector = vector.iter().copied().collect();
                 self.pull(peer, &vector);
                 let mut new = Vec::new();
-                for (pid, addrs) in peers.into_iter().take(256) {
+                let room = MAX_KNOWN_PEERS.saturating_sub(self.table.lock().peers.len());
+                for (pid, addrs) in peers.into_iter().take(room) {
                     let Ok(pid) = PeerId::from_bytes(&pid) else { continue };
                     for a in addrs.iter().take(16).filter_map(|a| a.parse::<Multiaddr>().ok()) {
                         if self.table.lock().add_addr(pid, a) {
@@ -809,6 +834,7 @@ impl Engine {
         };
         if missing.is_empty() {
             self.waiting.remove(&v);
+            self.ready.push(v);
             return;
         }
         self.waiting.insert(v, missing.len());
@@ -836,8 +862,12 @@ impl Engine {
     }
 
     fn integrate(&mut self) {
+        if self.ready.is_empty() {
+            return;
+        }
+        let ready = std::mem::take(&mut self.ready);
         let repo = self.repo.clone();
-        match blocking(|| repo.integrate_ready()) {
+        match blocking(|| repo.integrate_ready(ready)) {
             Ok(0) => {}
             Ok(n) => tracing::info!(versions = n, "remote versions landed"),
             Err(e) => tracing::error!(error = %e, "applying received versions failed"),
@@ -939,6 +969,7 @@ impl Engine {
             for (id, _) in &got {
                 self.parked.push(*id);
             }
+            self.queue.extend(retry);
             return;
         }
         self.table.lock().bytes_received += bytes;
