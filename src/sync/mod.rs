@@ -612,21 +612,17 @@ impl Engine {
 
     /// Puts chunks asked of a peer that went away back in the queue.
     fn requeue_from(&mut self, peer: PeerId) {
-        let ids: Vec<OutboundRequestId> = self
+        let chunk_ids = self
             .chunk_reqs
             .iter()
             .filter(|(_, (p, _))| *p == peer)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            self.failed(id, peer);
-        }
-        let ids: Vec<OutboundRequestId> = self
+            .map(|(id, _)| *id);
+        let record_ids = self
             .record_reqs
             .iter()
             .filter(|(_, (p, _))| *p == peer)
-            .map(|(id, _)| *id)
-            .collect();
+            .map(|(id, _)| *id);
+        let ids: Vec<OutboundRequestId> = chunk_ids.chain(record_ids).collect();
         for id in ids {
             self.failed(id, peer);
         }
