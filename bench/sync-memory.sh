@@ -2,6 +2,7 @@
 # sync-memory.sh - peak RSS (VmHWM) of the sending and the receiving node while one
 # MB-MiB random file (default 4096) syncs A -> B over 127.0.0.1. Needs 3*MB free in /var/tmp.
 # Usage: MB=10240 bench/sync-memory.sh   (DISTRIBOX_BIN overrides the binary)
+set -euo pipefail
 B=${DISTRIBOX_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/distribox-target}/debug/distribox}
 W=$(mktemp -d /var/tmp/dbxmem.XXXX)
 mkdir -p $W/a/m $W/b/m
