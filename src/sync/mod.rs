@@ -145,6 +145,39 @@ pub fn start(repo: Arc<Repo>, cfg: NetConfig) -> Result<SyncHandle, SyncError> {
     })
 }
 
+/// Chunk bytes for a peer (verified on read; None where missing or damaged). With
+/// `corrupt` (test hook) every chunk gets one byte flipped.
+fn read_chunks(repo: &Repo, ids: &[ChunkId], corrupt: bool) -> Vec<Option<serde_bytes::ByteBuf>> {
+    ids.iter()
+        .map(|id| match repo.store().get_chunk(*id) {
+            Ok(mut b) => {
+                if corrupt && !b.is_empty() {
+                    b[0] ^= 0xff;
+                }
+                Some(serde_bytes::ByteBuf::from(b))
+            }
+            Err(crate::store::StoreError::MissingChunk { .. }) => None,
+            Err(e) => {
+                tracing::error!(chunk = %id, error = %e, "cannot serve chunk");
+                None
+            }
+        })
+        .collect()
+}
+
+type Served = (rr::ResponseChannel<Envelope<Response>>, Response);
+
+/// Outcome of verifying and storing one chunk answer (see `Engine::on_chunks`).
+struct Stored {
+    peer: PeerId,
+    good: Vec<ChunkId>,
+    bytes: u64,
+    corrupt: Vec<ChunkId>,
+    missing: Vec<ChunkId>,
+    unstored: Vec<ChunkId>,
+    error: Option<String>,
+}
+
 /// Runs blocking store work from the event loop (RocksDB calls block).
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
@@ -180,6 +213,14 @@ struct Engine {
     unflushed: u64,
     /// Pending records whose chunks are all here: the next `integrate` offers them.
     ready: Vec<VersionId>,
+    /// Answers computed off the loop (chunk reads), to send.
+    served_tx: tokio::sync::mpsc::UnboundedSender<Served>,
+    served_rx: tokio::sync::mpsc::UnboundedReceiver<Served>,
+    /// Chunk answers being verified/stored on the blocking pool (count toward the
+    /// in-flight limit), and their outcomes.
+    storing: usize,
+    stored_tx: tokio::sync::mpsc::UnboundedSender<Stored>,
+    stored_rx: tokio::sync::mpsc::UnboundedReceiver<Stored>,
 }
 
 impl Engine {
@@ -233,6 +274,8 @@ impl Engine {
         }
         let changes = repo.subscribe();
         let me = repo.node();
+        let (served_tx, served_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (stored_tx, stored_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut e = Engine {
             repo,
             me,
@@ -254,6 +297,11 @@ impl Engine {
             corrupt_sends: std::env::var_os("DISTRIBOX_TEST_CORRUPT_SENT_CHUNKS").is_some(),
             unflushed: 0,
             ready: Vec::new(),
+            served_tx,
+            served_rx,
+            storing: 0,
+            stored_tx,
+            stored_rx,
         };
         if e.corrupt_sends {
             tracing::warn!("DISTRIBOX_TEST_CORRUPT_SENT_CHUNKS is set: this node sends corrupt chunks (test hook)");
@@ -283,6 +331,16 @@ impl Engine {
                         self.anti_entropy_round();
                     }
                 }
+                Some((channel, body)) = self.served_rx.recv() => {
+                    let _ = self.swarm.behaviour_mut().rr.send_response(
+                        channel,
+                        Envelope {
+                            version: PROTO_VERSION,
+                            body,
+                        },
+                    );
+                }
+                Some(st) = self.stored_rx.recv() => self.on_stored(st),
                 _ = &mut stop => break,
             }
             if self.announce {
@@ -555,6 +613,20 @@ impl Engine {
                 message: rr::Message::Request { request, channel, .. },
                 ..
             } => {
+                // Chunk reads (RocksDB + BLAKE3 over up to 64 chunks) run on the
+                // blocking pool so serving and receiving overlap; the answer comes
+                // back through `served`.
+                if let (PROTO_VERSION, Request::Chunks { ids }) = (request.version, &request.body) {
+                    if ids.len() <= wire::MAX_CHUNKS_PER_REQUEST {
+                        let (ids, repo, corrupt) = (ids.clone(), self.repo.clone(), self.corrupt_sends);
+                        let tx = self.served_tx.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let chunks = read_chunks(&repo, &ids, corrupt);
+                            let _ = tx.send((channel, Response::Chunks { chunks }));
+                        });
+                        return;
+                    }
+                }
                 let resp = self.answer(peer, request);
                 let _ = self.swarm.behaviour_mut().rr.send_response(
                     channel,
@@ -673,23 +745,7 @@ impl Engine {
                     };
                 }
                 let corrupt = self.corrupt_sends;
-                let chunks = blocking(|| {
-                    ids.iter()
-                        .map(|id| match repo.store().get_chunk(*id) {
-                            Ok(mut b) => {
-                                if corrupt && !b.is_empty() {
-                                    b[0] ^= 0xff;
-                                }
-                                Some(serde_bytes::ByteBuf::from(b))
-                            }
-                            Err(crate::store::StoreError::MissingChunk { .. }) => None,
-                            Err(e) => {
-                                tracing::error!(chunk = %id, error = %e, "cannot serve chunk");
-                                None
-                            }
-                        })
-                        .collect()
-                });
+                let chunks = blocking(|| read_chunks(&repo, &ids, corrupt));
                 Response::Chunks { chunks }
             }
         }
@@ -879,7 +935,7 @@ impl Engine {
         if peers.is_empty() {
             return;
         }
-        while self.chunk_reqs.len() < MAX_CHUNK_REQUESTS && !self.queue.is_empty() {
+        while self.chunk_reqs.len() + self.storing < MAX_CHUNK_REQUESTS && !self.queue.is_empty() {
             let peer = peers[self.next_peer % peers.len()];
             self.next_peer += 1;
             let mut batch = Vec::new();
@@ -922,58 +978,80 @@ impl Engine {
         }
     }
 
+    /// Verifies and stores a chunk answer on the blocking pool (BLAKE3 and RocksDB
+    /// writes off the event loop); `on_stored` does the bookkeeping.
     fn on_chunks(&mut self, peer: PeerId, ids: Vec<ChunkId>, chunks: Vec<Option<serde_bytes::ByteBuf>>) {
         if chunks.len() != ids.len() {
             tracing::warn!(peer = %peer, asked = ids.len(), got = chunks.len(), "peer answered a chunk request with the wrong number of slots; dropped");
         }
-        let mut got: Vec<(ChunkId, Vec<u8>)> = Vec::new();
-        let mut retry = Vec::new();
-        for (i, id) in ids.iter().enumerate() {
-            match chunks.get(i).cloned().flatten() {
-                Some(b) if ChunkId::of(&b) == *id => got.push((*id, b.into_vec())),
-                Some(_) => {
-                    tracing::warn!(peer = %peer, chunk = %id, "peer sent chunk data that does not match its hash; fetching it elsewhere");
-                    self.tried.entry(*id).or_default().insert(peer);
-                    retry.push(*id);
-                }
-                None => {
-                    self.tried.entry(*id).or_default().insert(peer);
-                    retry.push(*id);
-                }
-            }
-        }
-        let repo = self.repo.clone();
-        let bytes: u64 = got.iter().map(|(_, b)| b.len() as u64).sum();
+        let size: u64 = chunks.iter().flatten().map(|b| b.len() as u64).sum();
         // Received chunks skip the WAL (half the disk writes); flushing every
         // FLUSH_EVERY bytes bounds what a crash mid-transfer makes us fetch again.
-        self.unflushed += bytes;
+        self.unflushed += size;
         let flush = self.unflushed >= FLUSH_EVERY;
         if flush {
             self.unflushed = 0;
         }
-        let stored = blocking(|| {
-            for (id, b) in &got {
-                repo.store().put_chunk_opt(*id, b, false)?;
+        self.storing += 1;
+        let (repo, tx) = (self.repo.clone(), self.stored_tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut out = Stored {
+                peer,
+                good: Vec::new(),
+                bytes: 0,
+                corrupt: Vec::new(),
+                missing: Vec::new(),
+                unstored: Vec::new(),
+                error: None,
+            };
+            let mut slots = chunks.into_iter();
+            for id in ids {
+                match slots.next().flatten() {
+                    Some(b) if ChunkId::of(&b) == id => {
+                        if let Err(e) = repo.store().put_chunk_opt(id, &b, false) {
+                            out.error = Some(e.to_string());
+                            out.unstored.push(id);
+                        } else {
+                            out.bytes += b.len() as u64;
+                            out.good.push(id);
+                        }
+                    }
+                    Some(_) => out.corrupt.push(id),
+                    None => out.missing.push(id),
+                }
             }
             if flush {
-                repo.store().flush_chunks()?;
+                if let Err(e) = repo.store().flush_chunks() {
+                    out.error = Some(e.to_string());
+                }
             }
-            Ok::<_, crate::store::StoreError>(())
+            let _ = tx.send(out);
         });
-        if let Err(e) = stored {
-            tracing::error!(error = %e, "storing received chunks failed (disk full?); will retry");
-            for (id, _) in &got {
-                self.parked.push(*id);
-            }
-            self.queue.extend(retry);
-            return;
+    }
+
+    fn on_stored(&mut self, st: Stored) {
+        self.storing = self.storing.saturating_sub(1);
+        let peer = st.peer;
+        for id in &st.corrupt {
+            tracing::warn!(peer = %peer, chunk = %id, "peer sent chunk data that does not match its hash; fetching it elsewhere");
         }
+        let mut retry = Vec::new();
+        for id in st.corrupt.iter().chain(&st.missing) {
+            self.tried.entry(*id).or_default().insert(peer);
+            retry.push(*id);
+        }
+        if let Some(e) = &st.error {
+            tracing::error!(error = %e, "storing received chunks failed (disk full?); will retry");
+            self.parked.extend(st.unstored.iter().copied());
+        }
+        let bytes = st.bytes;
+        let got = st.good;
         self.table.lock().bytes_received += bytes;
         for c in retry {
             self.queue.push_back(c);
         }
         let mut done = Vec::new();
-        for (id, _) in got {
+        for id in got {
             self.tried.remove(&id);
             for v in self.want.remove(&id).unwrap_or_default() {
                 if let Some(n) = self.waiting.get_mut(&v) {
