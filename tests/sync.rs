@@ -291,7 +291,16 @@ fn transfer_resumes_after_a_crash() {
     });
     b.kill9();
     b.mount();
-    wait_content(&b, "big.bin", &data);
+    let ok = (0..PROPAGATE_SECS * 10).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        read(&b, "big.bin").as_deref() == Some(&data[..])
+    });
+    assert!(
+        ok,
+        "big.bin did not arrive after the restart\nstatus: {}\nlog:\n{}",
+        b.status(),
+        b.log()
+    );
     let after = b.status()["bytes_received"].as_u64().unwrap();
     // Chunks stored before the kill are not fetched again (a few in-flight batches
     // and the unflushed memtable may be).

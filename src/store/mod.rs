@@ -259,6 +259,11 @@ impl Store {
         // default FADV_RANDOM the kernel would not read ahead for sequential reads.
         opts.set_advise_random_on_open(false);
         opts.set_keep_log_file_num(3);
+        // Chunks and their index entries are written together without the WAL; a
+        // flush must persist both CFs as of one point, or a crash could leave an
+        // index entry ("we have it") for a chunk whose bytes were still in the
+        // other CF's memtable — a version would then land with data missing.
+        opts.set_atomic_flush(true);
         let cfs = ALL_CFS.iter().map(|name| {
             let mut o = Options::default();
             if *name == CF_CHUNKS {

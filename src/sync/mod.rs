@@ -42,7 +42,7 @@ const MAX_KNOWN_PEERS: usize = 256;
 pub enum SyncError {
     #[error(transparent)]
     Net(#[from] crate::net::NetError),
-    #[error("listen address {addr}: {reason}")]
+    #[error("cannot listen on {addr}: {reason} (is another node using it? pick another with --listen)")]
     Listen { addr: String, reason: String },
     #[error("starting the network thread: {0}")]
     Thread(#[from] std::io::Error),
@@ -178,6 +178,23 @@ struct Stored {
     error: Option<String>,
 }
 
+/// An error with its sources, "outer: inner: …" (libp2p's transport errors print
+/// nothing themselves).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        parts.push(s.to_string());
+        cur = s.source();
+    }
+    parts.retain(|p| !p.is_empty());
+    if parts.is_empty() {
+        format!("{e:?}")
+    } else {
+        parts.join(": ")
+    }
+}
+
 /// Runs blocking store work from the event loop (RocksDB calls block).
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
@@ -241,7 +258,7 @@ impl Engine {
         for a in &cfg.listen {
             swarm.listen_on(a.clone()).map_err(|e| SyncError::Listen {
                 addr: a.to_string(),
-                reason: e.to_string(),
+                reason: error_chain(&e),
             })?;
         }
         let peers_file = peers::peers_file(&repo.data_dir().root);
