@@ -200,16 +200,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 bail!("`serve` without a network does nothing; drop --no-net");
             };
             data_dir.check()?;
-            let report = std::env::var_os(READY_ENV).is_some();
-            match daemon::run_serve(ServeConfig { data_dir, net }, &mut StdoutReady) {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    if report {
-                        println!("ERROR {e}");
-                    }
-                    Err(e.into())
-                }
-            }
+            report_failure(daemon::run_serve(ServeConfig { data_dir, net }, &mut StdoutReady))
         }
         Cmd::Invite => {
             data_dir.check()?;
@@ -426,16 +417,18 @@ impl Ready for StdoutReady {
 }
 
 fn mount_foreground(cfg: MountConfig) -> Result<()> {
-    let report = std::env::var_os(READY_ENV).is_some();
-    match daemon::run_mount(cfg, &mut StdoutReady) {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            if report {
-                println!("ERROR {e}");
-            }
-            Err(e.into())
+    report_failure(daemon::run_mount(cfg, &mut StdoutReady))
+}
+
+/// A node that fails to start tells a waiting `distribox mount` why (its `ERROR`
+/// line), besides returning the error.
+fn report_failure(r: std::result::Result<(), daemon::DaemonError>) -> Result<()> {
+    if let Err(e) = &r {
+        if std::env::var_os(READY_ENV).is_some() {
+            println!("ERROR {e}");
         }
     }
+    Ok(r?)
 }
 
 /// Validates what can be validated here (so errors need no log file to read), then

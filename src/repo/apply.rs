@@ -144,15 +144,21 @@ impl<'a> Apply<'a> {
         Ok(state)
     }
 
+    /// Each touched entry with its visible links before the batch and after it.
+    fn before_and_after(&self) -> impl Iterator<Item = (EntryId, &[Link], Vec<Link>)> + '_ {
+        self.before.iter().map(|(entry, old, _)| {
+            let last = self.states.iter().rev().find(|s| s.id == *entry);
+            (*entry, old.as_slice(), visible_links(last.map(|s| s.as_ref())))
+        })
+    }
+
     /// (link, entry) pairs this batch removes from / adds to the `children` index:
     /// each touched entry's links before the batch against its final links.
     pub fn link_changes(&self) -> LinkChanges {
         let (mut removed, mut added) = (Vec::new(), Vec::new());
-        for (entry, old, _) in &self.before {
-            let last = self.states.iter().rev().find(|s| s.id == *entry);
-            let new = visible_links(last.map(|s| s.as_ref()));
-            removed.extend(old.iter().filter(|l| !new.contains(l)).map(|l| (l.clone(), *entry)));
-            added.extend(new.iter().filter(|l| !old.contains(l)).map(|l| (l.clone(), *entry)));
+        for (entry, old, new) in self.before_and_after() {
+            removed.extend(old.iter().filter(|l| !new.contains(l)).map(|l| (l.clone(), entry)));
+            added.extend(new.iter().filter(|l| !old.contains(l)).map(|l| (l.clone(), entry)));
         }
         (removed, added)
     }
@@ -181,22 +187,19 @@ impl<'a> Apply<'a> {
         for (dir, t) in &new_dir_times {
             self.batch.put_dir_time(*dir, t);
         }
-        let mut changes: Vec<Change> = Vec::new();
-        for (entry, old, head_before) in &self.before {
-            let mut links = old.clone();
-            if let Some(s) = self.states.iter().rev().find(|s| s.id == *entry) {
-                for l in visible_links(Some(s)) {
-                    if !links.contains(&l) {
-                        links.push(l);
-                    }
+        let changes: Vec<Change> = self
+            .before_and_after()
+            .zip(&self.before)
+            .map(|((entry, old, new), (_, _, head_before))| {
+                let mut links = old.to_vec();
+                links.extend(new.into_iter().filter(|l| !old.contains(l)));
+                Change {
+                    entry,
+                    links,
+                    head_before: *head_before,
                 }
-            }
-            changes.push(Change {
-                entry: *entry,
-                links,
-                head_before: *head_before,
-            });
-        }
+            })
+            .collect();
         let repo = self.repo;
         repo.store.write(self.batch)?;
         let mut cache = repo.entries.lock();

@@ -154,14 +154,10 @@ impl Repo {
     /// Chunks a pending record still needs. A missing manifest node comes back
     /// alone (its children are unknown until it arrives); then the data chunks.
     pub fn missing_chunks(&self, v: VersionId) -> Result<Vec<ChunkId>> {
-        self.missing_chunks_upto(v, usize::MAX)
-    }
-
-    fn missing_chunks_upto(&self, v: VersionId, limit: usize) -> Result<Vec<ChunkId>> {
         let Some(r) = self.pending.lock().get(&v).cloned() else {
             return Ok(Vec::new());
         };
-        self.missing_chunks_of(&r, limit)
+        self.missing_chunks_of(&r, usize::MAX)
     }
 
     fn missing_chunks_of(&self, r: &SignedRecord, limit: usize) -> Result<Vec<ChunkId>> {

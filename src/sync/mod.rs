@@ -167,6 +167,12 @@ fn read_chunks(repo: &Repo, ids: &[ChunkId], corrupt: bool) -> Vec<Option<serde_
 
 type Served = (rr::ResponseChannel<Envelope<Response>>, Response);
 
+/// How a request is answered: at once, or after reading chunks off the loop.
+enum Answer {
+    Now(Response),
+    ReadChunks(Vec<ChunkId>),
+}
+
 /// Outcome of verifying and storing one chunk answer (see `Engine::on_chunks`).
 struct Stored {
     peer: PeerId,
@@ -400,10 +406,7 @@ impl Engine {
                     tracing::info!(peer = %peer_id, "peer online");
                     self.send_vector(peer_id);
                     // A new source: chunks nobody had may be there.
-                    for c in std::mem::take(&mut self.parked) {
-                        self.tried.remove(&c);
-                        self.queue.push_back(c);
-                    }
+                    self.unpark();
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -535,17 +538,21 @@ impl Engine {
         self.request(peer, Request::Vector { vector });
     }
 
+    /// Puts chunks no connected peer had back in the queue, untried.
+    fn unpark(&mut self) {
+        for c in std::mem::take(&mut self.parked) {
+            self.tried.remove(&c);
+            self.queue.push_back(c);
+        }
+    }
+
     fn anti_entropy_round(&mut self) {
         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         for p in peers {
             self.send_vector(p);
         }
         // Chunks nobody had last time: someone may have them now.
-        let parked = std::mem::take(&mut self.parked);
-        for c in parked {
-            self.tried.remove(&c);
-            self.queue.push_back(c);
-        }
+        self.unpark();
         self.resume_pending();
     }
 
@@ -630,21 +637,20 @@ impl Engine {
                 message: rr::Message::Request { request, channel, .. },
                 ..
             } => {
-                // Chunk reads (RocksDB + BLAKE3 over up to 64 chunks) run on the
-                // blocking pool so serving and receiving overlap; the answer comes
-                // back through `served`.
-                if let (PROTO_VERSION, Request::Chunks { ids }) = (request.version, &request.body) {
-                    if ids.len() <= wire::MAX_CHUNKS_PER_REQUEST {
-                        let (ids, repo, corrupt) = (ids.clone(), self.repo.clone(), self.corrupt_sends);
-                        let tx = self.served_tx.clone();
+                let resp = match self.answer(peer, request) {
+                    Answer::Now(resp) => resp,
+                    Answer::ReadChunks(ids) => {
+                        // Chunk reads (RocksDB + BLAKE3 over up to 64 chunks) run on
+                        // the blocking pool so serving and receiving overlap; the
+                        // answer comes back through `served`.
+                        let (repo, corrupt, tx) = (self.repo.clone(), self.corrupt_sends, self.served_tx.clone());
                         tokio::task::spawn_blocking(move || {
                             let chunks = read_chunks(&repo, &ids, corrupt);
                             let _ = tx.send((channel, Response::Chunks { chunks }));
                         });
                         return;
                     }
-                }
-                let resp = self.answer(peer, request);
+                };
                 let _ = self.swarm.behaviour_mut().rr.send_response(
                     channel,
                     Envelope {
@@ -718,21 +724,21 @@ impl Engine {
     }
 
     /// Answers a peer's request from the store.
-    fn answer(&mut self, peer: PeerId, req: Envelope<Request>) -> Response {
+    fn answer(&mut self, peer: PeerId, req: Envelope<Request>) -> Answer {
         if req.version != PROTO_VERSION {
             tracing::warn!(peer = %peer, version = req.version, "request of an incompatible protocol version; refused");
-            return Response::Error {
+            return Answer::Now(Response::Error {
                 message: format!(
                     "protocol version {} not supported (this node speaks {PROTO_VERSION})",
                     req.version
                 ),
-            };
+            });
         }
         if let Some(p) = self.table.lock().peers.get_mut(&peer) {
             p.last_seen = Some(SystemTime::now());
         }
         let repo = self.repo.clone();
-        match req.body {
+        Answer::Now(match req.body {
             Request::Vector { vector } => {
                 self.table.lock().peers.entry(peer).or_default().vector = vector.iter().copied().collect();
                 self.pull(peer, &vector);
@@ -754,18 +760,14 @@ impl Engine {
                     }
                 }
             }
-            Request::Chunks { ids } => {
-                if ids.len() > wire::MAX_CHUNKS_PER_REQUEST {
-                    tracing::warn!(peer = %peer, n = ids.len(), "peer asked for too many chunks at once; refused");
-                    return Response::Error {
-                        message: format!("at most {} chunks per request", wire::MAX_CHUNKS_PER_REQUEST),
-                    };
+            Request::Chunks { ids } if ids.len() > wire::MAX_CHUNKS_PER_REQUEST => {
+                tracing::warn!(peer = %peer, n = ids.len(), "peer asked for too many chunks at once; refused");
+                Response::Error {
+                    message: format!("at most {} chunks per request", wire::MAX_CHUNKS_PER_REQUEST),
                 }
-                let corrupt = self.corrupt_sends;
-                let chunks = blocking(|| read_chunks(&repo, &ids, corrupt));
-                Response::Chunks { chunks }
             }
-        }
+            Request::Chunks { ids } => return Answer::ReadChunks(ids),
+        })
     }
 
     /// Members we know of (except the asker), with their addresses.
