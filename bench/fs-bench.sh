@@ -285,17 +285,8 @@ for r in $(seq "$RUNS"); do
 done
 
 # ---------------------------------------------------------------- report
-machine_info() {
-    local cpu mem os virt disk
-    cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
-    mem=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
-    os=$(sed -n 's/^PRETTY_NAME="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release 2>/dev/null || true)
-    virt=$(systemd-detect-virt 2>/dev/null || true)
-    disk=$(df -PT "$BENCH_ROOT" | awk 'NR == 2 { print $2 " on " $1 }')
-    echo "- machine: $(nproc) CPUs (${cpu:-?}), $mem RAM${virt:+, virtualization: $virt}"
-    echo "- OS: ${os:-?}, kernel $(uname -r)"
-    echo "- disk: $disk (\`$BENCH_ROOT\`, $(findmnt -no OPTIONS -T "$BENCH_ROOT" 2>/dev/null | cut -c1-60))"
-}
+# shellcheck source=bench/machine-info.sh
+. "$HERE/machine-info.sh"
 
 if ! git -C "$REPO" rev-parse --git-dir >/dev/null 2>&1; then
     commit="unknown (not a git checkout)"
@@ -341,7 +332,7 @@ runs_line() {
 report() {
     echo "### fs-bench: Distribox vs. native disk ($(date -u +%Y-%m-%d))"
     echo
-    machine_info
+    machine_info "$BENCH_ROOT"
     echo "- distribox: commit $commit, $PROFILE build; fio $(fio --version 2>/dev/null | sed 's/^fio-//'), Python $(python3 -c 'import platform; print(platform.python_version())')"
     echo "- command (as root, repo root): \`$cmd\`"
     if [ "$DROP_CACHES" = 1 ]; then

@@ -654,17 +654,8 @@ if ((!SKIP_SYNCTHING)); then
 fi
 
 # --- report -------------------------------------------------------------------------------
-machine_info() {
-    local cpu mem os virt disk
-    cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
-    mem=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
-    os=$(sed -n 's/^PRETTY_NAME="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release 2>/dev/null || true)
-    virt=$(systemd-detect-virt 2>/dev/null || true)
-    disk=$(df -PT "$WORKDIR" | awk 'NR == 2 { print $2 " on " $1 }')
-    echo "- machine: $(nproc) CPUs (${cpu:-?}), $mem RAM${virt:+, virtualization: $virt}"
-    echo "- OS: ${os:-?}, kernel $(uname -r)"
-    echo "- disk: $disk (\`$WORKDIR\`)"
-}
+# shellcheck source=bench/machine-info.sh
+. "$HERE/machine-info.sh"
 
 if ! git -C "$REPO" rev-parse --git-dir >/dev/null 2>&1; then
     commit="unknown (not a git checkout)"
@@ -728,7 +719,7 @@ report() {
     [[ -n ${D_VAL[param_big_size]:-} ]] && big_label="${BIG_MB} MiB file"
     echo "### sync-bench: Distribox vs. Syncthing, A → B on one host ($(date -u +%Y-%m-%d))"
     echo
-    machine_info
+    machine_info "$WORKDIR"
     echo "- distribox: commit $commit, $PROFILE build"
     if ((SKIP_SYNCTHING)); then
         echo "- syncthing: skipped (SKIP_SYNCTHING=1)"
