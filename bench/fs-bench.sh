@@ -288,13 +288,7 @@ done
 # shellcheck source=bench/machine-info.sh
 . "$HERE/machine-info.sh"
 
-if ! git -C "$REPO" rev-parse --git-dir >/dev/null 2>&1; then
-    commit="unknown (not a git checkout)"
-elif ! commit=$(git -C "$REPO" rev-parse --short=12 HEAD 2>/dev/null); then
-    commit="none yet (uncommitted tree)"
-elif [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
-    commit="$commit (dirty)"
-fi
+commit=$(source_commit "$REPO")
 cmd="SIZE_MB=$SIZE_MB N_FILES=$N_FILES N_DIRS=$N_DIRS RUNS=$RUNS RAND_SECONDS=$RAND_SECONDS"
 [ -n "${DISTRIBOX_MOUNT_ARGS:-}" ] && cmd="$cmd DISTRIBOX_MOUNT_ARGS='$DISTRIBOX_MOUNT_ARGS'"
 [ "$DROP_CACHES" = 1 ] || cmd="$cmd DROP_CACHES=0"

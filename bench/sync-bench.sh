@@ -657,13 +657,7 @@ fi
 # shellcheck source=bench/machine-info.sh
 . "$HERE/machine-info.sh"
 
-if ! git -C "$REPO" rev-parse --git-dir >/dev/null 2>&1; then
-    commit="unknown (not a git checkout)"
-elif ! commit=$(git -C "$REPO" rev-parse --short=12 HEAD 2>/dev/null); then
-    commit="none yet (uncommitted tree)"
-elif [[ -n $(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null) ]]; then
-    commit="$commit (dirty)"
-fi
+commit=$(source_commit "$REPO")
 cmd="N_SMALL=$N_SMALL BIG_MB=$BIG_MB SMALL_REPS=$SMALL_REPS WATCH_DELAY=$WATCH_DELAY"
 ((SKIP_SYNCTHING)) && cmd="$cmd SKIP_SYNCTHING=1"
 [[ -n ${DISTRIBOX_MOUNT_ARGS:-} ]] && cmd="$cmd DISTRIBOX_MOUNT_ARGS='$DISTRIBOX_MOUNT_ARGS'"
