@@ -94,6 +94,30 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Draw the version graph of PATH (like `git log --graph`): each version's name
+    /// (vN), time, author and size; `shown` marks the content under the plain name,
+    /// `conflict` the ones listed as PATH@vN.
+    Versions {
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Settle a conflict: make one version the content of PATH on every node and
+    /// retire the others (they stay in history). `distribox resolve report.txt
+    /// --keep v3`, or just `distribox resolve report.txt@v3`. To drop one
+    /// conflicting version and keep the shown one, delete it: `rm report.txt@v3`.
+    Resolve {
+        path: PathBuf,
+        /// The version to keep (v3, or v3-<author> where the listing says so).
+        #[arg(long, value_name = "vN")]
+        keep: Option<String>,
+    },
+    /// Record a new version of a file with the content of an old one:
+    /// `distribox restore notes.txt@v2`. History stays; conflicts stay.
+    Restore {
+        /// The old version, as PATH@vN.
+        path: PathBuf,
+    },
 }
 
 /// How a node reaches the group.
@@ -310,6 +334,32 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Versions { path, json } => {
+            let rel = folder_relative(&data_dir, &path)?;
+            let versions = match call(&data_dir, &ControlRequest::Versions { path: rel })? {
+                ControlResponse::Versions { versions } => versions,
+                ControlResponse::Error { message } => bail!("{message}"),
+                other => bail!("unexpected answer from node: {other:?}"),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&versions)?);
+            } else {
+                print_versions(&versions);
+            }
+            Ok(())
+        }
+        Cmd::Resolve { path, keep } => {
+            let rel = folder_relative(&data_dir, &path)?;
+            let req = ControlRequest::Resolve {
+                path: rel,
+                keep: keep.unwrap_or_default(),
+            };
+            print_done(call(&data_dir, &req)?)
+        }
+        Cmd::Restore { path } => {
+            let rel = folder_relative(&data_dir, &path)?;
+            print_done(call(&data_dir, &ControlRequest::Restore { path: rel })?)
+        }
         Cmd::Log { path, limit, json } => {
             let rel = match &path {
                 Some(p) => Some(folder_relative(&data_dir, p)?),
@@ -345,6 +395,51 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+fn print_done(r: ControlResponse) -> Result<()> {
+    match r {
+        ControlResponse::Done { message } => {
+            println!("{message}");
+            Ok(())
+        }
+        ControlResponse::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer from node: {other:?}"),
+    }
+}
+
+fn print_versions(lines: &[crate::daemon::control::VersionNode]) {
+    let nodes: Vec<crate::graph::GraphNode> = lines
+        .iter()
+        .map(|l| crate::graph::GraphNode {
+            id: &l.version,
+            parents: &l.parents,
+        })
+        .collect();
+    let rows = crate::graph::lanes(&nodes);
+    let width = rows.iter().map(|(_, r)| r.len()).max().unwrap_or(2);
+    for ((before, row), l) in rows.into_iter().zip(lines) {
+        for b in before {
+            println!("{b}");
+        }
+        let mut marks = Vec::new();
+        if l.shown {
+            marks.push("shown");
+        } else if l.conflict {
+            marks.push("conflict");
+        } else if l.head {
+            marks.push("head");
+        }
+        let marks = if marks.is_empty() {
+            String::new()
+        } else {
+            format!("  ({})", marks.join(", "))
+        };
+        println!(
+            "{row:<width$}{:<13} {:<21} {:<9} {:>10}  {}{marks}",
+            l.name, l.time, l.author, l.size, l.kind
+        );
     }
 }
 

@@ -18,6 +18,7 @@ pub mod chunking;
 pub mod cli;
 pub mod daemon;
 pub mod fs;
+pub mod graph;
 pub mod model;
 pub mod net;
 pub mod repo;

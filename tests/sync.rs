@@ -7,42 +7,6 @@ mod common;
 use common::*;
 use std::fs;
 
-/// Time allowed for a change to reach another node before the test fails.
-const PROPAGATE_SECS: u64 = 60;
-
-fn read(n: &Node, rel: &str) -> Option<Vec<u8>> {
-    fs::read(n.path(rel)).ok()
-}
-
-fn wait_content(n: &Node, rel: &str, want: &[u8]) {
-    wait_until(
-        &format!("{rel} on {} to hold the new content", n.mnt.display()),
-        PROPAGATE_SECS,
-        || read(n, rel).as_deref() == Some(want),
-    );
-}
-
-fn wait_gone(n: &Node, rel: &str) {
-    wait_until(
-        &format!("{rel} to disappear on {}", n.mnt.display()),
-        PROPAGATE_SECS,
-        || !n.path(rel).exists(),
-    );
-}
-
-fn wait_same_tree(nodes: &[&Node]) {
-    let mut last = Vec::new();
-    let ok = (0..(PROPAGATE_SECS * 20)).any(|_| {
-        last = nodes.iter().map(|n| tree(&n.mnt)).collect::<Vec<_>>();
-        if last.windows(2).all(|w| w[0] == w[1]) {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        false
-    });
-    assert!(ok, "trees did not converge:\n{last:#?}");
-}
-
 /// Three members, each change made on one shows up on the others.
 #[test]
 fn three_nodes_see_each_others_changes() {

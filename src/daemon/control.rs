@@ -19,6 +19,13 @@ pub enum ControlRequest {
     },
     /// Members: online state, addresses, RTT, how far in sync.
     Peers,
+    /// Every version of a path (relative to the folder root) with its parents.
+    Versions { path: String },
+    /// Make version `keep` (`v3`, `v3-1a2b3c4d`) the content of `path` and retire
+    /// every other head.
+    Resolve { path: String, keep: String },
+    /// Record a new version of a file with the content of `path` (`name@vN`).
+    Restore { path: String },
     /// Commit everything, unmount and exit.
     Shutdown,
 }
@@ -29,6 +36,9 @@ pub enum ControlResponse {
     Status(StatusInfo),
     Log { lines: Vec<LogLine> },
     Peers { peers: Vec<crate::sync::peers::PeerInfo> },
+    Versions { versions: Vec<VersionNode> },
+    /// A version was made; `message` says what happened.
+    Done { message: String },
     Ok,
     Error { message: String },
 }
@@ -69,6 +79,26 @@ pub struct LogLine {
     pub kind: String,
     pub path: String,
     pub head: bool,
+}
+
+/// One version in an entry's graph (see `distribox versions`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionNode {
+    /// Its name after `@`: `v3`, or `v3-<author>` where a generation is shared.
+    pub name: String,
+    pub n: u64,
+    pub version: String,
+    pub parents: Vec<String>,
+    pub time: String,
+    pub author: String,
+    pub size: u64,
+    pub kind: String,
+    /// No other version names it as a parent.
+    pub head: bool,
+    /// Its content is what the plain name shows.
+    pub shown: bool,
+    /// A conflicting content listed as `name@vN`.
+    pub conflict: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -13,10 +13,11 @@ mod mountpoint;
 pub use mountpoint::{check_mountpoint, is_mounted, mount_device, MountpointError};
 
 use crate::fs::{DistriboxFs, FsOptions};
+use crate::model::{names, EntryId, VersionId};
 use crate::repo::{Repo, RepoError};
 use crate::store::{DataDir, DataDirError};
 use crate::sync::NetConfig;
-use control::{ControlRequest, ControlResponse, LogLine, StatusInfo};
+use control::{ControlRequest, ControlResponse, LogLine, StatusInfo, VersionNode};
 use fuser::{Config, MountOption, SessionACL};
 use parking_lot::Mutex;
 use std::io::{BufRead, BufReader, Write};
@@ -376,11 +377,109 @@ fn answer_control(ctl: &Mutex<NodeCtl>, req: ControlRequest) -> ControlResponse 
                 message: "this node runs without a network (--no-net)".into(),
             },
         },
+        ControlRequest::Versions { path } => match versions_of(repo, &path) {
+            Ok(versions) => ControlResponse::Versions { versions },
+            Err(message) => ControlResponse::Error { message },
+        },
+        ControlRequest::Resolve { path, keep } => done(resolve_conflict(repo, &path, &keep)),
+        ControlRequest::Restore { path } => done(restore_version(repo, &path)),
         ControlRequest::Shutdown => match (c.stop)() {
             Ok(()) => ControlResponse::Ok,
             Err(message) => ControlResponse::Error { message },
         },
     }
+}
+
+fn done(r: Result<String, String>) -> ControlResponse {
+    match r {
+        Ok(message) => ControlResponse::Done { message },
+        Err(message) => ControlResponse::Error { message },
+    }
+}
+
+fn kind_of(c: &crate::model::Content) -> &'static str {
+    match c {
+        crate::model::Content::File { .. } => "file",
+        crate::model::Content::Dir => "dir",
+        crate::model::Content::Symlink { .. } => "symlink",
+        crate::model::Content::Special { .. } => "special",
+        crate::model::Content::Tombstone => "deleted",
+    }
+}
+
+/// Splits `dir/report.txt@v3` into the entry of `dir/report.txt` and the version
+/// `v3` names (a real file called `report.txt@v3` wins).
+fn resolve_versioned_path(repo: &Repo, rel: &str) -> Result<(EntryId, Option<VersionId>), String> {
+    if let Ok(e) = resolve_path(repo, rel) {
+        return Ok((e, None));
+    }
+    let (dir, last) = match rel.rsplit_once('/') {
+        Some((d, l)) => (d, l),
+        None => ("", rel),
+    };
+    let (base, name) = names::parse_version_name(last.as_bytes()).ok_or_else(|| format!("{rel}: no such file in the folder"))?;
+    let base = std::str::from_utf8(base).map_err(|_| format!("{rel}: not a valid name"))?;
+    let entry = resolve_path(repo, &Path::new(dir).join(base).to_string_lossy())?;
+    let v = repo
+        .version_by_name(entry, &name)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{rel}: no such version (several versions may share v{}; see `distribox versions`)", name.generation))?;
+    Ok((entry, Some(v.id)))
+}
+
+/// Every version of a path, newest generation first.
+pub fn versions_of(repo: &Repo, rel: &str) -> Result<Vec<VersionNode>, String> {
+    let (entry, _) = resolve_versioned_path(repo, rel)?;
+    let state = repo.get(entry).map_err(|e| e.to_string())?;
+    let all = repo.version_names(entry).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for (g, _, v) in &all {
+        let r = repo.record(*v).map_err(|e| e.to_string())?;
+        out.push(VersionNode {
+            name: names::shortest_name(&all, *v).map(|n| n.suffix()).unwrap_or_else(|| format!("v{g}")),
+            n: *g,
+            version: v.to_hex(),
+            parents: r.record.parents.iter().map(|p| p.to_hex()).collect(),
+            time: format_time(r.record.hlc),
+            author: r.record.author.to_string(),
+            size: r.record.content.size(),
+            kind: kind_of(&r.record.content).into(),
+            head: state.heads.iter().any(|(h, _)| h == v),
+            shown: state.record().content_from == Some(*v) || state.head.id == *v,
+            conflict: state.conflicts.iter().any(|c| c.version == *v),
+        });
+    }
+    out.sort_by(|a, b| b.n.cmp(&a.n).then(b.time.cmp(&a.time)).then(b.version.cmp(&a.version)));
+    Ok(out)
+}
+
+fn resolve_conflict(repo: &Repo, rel: &str, keep: &str) -> Result<String, String> {
+    let (entry, in_path) = resolve_versioned_path(repo, rel)?;
+    let keep_v = if keep.is_empty() {
+        in_path.ok_or_else(|| format!("{rel}: say which version to keep (--keep vN)"))?
+    } else {
+        let base = rel.rsplit('/').next().unwrap_or(rel);
+        let (_, name) = names::parse_version_name(format!("{base}@{keep}").as_bytes())
+            .ok_or_else(|| format!("{keep}: not a version name (like v3 or v3-1a2b3c4d)"))?;
+        repo.version_by_name(entry, &name)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("{rel}: no version {keep} (see `distribox versions`)"))?
+            .id
+    };
+    let before = repo.get(entry).map_err(|e| e.to_string())?;
+    let st = repo.resolve_keep(entry, keep_v).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "{rel}: now shows {keep_v} as v{}; {} other head(s) retired",
+        st.generation,
+        before.heads.len().saturating_sub(1)
+    ))
+}
+
+fn restore_version(repo: &Repo, rel: &str) -> Result<String, String> {
+    let (entry, v) = resolve_versioned_path(repo, rel)?;
+    let v = v.ok_or_else(|| format!("{rel}: name a version to restore, like {rel}@v2"))?;
+    let st = repo.restore(entry, v).map_err(|e| e.to_string())?;
+    Ok(format!("restored the content of {rel} as v{}", st.generation))
 }
 
 /// Finds the entry at a folder-relative path.
@@ -428,13 +527,7 @@ pub fn log_lines(repo: &Repo, path: Option<&str>, limit: usize) -> Result<Vec<Lo
         .into_iter()
         .map(|v| {
             let r = &v.record.record;
-            let kind = match &r.content {
-                crate::model::Content::File { .. } => "file",
-                crate::model::Content::Dir => "dir",
-                crate::model::Content::Symlink { .. } => "symlink",
-                crate::model::Content::Special { .. } => "special",
-                crate::model::Content::Tombstone => "deleted",
-            };
+            let kind = kind_of(&r.content);
             LogLine {
                 n: v.generation,
                 version: v.record.id.to_string(),

@@ -18,7 +18,7 @@ use crate::chunking::ChunkList;
 use crate::model::{
     names, Attrs, Content, EntryId, Link, SignedRecord, SpecialKind, Timestamp, VersionId, VersionRecord,
 };
-use crate::repo::{DirtyFile, Draft, EntryState, Repo, RepoError};
+use crate::repo::{Base, DirtyFile, Draft, EntryState, Repo, RepoError};
 use crate::store::StoreError;
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
@@ -70,7 +70,7 @@ struct SetAttr {
 /// Maps a domain error to the errno the caller sees (the one place this happens).
 fn errno(e: RepoError) -> Errno {
     match e {
-        RepoError::NotFound { .. } | RepoError::Ambiguous { .. } => Errno::ENOENT,
+        RepoError::NotFound { .. } | RepoError::NotConflict { .. } => Errno::ENOENT,
         RepoError::Exists { .. } => Errno::EEXIST,
         RepoError::NotEmpty => Errno::ENOTEMPTY,
         RepoError::NotDir => Errno::ENOTDIR,
@@ -473,20 +473,40 @@ impl DistriboxFs {
     fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> FsResult<FileAttr> {
         let (dir, _) = self.dir(parent)?;
         let name = name_bytes(name)?;
-        if let Some(child) = e(self.repo().lookup(dir, &name))? {
-            let s = self.live(child)?;
-            let ino = self.inner.inodes.lock().entry_ino(child);
-            return self.entry_attr(ino, &s);
+        match self.child_target(dir, &name)?.ok_or(Errno::ENOENT)? {
+            Target::Entry(child) => {
+                let s = self.live(child)?;
+                let ino = self.inner.inodes.lock().entry_ino(child);
+                self.entry_attr(ino, &s)
+            }
+            Target::Version(child, v) => {
+                let rec = e(self.repo().record(v))?;
+                let ino = self.inner.inodes.lock().version_ino(child, v);
+                Ok(self.version_attr(ino, &rec))
+            }
         }
-        // Not a real name: maybe `name@vN`, a historical version (read-only).
-        let (base, n) = names::parse_history_name(&name).ok_or(Errno::ENOENT)?;
-        let child = e(self.repo().lookup(dir, base))?.ok_or(Errno::ENOENT)?;
-        let rec = e(self.repo().version_by_generation(child, n))?.ok_or(Errno::ENOENT)?;
+    }
+
+    /// What `name` in `dir` shows: a real entry, or — only if no entry has that
+    /// name — a version of one as `name@vN` (history, or a conflict listed by
+    /// readdir; read-only either way).
+    fn child_target(&self, dir: EntryId, name: &[u8]) -> FsResult<Option<Target>> {
+        if let Some(child) = e(self.repo().lookup(dir, name))? {
+            return Ok(Some(Target::Entry(child)));
+        }
+        let Some((base, n)) = names::parse_version_name(name) else {
+            return Ok(None);
+        };
+        let Some(child) = e(self.repo().lookup(dir, base))? else {
+            return Ok(None);
+        };
+        let Some(rec) = e(self.repo().version_by_name(child, &n))? else {
+            return Ok(None);
+        };
         if !matches!(rec.record.content, Content::File { .. } | Content::Symlink { .. }) {
-            return Err(Errno::ENOENT);
+            return Ok(None);
         }
-        let ino = self.inner.inodes.lock().version_ino(child, rec.id);
-        Ok(self.version_attr(ino, &rec))
+        Ok(Some(Target::Version(child, rec.id)))
     }
 
     fn new_attrs(req: &Request, mode: u32, umask: u32) -> Attrs {
@@ -583,7 +603,7 @@ impl DistriboxFs {
                 return Ok(state); // deleted meanwhile: stays deleted
             }
             let mut draft = state.draft();
-            let mut base = None;
+            let mut base = Base::Shown;
             if let Some((c, mtime)) = &content {
                 let fork = guard.as_ref().and_then(|g| g.fork_from);
                 if let Some(b) = fork.filter(|b| *b != state.head.id) {
@@ -594,7 +614,7 @@ impl DistriboxFs {
                         draft.location = r.record.location.clone();
                         draft.attrs = r.record.attrs;
                     }
-                    base = Some(b);
+                    base = Base::Version(b);
                 }
                 draft.content = c.clone();
                 draft.attrs.mtime = *mtime;
@@ -811,7 +831,20 @@ impl DistriboxFs {
     fn remove(&self, parent: INodeNo, name: &OsStr, want_dir: bool) -> FsResult<()> {
         let (dir, _) = self.dir(parent)?;
         let name = name_bytes(name)?;
-        let child = e(self.repo().lookup(dir, &name))?.ok_or(Errno::ENOENT)?;
+        let child = match self.child_target(dir, &name)?.ok_or(Errno::ENOENT)? {
+            Target::Entry(child) => child,
+            Target::Version(child, v) => {
+                // Removing a listed conflict dismisses that version everywhere; other
+                // history is read-only.
+                let _commit = self.inner.commit.lock();
+                let s = self.live(child)?;
+                if want_dir || !s.conflicts.iter().any(|c| c.version == v) {
+                    return Err(Errno::EROFS);
+                }
+                e(self.repo().dismiss(child, v))?;
+                return Ok(());
+            }
+        };
         let s = self.live(child)?;
         let is_dir = s.record().content.is_dir();
         match (want_dir, is_dir) {
@@ -974,7 +1007,15 @@ impl DistriboxFs {
         for (name, child) in e(self.repo().children(dir))? {
             let cs = e(self.repo().get(child))?;
             let cino = self.inner.inodes.lock().entry_ino(child);
-            listing.push((name, cino, file_type(&cs.record().content)));
+            listing.push((name.clone(), cino, file_type(&cs.record().content)));
+            for (suffix, v) in e(self.repo().conflict_names(&cs))? {
+                let kind = file_type(&e(self.repo().record(v))?.record.content);
+                let vino = self.inner.inodes.lock().version_ino(child, v);
+                let mut alt = name.clone();
+                alt.push(b'@');
+                alt.extend_from_slice(suffix.as_bytes());
+                listing.push((alt, vino, kind));
+            }
         }
         let fh = self.inner.next_fh.fetch_add(1, Ordering::Relaxed);
         self.inner.handles.lock().insert(
@@ -1314,8 +1355,9 @@ impl Filesystem for DistriboxFs {
             let cino = if name == b"." || name == b".." {
                 cino
             } else {
-                match self.repo().lookup(dir, &name) {
-                    Ok(Some(child)) => self.inner.inodes.lock().entry_ino(child),
+                match self.child_target(dir, &name) {
+                    Ok(Some(Target::Entry(child))) => self.inner.inodes.lock().entry_ino(child),
+                    Ok(Some(Target::Version(child, v))) => self.inner.inodes.lock().version_ino(child, v),
                     _ => continue, // removed since opendir
                 }
             };

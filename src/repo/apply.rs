@@ -3,11 +3,12 @@
 //!
 //! Local commits and records received from peers both go through `Apply`, so the
 //! visible tree is the same function of the record set however the records arrived:
-//! an entry's heads are its versions no other version names as parent, the head
-//! shown is picked by `winner`, and the `children` index holds exactly the links of
-//! each entry's shown head while that head is alive.
+//! an entry's heads are its versions no other version names as parent, what it
+//! shows is their merge (`merge::resolve`), and the `children` index holds exactly
+//! the shown links of each entry while it is alive.
 
-use super::{EntryState, Repo, RepoError, Result};
+use super::merge::{self, Versions};
+use super::{EntryState, Repo, RepoError, Result, StoredVersions};
 use crate::model::Timestamp;
 use crate::model::{EntryId, Link, SignedRecord, VersionId};
 use crate::store::{Batch, DirTime, EntryHeads};
@@ -31,12 +32,25 @@ pub struct ChangeBatch {
     pub changes: Vec<Change>,
 }
 
-/// The head shown under an entry's plain name: a live head beats a tombstone (a
-/// delete loses to a concurrent edit), then the latest by (HLC, author).
-pub fn winner<'a>(heads: impl IntoIterator<Item = &'a SignedRecord>) -> Option<&'a SignedRecord> {
-    heads
-        .into_iter()
-        .max_by_key(|r| (!r.record.content.is_tombstone(), r.record.hlc, r.record.author))
+/// An entry's versions: this batch's, then the store's.
+struct BatchVersions<'a, 'b> {
+    apply: &'a Apply<'b>,
+    stored: StoredVersions<'b>,
+}
+
+impl Versions for BatchVersions<'_, '_> {
+    fn record(&self, v: VersionId) -> Result<Option<SignedRecord>> {
+        match self.apply.records.get(&v) {
+            Some(r) => Ok(Some(r.clone())),
+            None => self.stored.record(v),
+        }
+    }
+    fn generation(&self, v: VersionId) -> Result<Option<u64>> {
+        match self.apply.gens.get(&v) {
+            Some(g) => Ok(Some(*g)),
+            None => self.stored.generation(v),
+        }
+    }
 }
 
 /// (link, entry) pairs leaving and entering the `children` index.
@@ -47,8 +61,9 @@ pub(super) struct Apply<'a> {
     pub batch: Batch<'a>,
     /// New states in the order they were made (an entry may appear twice).
     pub states: Vec<Arc<EntryState>>,
-    /// Records added by this batch, not in the store yet.
+    /// Records added by this batch, not in the store yet, with their generations.
     records: HashMap<VersionId, SignedRecord>,
+    gens: HashMap<VersionId, u64>,
     /// Each touched entry's visible links before this batch: the `children` index
     /// is updated from these to the entry's final links, so an entry changed
     /// several times in one batch (a rename and back) nets out correctly.
@@ -70,6 +85,7 @@ impl<'a> Apply<'a> {
             batch: repo.store.batch(),
             states: Vec::new(),
             records: HashMap::new(),
+            gens: HashMap::new(),
             before: Vec::new(),
             dir_events: Vec::new(),
         }
@@ -108,18 +124,15 @@ impl<'a> Apply<'a> {
         let own_times = signed.record.content.is_dir() && signed.record.attrs_from.is_none();
         let mtime = signed.record.attrs.mtime;
         self.records.insert(signed.id, signed);
-        let mut recs = Vec::with_capacity(heads.len());
-        for (v, _) in &heads {
-            recs.push(self.record(*v)?);
-        }
-        let head = winner(&recs).expect("heads is not empty").clone();
-        let generation = heads.iter().find(|(v, _)| *v == head.id).map(|(_, g)| *g).unwrap_or(1);
-        let state = Arc::new(EntryState {
-            id: entry,
-            head,
-            heads: heads.clone(),
-            generation,
-        });
+        self.gens.insert(new_id, new_gen);
+        let state = Arc::new(merge::resolve(
+            entry,
+            heads.clone(),
+            &BatchVersions {
+                apply: self,
+                stored: StoredVersions::new(self.repo, entry),
+            },
+        )?);
         let (old, new) = (visible_links(prev.as_deref()), visible_links(Some(&state)));
         if !self.before.iter().any(|(e, _, _)| *e == entry) {
             self.before.push((entry, old.clone(), prev.as_ref().map(|p| p.head.id)));

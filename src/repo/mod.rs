@@ -14,10 +14,12 @@
 
 mod apply;
 mod cache;
+mod merge;
 mod remote;
 mod writeback;
 
-pub use apply::{winner, Change, ChangeBatch};
+pub use apply::{Change, ChangeBatch};
+pub use merge::Conflict;
 pub use remote::{Received, Rejected};
 pub use writeback::{DirtyFile, PrechunkPlan};
 
@@ -47,8 +49,10 @@ pub enum RepoError {
     IsDir,
     #[error("moving a directory into itself")]
     Cycle,
-    #[error("version v{generation} is ambiguous (several versions share it)")]
-    Ambiguous { generation: u64 },
+    #[error("version {version} is not a head of the entry (it changed meanwhile)")]
+    NotHead { version: VersionId },
+    #[error("{name}: no such conflicting version (see `distribox versions`)")]
+    NotConflict { name: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -79,24 +83,51 @@ pub struct Draft {
     pub content: Content,
 }
 
-/// Resolved state of one entry: its winning head and all heads.
+/// What a new version supersedes (its parents).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Base {
+    /// What the plain name shows: every head except those of conflicting content,
+    /// so writing to a file never resolves a conflict silently.
+    Shown,
+    /// The version the draft was made from: a file written while a peer's version
+    /// of it arrived forks from what the writer saw, so both versions stay heads
+    /// instead of the later one silently replacing the other.
+    Version(VersionId),
+    /// An explicit merge of these heads (dismissing or resolving a conflict), whose
+    /// content is that of `content_from` (None: the draft's content is new).
+    Merge {
+        parents: Vec<VersionId>,
+        content_from: Option<VersionId>,
+    },
+}
+
+/// Resolved state of one entry (see `merge`): what it shows and what it is made of.
 #[derive(Clone, Debug)]
 pub struct EntryState {
     pub id: EntryId,
-    /// The head shown under the plain name.
+    /// The head whose content is shown under the plain name.
     pub head: SignedRecord,
     /// All heads with their generations.
     pub heads: Vec<(VersionId, u64)>,
     /// Generation of `head` (its `@vN`).
     pub generation: u64,
+    /// The merged fields as shown (location, attrs, content), with the version that
+    /// set each in the `*_from` stamps (always `Some`).
+    view: VersionRecord,
+    /// Losing content changes, shown as `name@vN` (empty unless a real conflict).
+    pub conflicts: Vec<Conflict>,
+    /// The heads a write to the plain name supersedes: all but the conflicts'.
+    pub absorbs: Vec<VersionId>,
 }
 
 impl EntryState {
+    /// The entry as shown: for several heads, a merged record that no version holds
+    /// as such (its `parents`, `seq` and `author` are the shown head's or empty).
     pub fn record(&self) -> &VersionRecord {
-        &self.head.record
+        &self.view
     }
     pub fn draft(&self) -> Draft {
-        let r = &self.head.record;
+        let r = &self.view;
         Draft {
             location: r.location.clone(),
             attrs: r.attrs,
@@ -105,6 +136,41 @@ impl EntryState {
     }
     pub fn is_alive(&self) -> bool {
         !self.head.record.content.is_tombstone()
+    }
+}
+
+/// An entry's versions as the store holds them (for `merge`).
+struct StoredVersions<'a> {
+    repo: &'a Repo,
+    entry: EntryId,
+    gens: std::sync::OnceLock<HashMap<VersionId, u64>>,
+}
+
+impl<'a> StoredVersions<'a> {
+    fn new(repo: &'a Repo, entry: EntryId) -> Self {
+        StoredVersions {
+            repo,
+            entry,
+            gens: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+impl merge::Versions for StoredVersions<'_> {
+    fn record(&self, v: VersionId) -> Result<Option<SignedRecord>> {
+        match self.repo.store.get_record(v)? {
+            None => Ok(None),
+            Some(b) => Ok(Some(
+                SignedRecord::decode(&b, false).map_err(|source| RepoError::Record { version: v, source })?,
+            )),
+        }
+    }
+    fn generation(&self, v: VersionId) -> Result<Option<u64>> {
+        if self.gens.get().is_none() {
+            let all = self.repo.store.entry_versions(self.entry)?;
+            let _ = self.gens.set(all.into_iter().map(|(g, v)| (v, g)).collect());
+        }
+        Ok(self.gens.get().and_then(|m| m.get(&v).copied()))
     }
 }
 
@@ -300,27 +366,9 @@ impl Repo {
         Ok(self.entries.lock().entry(entry).or_insert(state).clone())
     }
 
-    /// Picks the head shown under the plain name (see `apply::winner`).
-    /// (Field-by-field merging of several heads is the conflicts work.)
+    /// Resolves an entry's heads from the store (see `merge`).
     fn resolve(&self, entry: EntryId, heads: EntryHeads) -> Result<EntryState> {
-        let recs = heads
-            .heads
-            .iter()
-            .map(|(v, _)| self.record(*v))
-            .collect::<Result<Vec<_>>>()?;
-        let head = winner(&recs).ok_or(RepoError::NotFound { entry })?.clone();
-        let generation = heads
-            .heads
-            .iter()
-            .find(|(v, _)| *v == head.id)
-            .map(|(_, g)| *g)
-            .unwrap_or(1);
-        Ok(EntryState {
-            id: entry,
-            head,
-            heads: heads.heads,
-            generation,
-        })
+        merge::resolve(entry, heads.heads, &StoredVersions::new(self, entry))
     }
 
     /// The entry shown as `name` in `parent`. When several entries hold the name
@@ -401,24 +449,22 @@ impl Repo {
 
     /// Commits new versions of several entries in one atomic batch (a rename over an
     /// existing file touches two). Entries not yet in the store are created. A draft
-    /// equal to the current state is skipped. Each new version's parent is the head
-    /// shown now. Returns the new states in order.
+    /// equal to the current state is skipped. Each new version supersedes what the
+    /// plain name shows now (`Base::Shown`). Returns the new states in order.
     pub fn commit(&self, changes: Vec<(EntryId, Draft)>) -> Result<Vec<Arc<EntryState>>> {
         Ok(self
-            .commit_based(changes.into_iter().map(|(e, d)| (e, d, None)).collect())?
+            .commit_based(changes.into_iter().map(|(e, d)| (e, d, Base::Shown)).collect())?
             .into_iter()
             .map(|(s, _)| s)
             .collect())
     }
 
-    /// As `commit`, but a change may name the version its draft was made from
-    /// (`base`): a file edited while a peer's version of it arrived then forks from
-    /// what the writer saw, so both versions stay heads instead of the later one
-    /// silently replacing the other. Returns each entry's new state and the id of
-    /// the version made (None when the draft changed nothing).
+    /// As `commit`, with what each new version supersedes spelled out (see `Base`).
+    /// Returns each entry's new state and the id of the version made (None when the
+    /// draft changed nothing).
     pub fn commit_based(
         &self,
-        changes: Vec<(EntryId, Draft, Option<VersionId>)>,
+        changes: Vec<(EntryId, Draft, Base)>,
     ) -> Result<Vec<(Arc<EntryState>, Option<VersionId>)>> {
         let mut cs = self.commit_state.lock();
         let mut tx = Apply::new(self);
@@ -428,46 +474,66 @@ impl Repo {
         let mut made: Vec<Option<VersionId>> = Vec::new();
         for (entry, draft, base) in changes {
             let prev = tx.current(entry)?;
-            let base = match (base, &prev) {
-                (Some(b), Some(p)) if b != p.head.id => {
-                    let gen = self.generation_of(entry, b)?;
-                    Some((tx.record(b)?, gen))
+            // What the new version supersedes, its generation, the record its
+            // fields are compared with for the `*_from` stamps, and those stamps.
+            let (parents, generation, reference, mut from) = match (base, &prev) {
+                (_, None) => (Vec::new(), 1, None, [None; 3]),
+                (Base::Version(b), Some(p)) if b != p.head.id => {
+                    let r = tx.record(b)?;
+                    let g = self.generation_of(entry, b)?;
+                    let from = [r.content_from(), r.location_from(), r.attrs_from()].map(Some);
+                    (vec![b], g + 1, Some(r.record), from)
                 }
-                (_, Some(p)) => Some((p.head.clone(), p.generation)),
-                (_, None) => None,
+                (Base::Merge { parents, content_from }, Some(p)) => {
+                    let mut gens = Vec::new();
+                    for v in &parents {
+                        let (_, g) = p.heads.iter().find(|(h, _)| h == v).ok_or(RepoError::NotHead { version: *v })?;
+                        gens.push(*g);
+                    }
+                    let v = p.record();
+                    let from = [content_from, v.location_from, v.attrs_from];
+                    // The content stamp is the caller's; only the others compare.
+                    let mut reference = v.clone();
+                    reference.content = draft.content.clone();
+                    (parents, names::generation(gens), Some(reference), from)
+                }
+                (_, Some(p)) => {
+                    if p.absorbs.len() == 1 && p.draft() == draft {
+                        tx.states.push(p.clone());
+                        made.push(None);
+                        continue;
+                    }
+                    let gens = p.heads.iter().filter(|(v, _)| p.absorbs.contains(v)).map(|(_, g)| *g);
+                    let v = p.record();
+                    let from = [v.content_from, v.location_from, v.attrs_from];
+                    (p.absorbs.clone(), names::generation(gens), Some(v.clone()), from)
+                }
             };
-            if let (Some(p), Some((b, _))) = (&prev, &base) {
-                if p.heads.len() == 1 && p.head.id == b.id && p.draft() == draft {
-                    tx.states.push(p.clone());
-                    made.push(None);
-                    continue;
+            if let Some(r) = &reference {
+                for (changed, slot) in [
+                    r.content != draft.content,
+                    r.location != draft.location,
+                    r.attrs != draft.attrs,
+                ]
+                .into_iter()
+                .zip(from.iter_mut())
+                {
+                    if changed {
+                        *slot = None;
+                    }
                 }
             }
             hlc = Hlc::tick(hlc, crate::model::hlc::now_ns());
-            let stamp = |changed: bool, from: Option<VersionId>| if changed { None } else { from };
-            let (content_from, location_from, attrs_from) = match &base {
-                None => (None, None, None),
-                Some((b, _)) => {
-                    let r = &b.record;
-                    (
-                        stamp(r.content != draft.content, Some(b.content_from())),
-                        stamp(r.location != draft.location, Some(b.location_from())),
-                        stamp(r.attrs != draft.attrs, Some(b.attrs_from())),
-                    )
-                }
-            };
-            let old_links = base
-                .as_ref()
-                .map(|(b, _)| b.record.location.clone())
-                .unwrap_or_default();
+            let old_links = reference.map(|r| r.location).unwrap_or_default();
             for l in &draft.location {
                 if !old_links.contains(l) {
                     created.push((l.clone(), entry));
                 }
             }
+            let [content_from, location_from, attrs_from] = from;
             let record = VersionRecord {
                 entry,
-                parents: base.as_ref().map(|(b, _)| vec![b.id]).unwrap_or_default(),
+                parents,
                 author: self.node,
                 seq,
                 hlc,
@@ -479,7 +545,6 @@ impl Repo {
                 attrs_from,
             };
             let signed = SignedRecord::unsigned(record);
-            let generation = names::generation(base.map(|(_, g)| g));
             tx.batch.put_record(signed.id, self.node, seq, &signed.bytes);
             made.push(Some(signed.id));
             tx.add_version(signed, generation)?;
@@ -656,20 +721,98 @@ impl Repo {
         })
     }
 
-    /// Version `generation` of an entry. Errors if several versions share it.
-    pub fn version_by_generation(&self, entry: EntryId, generation: u64) -> Result<Option<SignedRecord>> {
-        let matches: Vec<VersionId> = self
-            .store
-            .entry_versions(entry)?
-            .into_iter()
-            .filter(|(g, _)| *g == generation)
-            .map(|(_, v)| v)
-            .collect();
-        match matches.as_slice() {
-            [] => Ok(None),
-            [one] => Ok(Some(self.record(*one)?)),
-            _ => Err(RepoError::Ambiguous { generation }),
+    /// (generation, author, id) of every version of an entry: what `names::select`
+    /// picks from.
+    pub fn version_names(&self, entry: EntryId) -> Result<Vec<(u64, NodeId, VersionId)>> {
+        let mut out = Vec::new();
+        for (g, v) in self.store.entry_versions(entry)? {
+            out.push((g, self.record(v)?.record.author, v));
         }
+        Ok(out)
+    }
+
+    /// The version of an entry a history name (`@v3`, `@v3-<author>`) means, if
+    /// exactly one matches.
+    pub fn version_by_name(&self, entry: EntryId, name: &names::VersionName) -> Result<Option<SignedRecord>> {
+        let mut same_gen = Vec::new();
+        for (g, v) in self.store.entry_versions(entry)? {
+            if g == name.generation {
+                same_gen.push((g, self.record(v)?.record.author, v));
+            }
+        }
+        names::select(&same_gen, name).map(|v| self.record(v)).transpose()
+    }
+
+    /// The `name@vN` suffixes under which an entry's conflicting versions are listed,
+    /// each the shortest that means that version.
+    pub fn conflict_names(&self, state: &EntryState) -> Result<Vec<(String, VersionId)>> {
+        if state.conflicts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let all = self.version_names(state.id)?;
+        Ok(state
+            .conflicts
+            .iter()
+            .filter_map(|c| names::shortest_name(&all, c.version).map(|n| (n.suffix(), c.version)))
+            .collect())
+    }
+
+    /// Dismisses one conflicting version: a merge of the shown content with the heads
+    /// carrying `version`, so the `name@vN` entry disappears on every node. The
+    /// version stays in history.
+    pub fn dismiss(&self, entry: EntryId, version: VersionId) -> Result<Arc<EntryState>> {
+        let p = self.get(entry)?;
+        let c = p
+            .conflicts
+            .iter()
+            .find(|c| c.version == version)
+            .ok_or_else(|| RepoError::NotConflict {
+                name: format!("version {version}"),
+            })?;
+        let mut parents = p.absorbs.clone();
+        parents.extend(&c.heads);
+        let base = Base::Merge {
+            parents,
+            content_from: p.record().content_from,
+        };
+        Ok(self.commit_based(vec![(entry, p.draft(), base)])?.remove(0).0)
+    }
+
+    /// Makes `version`'s content the entry's, superseding every head: the conflict
+    /// is resolved on every node. `version` may be any version of the entry.
+    pub fn resolve_keep(&self, entry: EntryId, version: VersionId) -> Result<Arc<EntryState>> {
+        let p = self.get(entry)?;
+        let keep = self.record(version)?;
+        if keep.record.entry != entry || keep.record.content.is_tombstone() {
+            return Err(RepoError::NotConflict {
+                name: format!("version {version}"),
+            });
+        }
+        let current = p.record().content_from == Some(version) || p.conflicts.iter().any(|c| c.version == version);
+        let mut draft = p.draft();
+        draft.content = keep.record.content.clone();
+        draft.attrs.mtime = keep.record.attrs.mtime;
+        let base = Base::Merge {
+            parents: p.heads.iter().map(|(v, _)| *v).collect(),
+            content_from: current.then_some(version),
+        };
+        Ok(self.commit_based(vec![(entry, draft, base)])?.remove(0).0)
+    }
+
+    /// A new version of the entry with the content of an older one (conflicts
+    /// elsewhere stay as they are).
+    pub fn restore(&self, entry: EntryId, version: VersionId) -> Result<Arc<EntryState>> {
+        let p = self.get(entry)?;
+        let old = self.record(version)?;
+        if old.record.entry != entry || !matches!(old.record.content, Content::File { .. } | Content::Symlink { .. }) {
+            return Err(RepoError::NotConflict {
+                name: format!("version {version}"),
+            });
+        }
+        let mut draft = p.draft();
+        draft.content = old.record.content.clone();
+        draft.attrs.mtime = old.record.attrs.mtime;
+        Ok(self.commit(vec![(entry, draft)])?.remove(0))
     }
 
     /// Every version of an entry, oldest first.

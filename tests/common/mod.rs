@@ -376,8 +376,8 @@ pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 }
 
 /// Every path under `root` with a fingerprint of what it is: (relative path, kind,
-/// mode, BLAKE3 of content or link target). Names like `x@v3` are never listed, so
-/// the walk sees exactly what `ls -R` shows.
+/// mode, BLAKE3 of content or link target): exactly what `ls -R` shows, including
+/// conflicting versions listed as `x@v3` (history that is not listed is not walked).
 pub fn tree(root: &Path) -> Vec<(String, String, u32, String)> {
     use std::os::unix::fs::PermissionsExt;
     let mut out = Vec::new();
@@ -439,3 +439,40 @@ pub fn sh_ok(dir: &Path, script: &str) -> String {
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// Time allowed for a change to reach another node before the test fails.
+pub const PROPAGATE_SECS: u64 = 60;
+
+pub fn read(n: &Node, rel: &str) -> Option<Vec<u8>> {
+    std::fs::read(n.path(rel)).ok()
+}
+
+pub fn wait_content(n: &Node, rel: &str, want: &[u8]) {
+    wait_until(
+        &format!("{rel} on {} to hold the new content", n.mnt.display()),
+        PROPAGATE_SECS,
+        || read(n, rel).as_deref() == Some(want),
+    );
+}
+
+pub fn wait_gone(n: &Node, rel: &str) {
+    wait_until(
+        &format!("{rel} to disappear on {}", n.mnt.display()),
+        PROPAGATE_SECS,
+        || !n.path(rel).exists(),
+    );
+}
+
+pub fn wait_same_tree(nodes: &[&Node]) {
+    let mut last = Vec::new();
+    let ok = (0..(PROPAGATE_SECS * 20)).any(|_| {
+        last = nodes.iter().map(|n| tree(&n.mnt)).collect::<Vec<_>>();
+        if last.windows(2).all(|w| w[0] == w[1]) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        false
+    });
+    assert!(ok, "trees did not converge:\n{last:#?}");
+}
+
