@@ -91,7 +91,12 @@ fn concurrent_changes_keep_every_version() {
     assert_eq!(text(&a, "del.txt"), "B's edit of a deleted file\n");
     // Rename vs edit: the edit lands in the renamed file; no conflict.
     assert_eq!(text(&a, "renamed.txt"), "B's edit of a renamed file\n");
-    assert!(!root.iter().any(|n| n.starts_with("ren.txt") || n.starts_with("renamed.txt@")), "{root:?}");
+    assert!(
+        !root
+            .iter()
+            .any(|n| n.starts_with("ren.txt") || n.starts_with("renamed.txt@")),
+        "{root:?}"
+    );
     // Renamed two ways: one of the two names, content intact.
     let two: Vec<&String> = root.iter().filter(|n| n.starts_with("two")).collect();
     assert_eq!(two.len(), 1, "{root:?}");
@@ -110,6 +115,10 @@ fn concurrent_changes_keep_every_version() {
     assert!(
         dirs.iter().any(|d| d.ends_with('p')) && dirs.iter().any(|d| d.ends_with('q')),
         "{dirs:?}"
+    );
+    assert!(
+        dirs.contains(&"q/p") ^ dirs.contains(&"p/q"),
+        "exactly one of the two moves applies: {dirs:?}"
     );
 }
 
@@ -159,7 +168,11 @@ fn conflicts_are_dismissed_and_resolved_everywhere() {
     let kept = text(&b, &keep_name);
     let keep = &keep_name["r.txt@".len()..];
     let out = cli(&a.data, &["resolve", a.path("r.txt").to_str().unwrap(), "--keep", keep]);
-    assert!(out.status.success(), "resolve: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "resolve: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for n in [&a, &b] {
         wait_until("the resolution on both nodes", PROPAGATE_SECS, || {
             listing(n, "") == ["r.txt"] && text(n, "r.txt") == kept
@@ -168,9 +181,16 @@ fn conflicts_are_dismissed_and_resolved_everywhere() {
 
     // Restore: an old content comes back as a new version.
     let out = cli(&b.data, &["restore", b.path("r.txt@v2").to_str().unwrap()]);
-    assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     wait_content(&a, "r.txt", b"base\n");
-    let out = cli(&b.data, &["resolve", b.path("r.txt").to_str().unwrap(), "--keep", "v99"]);
+    let out = cli(
+        &b.data,
+        &["resolve", b.path("r.txt").to_str().unwrap(), "--keep", "v99"],
+    );
     assert!(!out.status.success(), "an unknown version is refused");
     assert!(String::from_utf8_lossy(&out.stderr).contains("v99"));
 }

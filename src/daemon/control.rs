@@ -20,12 +20,19 @@ pub enum ControlRequest {
     /// Members: online state, addresses, RTT, how far in sync.
     Peers,
     /// Every version of a path (relative to the folder root) with its parents.
-    Versions { path: String },
+    Versions {
+        path: String,
+    },
     /// Make version `keep` (`v3`, `v3-1a2b3c4d`) the content of `path` and retire
     /// every other head.
-    Resolve { path: String, keep: String },
+    Resolve {
+        path: String,
+        keep: String,
+    },
     /// Record a new version of a file with the content of `path` (`name@vN`).
-    Restore { path: String },
+    Restore {
+        path: String,
+    },
     /// Commit everything, unmount and exit.
     Shutdown,
 }
@@ -34,13 +41,23 @@ pub enum ControlRequest {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ControlResponse {
     Status(StatusInfo),
-    Log { lines: Vec<LogLine> },
-    Peers { peers: Vec<crate::sync::peers::PeerInfo> },
-    Versions { versions: Vec<VersionNode> },
+    Log {
+        lines: Vec<LogLine>,
+    },
+    Peers {
+        peers: Vec<crate::sync::peers::PeerInfo>,
+    },
+    Versions {
+        versions: Vec<VersionNode>,
+    },
     /// A version was made; `message` says what happened.
-    Done { message: String },
+    Done {
+        message: String,
+    },
     Ok,
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

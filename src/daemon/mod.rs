@@ -417,13 +417,19 @@ fn resolve_versioned_path(repo: &Repo, rel: &str) -> Result<(EntryId, Option<Ver
         Some((d, l)) => (d, l),
         None => ("", rel),
     };
-    let (base, name) = names::parse_version_name(last.as_bytes()).ok_or_else(|| format!("{rel}: no such file in the folder"))?;
+    let (base, name) =
+        names::parse_version_name(last.as_bytes()).ok_or_else(|| format!("{rel}: no such file in the folder"))?;
     let base = std::str::from_utf8(base).map_err(|_| format!("{rel}: not a valid name"))?;
     let entry = resolve_path(repo, &Path::new(dir).join(base).to_string_lossy())?;
     let v = repo
         .version_by_name(entry, &name)
         .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("{rel}: no such version (several versions may share v{}; see `distribox versions`)", name.generation))?;
+        .ok_or_else(|| {
+            format!(
+                "{rel}: no such version (several versions may share v{}; see `distribox versions`)",
+                name.generation
+            )
+        })?;
     Ok((entry, Some(v.id)))
 }
 
@@ -436,7 +442,9 @@ pub fn versions_of(repo: &Repo, rel: &str) -> Result<Vec<VersionNode>, String> {
     for (g, _, v) in &all {
         let r = repo.record(*v).map_err(|e| e.to_string())?;
         out.push(VersionNode {
-            name: names::shortest_name(&all, *v).map(|n| n.suffix()).unwrap_or_else(|| format!("v{g}")),
+            name: names::shortest_name(&all, *v)
+                .map(|n| n.suffix())
+                .unwrap_or_else(|| format!("v{g}")),
             n: *g,
             version: v.to_hex(),
             parents: r.record.parents.iter().map(|p| p.to_hex()).collect(),

@@ -36,8 +36,14 @@ impl VersionName {
 
     fn matches(&self, generation: u64, author: &NodeId, version: &VersionId) -> bool {
         self.generation == generation
-            && self.author.as_ref().is_none_or(|a| author.to_hex().starts_with(a.as_str()))
-            && self.version.as_ref().is_none_or(|v| version.to_hex().starts_with(v.as_str()))
+            && self
+                .author
+                .as_ref()
+                .is_none_or(|a| author.to_hex().starts_with(a.as_str()))
+            && self
+                .version
+                .as_ref()
+                .is_none_or(|v| version.to_hex().starts_with(v.as_str()))
     }
 }
 
@@ -146,10 +152,20 @@ mod tests {
     #[test]
     fn version_names_parse_with_optional_author_and_version() {
         let (b, n) = parse_version_name(b"r.txt@v3-0123abcd").unwrap();
-        assert_eq!((b, n.generation, n.author.as_deref(), n.version), (&b"r.txt"[..], 3, Some("0123abcd"), None));
+        assert_eq!(
+            (b, n.generation, n.author.as_deref(), n.version),
+            (&b"r.txt"[..], 3, Some("0123abcd"), None)
+        );
         let (_, n) = parse_version_name(b"r.txt@v3-0123abcd-00ff00ff").unwrap();
         assert_eq!(n.suffix(), "v3-0123abcd-00ff00ff");
-        for bad in [&b"r@v3-"[..], b"r@v3-0123abc", b"r@v3-0123ABCD", b"r@v3-0123abcd-", b"r@v3-a-b-c", b"r@v0-0123abcd"] {
+        for bad in [
+            &b"r@v3-"[..],
+            b"r@v3-0123abc",
+            b"r@v3-0123ABCD",
+            b"r@v3-0123abcd-",
+            b"r@v3-a-b-c",
+            b"r@v0-0123abcd",
+        ] {
             assert_eq!(parse_version_name(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
     }

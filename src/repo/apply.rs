@@ -69,6 +69,8 @@ pub(super) struct Apply<'a> {
     /// several times in one batch (a rename and back) nets out correctly.
     before: Vec<(EntryId, Vec<Link>, Option<VersionId>)>,
     dir_events: Vec<(EntryId, DirTime)>,
+    /// Cycle breaks as changed by this batch (None: untouched).
+    breaks: Option<HashMap<EntryId, (VersionId, Vec<Link>)>>,
 }
 
 fn visible_links(s: Option<&EntryState>) -> Vec<Link> {
@@ -88,6 +90,7 @@ impl<'a> Apply<'a> {
             gens: HashMap::new(),
             before: Vec::new(),
             dir_events: Vec::new(),
+            breaks: None,
         }
     }
 
@@ -125,14 +128,7 @@ impl<'a> Apply<'a> {
         let mtime = signed.record.attrs.mtime;
         self.records.insert(signed.id, signed);
         self.gens.insert(new_id, new_gen);
-        let state = Arc::new(merge::resolve(
-            entry,
-            heads.clone(),
-            &BatchVersions {
-                apply: self,
-                stored: StoredVersions::new(self.repo, entry),
-            },
-        )?);
+        let state = Arc::new(merge::resolve(entry, heads.clone(), &self.versions_of(entry))?);
         let (old, new) = (visible_links(prev.as_deref()), visible_links(Some(&state)));
         if !self.before.iter().any(|(e, _, _)| *e == entry) {
             self.before.push((entry, old.clone(), prev.as_ref().map(|p| p.head.id)));
@@ -157,6 +153,179 @@ impl<'a> Apply<'a> {
         Ok(state)
     }
 
+    /// Shows `state` for its entry from now on without a new version (a rule that
+    /// looks beyond the entry changed what it shows).
+    fn set_state(&mut self, state: EntryState) -> Result<()> {
+        let prev = self.current(state.id)?;
+        if !self.before.iter().any(|(e, _, _)| *e == state.id) {
+            let old = visible_links(prev.as_deref());
+            self.before.push((state.id, old, prev.as_ref().map(|p| p.head.id)));
+        }
+        self.states.push(Arc::new(state));
+        Ok(())
+    }
+
+    fn versions_of(&self, entry: EntryId) -> BatchVersions<'_, 'a> {
+        BatchVersions {
+            apply: self,
+            stored: StoredVersions::new(self.repo, entry),
+        }
+    }
+
+    /// Applies the rules that look beyond one entry until nothing changes: a deleted
+    /// directory still holding a live entry stays visible (and goes once it holds
+    /// none), and a directory move that would close a cycle is skipped.
+    fn settle(&mut self) -> Result<()> {
+        for _ in 0..64 {
+            let (removed, added) = self.link_changes();
+            let mut dirs: Vec<EntryId> = removed.iter().chain(&added).map(|(l, _)| l.parent).collect();
+            dirs.extend(self.before.iter().map(|(e, _, _)| *e));
+            dirs.sort();
+            dirs.dedup();
+            let mut changed = false;
+            for d in dirs {
+                let Some(st) = self.current(d)? else { continue };
+                if st.is_alive() && !st.is_revived() {
+                    continue;
+                }
+                let holds = self.holds_entries(d, &removed, &added)?;
+                if holds && !st.is_alive() {
+                    if let Some(r) = merge::revive(&st, &self.versions_of(d))? {
+                        self.set_state(r)?;
+                        changed = true;
+                    }
+                } else if !holds && st.is_revived() {
+                    let dead = merge::resolve(d, st.heads.clone(), &self.versions_of(d))?;
+                    self.set_state(dead)?;
+                    changed = true;
+                }
+            }
+            changed |= self.break_cycles(&added)?;
+            changed |= self.lift_cycle_breaks()?;
+            if !changed {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `dir` holds any entry once this batch's link changes are applied.
+    fn holds_entries(&self, dir: EntryId, removed: &[(Link, EntryId)], added: &[(Link, EntryId)]) -> Result<bool> {
+        if added.iter().any(|(l, _)| l.parent == dir) {
+            return Ok(true);
+        }
+        for (name, e) in self.repo.store.list_children(dir)? {
+            if !removed
+                .iter()
+                .any(|(l, r)| l.parent == dir && l.name == name && *r == e)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The directory an entry is shown in (None for the root or a dead entry).
+    fn parent_of(&self, e: EntryId) -> Result<Option<EntryId>> {
+        Ok(self
+            .current(e)?
+            .filter(|s| s.is_alive())
+            .and_then(|s| s.record().location.first().map(|l| l.parent)))
+    }
+
+    /// The entries from `parent` up to `entry` if `entry` shown under `parent`
+    /// would be its own ancestor; None if not.
+    fn cycle_through(&self, entry: EntryId, parent: EntryId) -> Result<Option<Vec<EntryId>>> {
+        let mut path = vec![entry];
+        let mut cur = parent;
+        for _ in 0..4096 {
+            if cur == entry {
+                return Ok(Some(path));
+            }
+            if cur == self.repo.root {
+                return Ok(None);
+            }
+            path.push(cur);
+            match self.parent_of(cur)? {
+                Some(p) => cur = p,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(path))
+    }
+
+    /// DESIGN's move rule: where concurrent moves closed a directory cycle, the
+    /// latest move by (HLC, author) on it is skipped; that directory stays where it
+    /// was before the move (or, if that cycles too, goes to the root).
+    fn break_cycles(&mut self, added: &[(Link, EntryId)]) -> Result<bool> {
+        let mut changed = false;
+        for (l, e) in added {
+            let Some(members) = self.cycle_through(*e, l.parent)? else {
+                continue;
+            };
+            let mut loser: Option<((crate::model::Hlc, crate::model::NodeId, VersionId), Arc<EntryState>)> = None;
+            for m in members {
+                let Some(st) = self.current(m)? else { continue };
+                let from = st.record().location_from.unwrap_or(st.head.id);
+                let r = self.record(from)?;
+                let key = (r.record.hlc, r.record.author, from);
+                if loser.as_ref().is_none_or(|(k, _)| key > *k) {
+                    loser = Some((key, st));
+                }
+            }
+            let Some(((_, _, from), st)) = loser else { continue };
+            let before_move = self.record(from)?.record.parents.first().copied();
+            let mut fallback = match before_move {
+                Some(p) => self.record(p)?.record.location,
+                None => Vec::new(),
+            };
+            let cycles_too = match fallback.first() {
+                Some(f) => self.cycle_through(st.id, f.parent)?.is_some() || f.parent == st.id,
+                None => true,
+            };
+            if cycles_too {
+                let name = st.record().location.first().map(|l| l.name.clone()).unwrap_or_default();
+                fallback = vec![Link {
+                    parent: self.repo.root,
+                    name,
+                }];
+            }
+            tracing::info!(entry = %st.id, skipped = %from, "a move would close a directory cycle; skipped");
+            self.breaks().insert(st.id, (from, fallback.clone()));
+            self.set_state(merge::relocated(&st, fallback))?;
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// Undoes skipped moves that no longer close a cycle (another move broke it).
+    fn lift_cycle_breaks(&mut self) -> Result<bool> {
+        let current: Vec<(EntryId, (VersionId, Vec<Link>))> =
+            self.breaks().iter().map(|(e, b)| (*e, b.clone())).collect();
+        let mut changed = false;
+        for (e, (from, _)) in current {
+            let Some(st) = self.current(e)? else { continue };
+            if st.record().location_from != Some(from) {
+                self.breaks().remove(&e); // a newer move of its own superseded it
+                changed = true;
+                continue;
+            }
+            let merged = self.record(from)?.record.location;
+            let Some(l) = merged.first() else { continue };
+            if l.parent != e && self.cycle_through(e, l.parent)?.is_none() {
+                self.breaks().remove(&e);
+                self.set_state(merge::relocated(&st, merged))?;
+                changed = true;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// This batch's copy of the repo's cycle breaks (written back by `finish`).
+    fn breaks(&mut self) -> &mut HashMap<EntryId, (VersionId, Vec<Link>)> {
+        self.breaks.get_or_insert_with(|| self.repo.cycle_breaks.lock().clone())
+    }
+
     /// Each touched entry with its visible links before the batch and after it.
     fn before_and_after(&self) -> impl Iterator<Item = (EntryId, &[Link], Vec<Link>)> + '_ {
         self.before.iter().map(|(entry, old, _)| {
@@ -179,6 +348,14 @@ impl<'a> Apply<'a> {
     /// Writes the batch and updates the caches. Returns the new states and what
     /// changed, for subscribers.
     pub fn finish(mut self) -> Result<(Vec<Arc<EntryState>>, Vec<Change>)> {
+        self.settle()?;
+        let breaks = self.breaks.take();
+        if let Some(b) = &breaks {
+            let list: Vec<(EntryId, VersionId, Vec<Link>)> = b.iter().map(|(e, (v, l))| (*e, *v, l.clone())).collect();
+            let bytes = bincode::serde::encode_to_vec(&list, bincode::config::standard())
+                .expect("encoding into a Vec cannot fail");
+            self.batch.put_meta(super::META_CYCLE_BREAKS, &bytes);
+        }
         let (removed, added) = self.link_changes();
         for (l, e) in &removed {
             self.batch.delete_child(l.parent, &l.name, *e);
@@ -220,6 +397,9 @@ impl<'a> Apply<'a> {
             cache.insert(s.id, s.clone());
         }
         drop(cache);
+        if let Some(b) = breaks {
+            *repo.cycle_breaks.lock() = b;
+        }
         let mut dt = repo.dir_times.lock();
         for (dir, t) in new_dir_times {
             dt.insert(dir, Some(t));

@@ -126,7 +126,12 @@ impl<V: Versions> Resolver<'_, V> {
 
     /// The ordering key of change `s`: its own record's, or (if a peer stamped a
     /// version we do not hold) that of the latest head carrying it.
-    fn key(&mut self, s: VersionId, heads: &[&SignedRecord], stamp: &impl Fn(&SignedRecord) -> VersionId) -> Result<Key> {
+    fn key(
+        &mut self,
+        s: VersionId,
+        heads: &[&SignedRecord],
+        stamp: &impl Fn(&SignedRecord) -> VersionId,
+    ) -> Result<Key> {
         if self.gen(s)?.is_some() {
             if let Some(r) = self.record(s)? {
                 return Ok((r.record.hlc, r.record.author, s));
@@ -232,7 +237,10 @@ pub(super) fn resolve(entry: EntryId, heads: Vec<(VersionId, u64)>, versions: &i
         author: shown.record.author,
         seq: shown.record.seq,
         hlc: shown.record.hlc,
-        location: carrying(location.winner, SignedRecord::location_from).record.location.clone(),
+        location: carrying(location.winner, SignedRecord::location_from)
+            .record
+            .location
+            .clone(),
         attrs: view_attrs,
         content: shown.record.content.clone(),
         content_from: Some(content.winner),
@@ -242,10 +250,54 @@ pub(super) fn resolve(entry: EntryId, heads: Vec<(VersionId, u64)>, versions: &i
     Ok(EntryState {
         id: entry,
         generation: gen_of(shown.id),
-        absorbs: heads.iter().map(|(v, _)| *v).filter(|v| !in_conflict.contains(v)).collect(),
+        absorbs: heads
+            .iter()
+            .map(|(v, _)| *v)
+            .filter(|v| !in_conflict.contains(v))
+            .collect(),
         heads,
         head: shown,
         view,
         conflicts,
     })
+}
+
+/// A deleted directory that still holds a live entry stays visible (DESIGN: the
+/// entry survives), showing the last live version before the delete. None if the
+/// entry is not a deleted directory.
+pub(super) fn revive(state: &EntryState, versions: &impl Versions) -> Result<Option<EntryState>> {
+    if state.is_alive() {
+        return Ok(None);
+    }
+    let mut seen = HashSet::new();
+    let mut queue: std::collections::VecDeque<VersionId> = state.head.record.parents.iter().copied().collect();
+    while let Some(v) = queue.pop_front() {
+        if !seen.insert(v) {
+            continue;
+        }
+        let Some(r) = versions.record(v)? else { continue };
+        if r.record.content.is_dir() {
+            let mut s = state.clone();
+            s.view.location = r.record.location.clone();
+            s.view.attrs = r.record.attrs;
+            s.view.content = r.record.content.clone();
+            s.view.location_from = Some(r.location_from());
+            s.view.attrs_from = Some(r.attrs_from());
+            s.view.content_from = Some(r.content_from());
+            return Ok(Some(s));
+        }
+        if !r.record.content.is_tombstone() {
+            return Ok(None); // not a directory
+        }
+        queue.extend(r.record.parents.iter().copied());
+    }
+    Ok(None)
+}
+
+/// The same state shown at `location` instead of its merged one (a move that would
+/// close a directory cycle is skipped; see `Apply::break_cycles`).
+pub(super) fn relocated(state: &EntryState, location: Vec<super::Link>) -> EntryState {
+    let mut s = state.clone();
+    s.view.location = location;
+    s
 }

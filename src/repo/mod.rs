@@ -135,7 +135,11 @@ impl EntryState {
         }
     }
     pub fn is_alive(&self) -> bool {
-        !self.head.record.content.is_tombstone()
+        !self.view.content.is_tombstone()
+    }
+    /// A deleted directory kept visible because a live entry is still in it.
+    pub fn is_revived(&self) -> bool {
+        self.head.record.content.is_tombstone() && !self.view.content.is_tombstone()
     }
 }
 
@@ -216,6 +220,10 @@ pub struct Repo {
     pending: Mutex<HashMap<VersionId, SignedRecord>>,
     /// Pending records waiting for a parent to join: parent → records.
     waiting_parent: Mutex<HashMap<VersionId, Vec<VersionId>>>,
+    /// Directories shown away from their merged location because the move there
+    /// would close a cycle: entry → (the move skipped, the location shown instead).
+    /// Kept in the `meta` column family.
+    cycle_breaks: Mutex<HashMap<EntryId, (VersionId, Vec<Link>)>>,
     /// Who hears about changes (the network announcer, the kernel-cache invalidator).
     subscribers: Mutex<Vec<tokio::sync::mpsc::UnboundedSender<ChangeBatch>>>,
 }
@@ -227,6 +235,7 @@ const PREFETCH_CHUNKS: usize = 8;
 
 const META_GROUP: &str = "group";
 const META_HLC: &str = "hlc";
+const META_CYCLE_BREAKS: &str = "cycle_breaks";
 
 impl Repo {
     /// Opens the repository of an initialised data dir. The caller holds the data
@@ -257,6 +266,21 @@ impl Repo {
                 pending.insert(v, r);
             }
         }
+        let cycle_breaks = match store.get_meta(META_CYCLE_BREAKS)? {
+            Some(b) => bincode::serde::decode_from_slice::<Vec<(EntryId, VersionId, Vec<Link>)>, _>(
+                &b,
+                bincode::config::standard(),
+            )
+            .map_err(|e| StoreError::CorruptValue {
+                what: "meta",
+                detail: format!("cycle breaks: {e}"),
+            })?
+            .0
+            .into_iter()
+            .map(|(e, v, l)| (e, (v, l)))
+            .collect(),
+            None => HashMap::new(),
+        };
         let next_seq = store.last_seq(node)? + 1;
         let hlc = match store.get_meta(META_HLC)? {
             Some(b) if b.len() == 12 => Hlc {
@@ -282,6 +306,7 @@ impl Repo {
             vector: Mutex::new(vector),
             pending: Mutex::new(pending),
             waiting_parent: Mutex::new(HashMap::new()),
+            cycle_breaks: Mutex::new(cycle_breaks),
             subscribers: Mutex::new(Vec::new()),
         };
         repo.queue_unsigned_from_store()?;
@@ -366,9 +391,23 @@ impl Repo {
         Ok(self.entries.lock().entry(entry).or_insert(state).clone())
     }
 
-    /// Resolves an entry's heads from the store (see `merge`).
+    /// Resolves an entry's heads from the store (see `merge`), then the two rules
+    /// that look beyond the entry: a deleted directory holding live entries stays,
+    /// and a move that closed a directory cycle is skipped.
     fn resolve(&self, entry: EntryId, heads: EntryHeads) -> Result<EntryState> {
-        merge::resolve(entry, heads.heads, &StoredVersions::new(self, entry))
+        let versions = StoredVersions::new(self, entry);
+        let mut state = merge::resolve(entry, heads.heads, &versions)?;
+        if !state.is_alive() && self.store.has_children(entry)? {
+            if let Some(r) = merge::revive(&state, &versions)? {
+                state = r;
+            }
+        }
+        if let Some((from, loc)) = self.cycle_breaks.lock().get(&entry) {
+            if state.record().location_from == Some(*from) {
+                state = merge::relocated(&state, loc.clone());
+            }
+        }
+        Ok(state)
     }
 
     /// The entry shown as `name` in `parent`. When several entries hold the name
@@ -487,7 +526,11 @@ impl Repo {
                 (Base::Merge { parents, content_from }, Some(p)) => {
                     let mut gens = Vec::new();
                     for v in &parents {
-                        let (_, g) = p.heads.iter().find(|(h, _)| h == v).ok_or(RepoError::NotHead { version: *v })?;
+                        let (_, g) = p
+                            .heads
+                            .iter()
+                            .find(|(h, _)| h == v)
+                            .ok_or(RepoError::NotHead { version: *v })?;
                         gens.push(*g);
                     }
                     let v = p.record();

@@ -475,4 +475,3 @@ pub fn wait_same_tree(nodes: &[&Node]) {
     });
     assert!(ok, "trees did not converge:\n{last:#?}");
 }
-
