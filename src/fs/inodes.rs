@@ -66,9 +66,15 @@ impl InodeTable {
     /// After an atomic save (rename of `from_ino`'s file over `entry`), the kernel
     /// believes `from_ino` now lives at the target name: make it the entry's inode so
     /// kernel caches and later lookups agree. The entry's old inode keeps pointing at
-    /// the entry for handles still open on it.
+    /// the entry for handles still open on it. The source entry loses its inode: if
+    /// it comes back (a peer edited it concurrently: delete loses to edit), it gets
+    /// a fresh one rather than the number that now means the target.
     pub fn adopt(&mut self, entry: EntryId, from_ino: u64) {
-        self.by_ino.insert(from_ino, Target::Entry(entry));
+        if let Some(Target::Entry(src)) = self.by_ino.insert(from_ino, Target::Entry(entry)) {
+            if self.by_entry.get(&src) == Some(&from_ino) {
+                self.by_entry.remove(&src);
+            }
+        }
         self.by_entry.insert(entry, from_ino);
     }
 
@@ -77,5 +83,28 @@ impl InodeTable {
         self.next += 1;
         self.by_ino.insert(i, target);
         i
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_adopted_inode_is_not_the_source_entrys_any_more() {
+        let (root, src, dst) = (EntryId([0; 16]), EntryId([1; 16]), EntryId([2; 16]));
+        let mut t = InodeTable::new(root);
+        let src_ino = t.entry_ino(src);
+        let dst_ino = t.entry_ino(dst);
+        t.adopt(dst, src_ino);
+        assert_eq!(t.get(src_ino), Some(Target::Entry(dst)));
+        assert_eq!(t.entry_ino(dst), src_ino);
+        assert_eq!(t.get(dst_ino), Some(Target::Entry(dst)), "handles on the old inode");
+        let again = t.entry_ino(src);
+        assert!(
+            again != src_ino && again != dst_ino,
+            "a revived source gets a fresh inode"
+        );
+        assert_eq!(t.get(again), Some(Target::Entry(src)));
     }
 }

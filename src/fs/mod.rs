@@ -470,6 +470,16 @@ impl DistriboxFs {
         }
     }
 
+    /// How long the kernel may cache a name. `name@vN` is never cached: which entry
+    /// `name` is can change (a rename, a peer's version) and the kernel would go on
+    /// showing the old entry's version under it.
+    fn ttl_of(&self, ino: INodeNo) -> Duration {
+        match self.inner.inodes.lock().get(ino.0) {
+            Some(Target::Version(..)) => Duration::ZERO,
+            _ => self.inner.opts.ttl,
+        }
+    }
+
     fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> FsResult<FileAttr> {
         let (dir, _) = self.dir(parent)?;
         let name = name_bytes(name)?;
@@ -1110,7 +1120,12 @@ impl Filesystem for DistriboxFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply_entry(self.do_lookup(parent, name), self.inner.opts.ttl, reply)
+        let r = self.do_lookup(parent, name);
+        let ttl = match &r {
+            Ok(a) => self.ttl_of(a.ino),
+            Err(_) => self.inner.opts.ttl,
+        };
+        reply_entry(r, ttl, reply)
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -1363,6 +1378,11 @@ impl Filesystem for DistriboxFs {
             };
             let Ok(attr) = self.attr(INodeNo(cino)) else {
                 continue; // removed since opendir
+            };
+            let ttl = if name == b"." || name == b".." {
+                ttl
+            } else {
+                self.ttl_of(INodeNo(cino))
             };
             if reply.add(
                 INodeNo(cino),

@@ -383,21 +383,37 @@ pub fn tree(root: &Path) -> Vec<(String, String, u32, String)> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        // A name listed but gone when read (a peer's change landed meanwhile, or a
+        // listing the node cannot resolve) shows as "vanished": a caller comparing
+        // trees retries, and a persistent one shows up in the difference.
+        let Ok(listing) = std::fs::read_dir(&dir) else { continue };
+        let mut entries: Vec<_> = listing.flatten().collect();
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             let p = e.path();
             let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            let m = std::fs::symlink_metadata(&p).unwrap();
+            let (Ok(m), Ok(content)) = (
+                std::fs::symlink_metadata(&p),
+                std::fs::read(&p).or_else(|e| {
+                    if p.is_dir() || p.is_symlink() {
+                        Ok(Vec::new())
+                    } else {
+                        Err(e)
+                    }
+                }),
+            ) else {
+                out.push((rel, "vanished".into(), 0, String::new()));
+                continue;
+            };
             let mode = m.permissions().mode() & 0o7777;
             if m.is_dir() {
                 out.push((rel, "dir".into(), mode, String::new()));
                 stack.push(p);
             } else if m.file_type().is_symlink() {
-                let t = std::fs::read_link(&p).unwrap();
+                let t = std::fs::read_link(&p).unwrap_or_default();
                 out.push((rel, "symlink".into(), mode, t.to_string_lossy().into_owned()));
             } else {
-                let h = blake3::hash(&std::fs::read(&p).unwrap()).to_hex().to_string();
+                let h = blake3::hash(&content).to_hex().to_string();
                 out.push((rel, "file".into(), mode, h));
             }
         }
@@ -473,5 +489,15 @@ pub fn wait_same_tree(nodes: &[&Node]) {
         std::thread::sleep(std::time::Duration::from_millis(50));
         false
     });
-    assert!(ok, "trees did not converge:\n{last:#?}");
+    if !ok {
+        let mut diff = String::new();
+        for (i, t) in last.iter().enumerate().skip(1) {
+            let only_first: Vec<_> = last[0].iter().filter(|e| !t.contains(e)).collect();
+            let only_here: Vec<_> = t.iter().filter(|e| !last[0].contains(e)).collect();
+            diff.push_str(&format!(
+                "node 0 has, node {i} not: {only_first:#?}\nnode {i} has, node 0 not: {only_here:#?}\n"
+            ));
+        }
+        panic!("trees did not converge:\n{diff}");
+    }
 }
