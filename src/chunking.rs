@@ -202,6 +202,30 @@ pub fn load_manifest<E: From<ChunkingError>>(
     Ok(ChunkList::new(refs))
 }
 
+/// Every chunk id a manifest reaches — its nodes and the data chunks they list —
+/// as far as the nodes are present (`get` returns None for a missing one). Used by
+/// garbage collection, which must not stop at a manifest only partly received.
+pub fn chunk_ids_of(root: ChunkId, mut get: impl FnMut(ChunkId) -> Option<Vec<u8>>) -> Vec<ChunkId> {
+    let mut out = vec![root];
+    let mut stack = vec![root];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(id) = stack.pop() {
+        if !seen.insert(id) {
+            continue;
+        }
+        let Some(node) = get(id).and_then(|b| decode_node(id, &b).ok()) else {
+            continue;
+        };
+        for (child, _) in node.entries {
+            out.push(child);
+            if node.level > 0 {
+                stack.push(child);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,6 +55,8 @@ pub enum Cmd {
         threads: usize,
         #[command(flatten)]
         net: NetArgs,
+        #[command(flatten)]
+        gc: GcArgs,
     },
     /// Run an always-on member without a mount (a "monitor" on a server): it
     /// stores every version and relays them between members. Stays in the
@@ -62,6 +64,8 @@ pub enum Cmd {
     Serve {
         #[command(flatten)]
         net: NetArgs,
+        #[command(flatten)]
+        gc: GcArgs,
     },
     /// Print an invitation token for this node's group (ask the running node for its
     /// addresses). Anyone with the token can join: send it privately.
@@ -112,12 +116,44 @@ pub enum Cmd {
         #[arg(long, value_name = "vN")]
         keep: Option<String>,
     },
+    /// Let old versions go: purge the data of file versions that are neither among
+    /// the last --keep-last of their file nor younger than --keep-days, then delete
+    /// chunks nothing kept uses. Heads and conflicting versions are always kept;
+    /// version records stay (history shows what was purged), and every member
+    /// learns the decision. A running node does this by itself (--gc-every).
+    Gc {
+        #[arg(long, default_value_t = 10)]
+        keep_last: usize,
+        #[arg(long, default_value_t = 30)]
+        keep_days: u64,
+        /// Saves superseded by the same author within this many seconds do not count
+        /// towards --keep-last.
+        #[arg(long, default_value_t = 10)]
+        coalesce_secs: u64,
+        /// Only report what would be purged.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Record a new version of a file with the content of an old one:
     /// `distribox restore notes.txt@v2`. History stays; conflicts stay.
     Restore {
         /// The old version, as PATH@vN.
         path: PathBuf,
     },
+}
+
+/// Retention while the node runs.
+#[derive(Args, Debug, Clone)]
+pub struct GcArgs {
+    /// Apply the default retention policy every MINUTES (0: never; see `distribox gc`).
+    #[arg(long, value_name = "MINUTES", default_value_t = 60)]
+    pub gc_every: u64,
+}
+
+impl GcArgs {
+    fn interval(&self) -> Option<Duration> {
+        (self.gc_every > 0).then(|| Duration::from_secs(self.gc_every * 60))
+    }
 }
 
 /// How a node reaches the group.
@@ -199,6 +235,7 @@ pub fn run(cli: Cli) -> Result<()> {
             idle_commit_ms,
             threads,
             net,
+            gc,
         } => {
             let cfg = MountConfig {
                 data_dir,
@@ -210,21 +247,30 @@ pub fn run(cli: Cli) -> Result<()> {
                 allow_other,
                 threads,
                 net: net.config()?,
+                gc_every: gc.interval(),
             };
             if foreground {
                 mount_foreground(cfg)
             } else {
                 let mut extra = cli_args_for_child(allow_other, idle_commit_ms, threads);
                 extra.extend(net.child_args());
+                extra.push(format!("--gc-every={}", gc.gc_every));
                 mount_background(cfg, &extra)
             }
         }
-        Cmd::Serve { net } => {
+        Cmd::Serve { net, gc } => {
             let Some(net) = net.config()? else {
                 bail!("`serve` without a network does nothing; drop --no-net");
             };
             data_dir.check()?;
-            report_failure(daemon::run_serve(ServeConfig { data_dir, net }, &mut StdoutReady))
+            report_failure(daemon::run_serve(
+                ServeConfig {
+                    data_dir,
+                    net,
+                    gc_every: gc.interval(),
+                },
+                &mut StdoutReady,
+            ))
         }
         Cmd::Invite => {
             data_dir.check()?;
@@ -355,6 +401,34 @@ pub fn run(cli: Cli) -> Result<()> {
                 keep: keep.unwrap_or_default(),
             };
             print_done(call(&data_dir, &req)?)
+        }
+        Cmd::Gc {
+            keep_last,
+            keep_days,
+            coalesce_secs,
+            dry_run,
+        } => {
+            let policy = crate::repo::Policy {
+                keep_last,
+                keep_days,
+                coalesce_secs,
+            };
+            let report = match call(&data_dir, &ControlRequest::Gc { policy, dry_run })? {
+                ControlResponse::Gc { report } => report,
+                ControlResponse::Error { message } => bail!("{message}"),
+                other => bail!("unexpected answer from node: {other:?}"),
+            };
+            let verb = if dry_run { "would purge" } else { "purged" };
+            println!(
+                "{verb} {} old version(s) of {} file(s)",
+                report.versions_purged, report.files
+            );
+            if report.swept {
+                println!("freed {} chunk(s), {} bytes", report.chunks_freed, report.bytes_freed);
+            } else if !dry_run {
+                println!("chunks not swept: files are being written; the next run frees them");
+            }
+            Ok(())
         }
         Cmd::Restore { path } => {
             let rel = folder_relative(&data_dir, &path)?;

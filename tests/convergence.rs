@@ -6,6 +6,9 @@
 //! ever written must still be readable by some name, unless the test itself deleted
 //! the file holding it after seeing that content.
 //!
+//! Garbage collection runs among the operations (`gc --keep-last 2`), so the
+//! contents owed are those still shown, plus history not yet purged.
+//!
 //! DISTRIBOX_SEEDS (default 3) and DISTRIBOX_OPS (operations per seed, default 40)
 //! make longer runs; a failure prints its seed, and DISTRIBOX_SEED=N reruns one.
 
@@ -110,16 +113,19 @@ impl World {
         let (files, dirs, conflicts) = entries(n);
         self.log.push(format!("  node {i} shows {files:?} {conflicts:?}"));
         let data = format!("seed-step {step} node {i} {}\n", rng.next()).repeat(1 + rng.below(40));
-        let kind = rng.below(12);
+        let kind = rng.below(13);
         let what: String;
         let r: std::io::Result<()> = match kind {
             0 | 1 => {
                 let d = rng.pick(&dirs).cloned().unwrap_or_default();
                 let p = join(&d, &format!("f{}.txt", rng.below(12)));
                 what = format!("write {p}");
-                self.written
-                    .push((hash(data.as_bytes()), format!("step {step}: {what}")));
-                fs::write(n.path(&p), &data)
+                let r = fs::write(n.path(&p), &data);
+                if r.is_ok() {
+                    self.written
+                        .push((hash(data.as_bytes()), format!("step {step}: {what}")));
+                }
+                r
             }
             2 if !files.is_empty() => {
                 let p = rng.pick(&files).unwrap().clone();
@@ -200,6 +206,20 @@ impl World {
                 let p = rng.pick(&conflicts).unwrap().clone();
                 what = format!("dismiss {p}");
                 fs::remove_file(n.path(&p))
+            }
+            12 => {
+                // Retention may drop any version that is not shown: the contents the
+                // test saw in history so far are no longer owed.
+                what = "gc --keep-last 2 --keep-days 0".into();
+                for f in &files {
+                    self.deleted.extend(history_hashes(n, f));
+                }
+                let out = cli(&n.data, &["gc", "--keep-last", "2", "--keep-days", "0"]);
+                if out.status.success() {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()))
+                }
             }
             _ => {
                 what = "nothing".into();

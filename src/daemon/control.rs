@@ -33,6 +33,11 @@ pub enum ControlRequest {
     Restore {
         path: String,
     },
+    /// Apply a retention policy: purge old versions' data, sweep unused chunks.
+    Gc {
+        policy: crate::repo::Policy,
+        dry_run: bool,
+    },
     /// Commit everything, unmount and exit.
     Shutdown,
 }
@@ -49,6 +54,9 @@ pub enum ControlResponse {
     },
     Versions {
         versions: Vec<VersionNode>,
+    },
+    Gc {
+        report: crate::repo::GcReport,
     },
     /// A version was made; `message` says what happened.
     Done {
@@ -116,6 +124,8 @@ pub struct VersionNode {
     pub shown: bool,
     /// A conflicting content listed as `name@vN`.
     pub conflict: bool,
+    /// Its data was dropped by gc (the record stays).
+    pub purged: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

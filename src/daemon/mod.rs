@@ -66,11 +66,16 @@ pub struct MountConfig {
     pub threads: usize,
     /// None: no network (a purely local folder).
     pub net: Option<NetConfig>,
+    /// Run the default retention policy this often (None: never).
+    pub gc_every: Option<std::time::Duration>,
 }
 
 /// Shared by the control socket: what the node can report and how it stops.
 struct NodeCtl {
     repo: Arc<Repo>,
+    /// The mounted filesystem (None for `serve`): gc asks it whether files are
+    /// being written.
+    fs: Option<DistriboxFs>,
     sync: Option<crate::sync::SyncHandle>,
     mountpoint: Option<PathBuf>,
     data_dir: PathBuf,
@@ -149,6 +154,7 @@ fn on_signals(action: impl Fn() + Send + 'static) -> Result<(), std::io::Error> 
 pub struct ServeConfig {
     pub data_dir: DataDir,
     pub net: NetConfig,
+    pub gc_every: Option<std::time::Duration>,
 }
 
 /// Runs a member without a mount until SIGTERM/SIGINT or a shutdown request.
@@ -161,8 +167,12 @@ pub fn run_serve(cfg: ServeConfig, ready: &mut dyn Ready) -> Result<(), DaemonEr
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let stop_tx = Arc::new(Mutex::new(stop_tx));
     let sync = crate::sync::start(node.repo.clone(), cfg.net.clone())?;
+    if let Some(every) = cfg.gc_every {
+        spawn_gc(Arc::downgrade(&node.repo), None, every);
+    }
     let ctl = Arc::new(Mutex::new(NodeCtl {
         repo: node.repo.clone(),
+        fs: None,
         sync: Some(sync),
         mountpoint: None,
         data_dir: cfg.data_dir.root.clone(),
@@ -229,8 +239,12 @@ pub fn run_mount(cfg: MountConfig, ready: &mut dyn Ready) -> Result<(), DaemonEr
         Some(net) => Some(crate::sync::start(repo.clone(), net.clone())?),
         None => None,
     };
+    if let Some(every) = cfg.gc_every {
+        spawn_gc(Arc::downgrade(&repo), Some(fs.clone()), every);
+    }
     let ctl = Arc::new(Mutex::new(NodeCtl {
         repo: repo.clone(),
+        fs: Some(fs.clone()),
         sync,
         mountpoint: Some(mountpoint.clone()),
         data_dir: cfg.data_dir.root.clone(),
@@ -341,6 +355,17 @@ fn serve_control(listener: UnixListener, ctl: Arc<Mutex<NodeCtl>>) {
 }
 
 fn answer_control(ctl: &Mutex<NodeCtl>, req: ControlRequest) -> ControlResponse {
+    if let ControlRequest::Gc { policy, dry_run } = &req {
+        // Without holding the control lock: status must answer meanwhile.
+        let (repo, fs) = {
+            let c = ctl.lock();
+            (c.repo.clone(), c.fs.clone())
+        };
+        return match run_gc(&repo, fs.as_ref(), policy, *dry_run) {
+            Ok(report) => ControlResponse::Gc { report },
+            Err(message) => ControlResponse::Error { message },
+        };
+    }
     let c = ctl.lock();
     let repo = &c.repo;
     match req {
@@ -383,10 +408,41 @@ fn answer_control(ctl: &Mutex<NodeCtl>, req: ControlRequest) -> ControlResponse 
         },
         ControlRequest::Resolve { path, keep } => done(resolve_conflict(repo, &path, &keep)),
         ControlRequest::Restore { path } => done(restore_version(repo, &path)),
+        ControlRequest::Gc { .. } => unreachable!("answered above"),
         ControlRequest::Shutdown => match (c.stop)() {
             Ok(()) => ControlResponse::Ok,
             Err(message) => ControlResponse::Error { message },
         },
+    }
+}
+
+/// Applies a retention policy. Chunks are swept only while no file has unwritten
+/// changes: those changes' chunks are not named by any record yet.
+pub fn run_gc(
+    repo: &Repo,
+    fs: Option<&DistriboxFs>,
+    policy: &crate::repo::Policy,
+    dry_run: bool,
+) -> Result<crate::repo::GcReport, String> {
+    match fs {
+        Some(fs) => fs.while_no_writes(|idle| repo.gc(policy, dry_run, idle)),
+        None => repo.gc(policy, dry_run, true),
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// Runs the default retention policy every `every` until the node stops.
+fn spawn_gc(repo: std::sync::Weak<Repo>, fs: Option<DistriboxFs>, every: std::time::Duration) {
+    let spawned = std::thread::Builder::new().name("gc".into()).spawn(move || loop {
+        std::thread::sleep(every);
+        let Some(repo) = repo.upgrade() else { return };
+        match run_gc(&repo, fs.as_ref(), &crate::repo::Policy::default(), false) {
+            Ok(r) => tracing::info!(purged = r.versions_purged, bytes_freed = r.bytes_freed, "retention run"),
+            Err(e) => tracing::warn!(error = %e, "retention run failed"),
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the retention thread; run `distribox gc` by hand");
     }
 }
 
@@ -404,6 +460,7 @@ fn kind_of(c: &crate::model::Content) -> &'static str {
         crate::model::Content::Symlink { .. } => "symlink",
         crate::model::Content::Special { .. } => "special",
         crate::model::Content::Tombstone => "deleted",
+        crate::model::Content::Purge { .. } => "purge",
     }
 }
 
@@ -455,6 +512,7 @@ pub fn versions_of(repo: &Repo, rel: &str) -> Result<Vec<VersionNode>, String> {
             head: state.heads.iter().any(|(h, _)| h == v),
             shown: state.record().content_from == Some(*v) || state.head.id == *v,
             conflict: state.conflicts.iter().any(|c| c.version == *v),
+            purged: repo.is_purged(*v).map_err(|e| e.to_string())?,
         });
     }
     out.sort_by(|a, b| b.n.cmp(&a.n).then(b.time.cmp(&a.time)).then(b.version.cmp(&a.version)));
@@ -486,6 +544,11 @@ fn resolve_conflict(repo: &Repo, rel: &str, keep: &str) -> Result<String, String
 fn restore_version(repo: &Repo, rel: &str) -> Result<String, String> {
     let (entry, v) = resolve_versioned_path(repo, rel)?;
     let v = v.ok_or_else(|| format!("{rel}: name a version to restore, like {rel}@v2"))?;
+    if repo.is_purged(v).map_err(|e| e.to_string())? {
+        return Err(format!(
+            "{rel}: that version's data was purged by gc (retention policy); it cannot be restored"
+        ));
+    }
     let st = repo.restore(entry, v).map_err(|e| e.to_string())?;
     Ok(format!("restored the content of {rel} as v{}", st.generation))
 }

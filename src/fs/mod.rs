@@ -155,7 +155,7 @@ pub struct DistriboxFs {
 
 fn file_type(content: &Content) -> FileType {
     match content {
-        Content::File { .. } | Content::Tombstone => FileType::RegularFile,
+        Content::File { .. } | Content::Tombstone | Content::Purge { .. } => FileType::RegularFile,
         Content::Dir => FileType::Directory,
         Content::Symlink { .. } => FileType::Symlink,
         Content::Special { kind, .. } => match kind {
@@ -267,6 +267,16 @@ impl DistriboxFs {
         if let Err(err) = self.inner.repo.sync() {
             tracing::error!(error = %err, "sync at unmount failed");
         }
+    }
+
+    /// Runs `f` with no write able to start meanwhile; `f` learns whether no file
+    /// has unwritten changes (an entry busy committing counts as unwritten).
+    pub fn while_no_writes<R>(&self, f: impl FnOnce(bool) -> R) -> R {
+        let dirty = self.inner.dirty.lock();
+        let idle = dirty
+            .values()
+            .all(|d| d.try_lock().map(|g| !g.file.is_dirty()).unwrap_or(false));
+        f(idle)
     }
 
     fn repo(&self) -> &Repo {
@@ -681,9 +691,13 @@ impl DistriboxFs {
     fn open_handle(&self, ino: INodeNo, flags: OpenFlags) -> FsResult<u64> {
         let writable = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
         let (snapshot, size) = match self.target(ino)? {
-            Target::Version(_, v) => {
+            Target::Version(entry, v) => {
                 if writable {
                     return Err(Errno::EROFS);
+                }
+                if e(self.repo().is_purged(v))? {
+                    tracing::warn!(entry = %entry, version = %v, "read of a version whose data gc purged (retention policy)");
+                    return Err(Errno::ENODATA);
                 }
                 match e(self.repo().record(v))?.record.content {
                     Content::File { size, manifest } => (e(self.repo().chunk_list(manifest))?, size),

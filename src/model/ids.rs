@@ -24,6 +24,9 @@ macro_rules! id_type {
                 <[u8; $len]>::try_from(b).ok().map(Self)
             }
 
+            pub fn from_hex(s: &str) -> Option<Self> {
+                Self::from_slice(&hex::decode(s).ok()?)
+            }
             pub fn to_hex(&self) -> String {
                 hex::encode(self.0)
             }

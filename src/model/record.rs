@@ -123,6 +123,13 @@ pub enum Content {
     },
     /// Deleted. Kept forever: sync and "delete loses to a concurrent edit" need it.
     Tombstone,
+    /// Not a version of the entry but a retention decision about it: the data of
+    /// these versions of `entry` may be dropped (`repo::gc`). It travels in its
+    /// author's record stream like any record, so every node learns the same
+    /// decisions; it has no parents and never becomes a head.
+    Purge {
+        versions: Vec<VersionId>,
+    },
 }
 
 impl Content {
@@ -131,6 +138,9 @@ impl Content {
     }
     pub fn is_dir(&self) -> bool {
         matches!(self, Content::Dir)
+    }
+    pub fn is_purge(&self) -> bool {
+        matches!(self, Content::Purge { .. })
     }
     pub fn size(&self) -> u64 {
         match self {

@@ -69,6 +69,8 @@ pub(super) struct Apply<'a> {
     /// several times in one batch (a rename and back) nets out correctly.
     before: Vec<(EntryId, Vec<Link>, Option<VersionId>)>,
     dir_events: Vec<(EntryId, DirTime)>,
+    /// Purge marks this batch adds (see `gc`).
+    pub(super) purged: Vec<(VersionId, EntryId)>,
     /// Cycle breaks as changed by this batch (None: untouched).
     breaks: Option<HashMap<EntryId, (VersionId, Vec<Link>)>>,
 }
@@ -91,6 +93,7 @@ impl<'a> Apply<'a> {
             before: Vec::new(),
             dir_events: Vec::new(),
             breaks: None,
+            purged: Vec::new(),
         }
     }
 
@@ -151,6 +154,15 @@ impl<'a> Apply<'a> {
         self.batch.put_entry_version(entry, new_gen, new_id);
         self.states.push(state.clone());
         Ok(state)
+    }
+
+    /// Lists an entry among this batch's changes without changing it (a purge: the
+    /// network announcer hears of it like of any commit).
+    pub(super) fn touch(&mut self, entry: EntryId) -> Result<()> {
+        if let Some(s) = self.current(entry)? {
+            self.set_state((*s).clone())?;
+        }
+        Ok(())
     }
 
     /// Shows `state` for its entry from now on without a new version (a rule that
@@ -400,6 +412,7 @@ impl<'a> Apply<'a> {
         if let Some(b) = breaks {
             *repo.cycle_breaks.lock() = b;
         }
+        repo.purged.lock().extend(self.purged.drain(..));
         let mut dt = repo.dir_times.lock();
         for (dir, t) in new_dir_times {
             dt.insert(dir, Some(t));

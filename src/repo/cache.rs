@@ -28,6 +28,11 @@ impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
         Some(v)
     }
 
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.order.clear();
+    }
+
     pub fn contains(&self, k: &K) -> bool {
         self.map.contains_key(k)
     }

@@ -14,11 +14,13 @@
 
 mod apply;
 mod cache;
+mod gc;
 mod merge;
 mod remote;
 mod writeback;
 
 pub use apply::{Change, ChangeBatch};
+pub use gc::{GcReport, Policy};
 pub use merge::Conflict;
 pub use remote::{Received, Rejected};
 pub use writeback::{DirtyFile, PrechunkPlan};
@@ -83,6 +85,13 @@ pub struct Draft {
     pub content: Content,
 }
 
+/// The clock as kept in `meta` (read back by `Repo::open`).
+fn hlc_bytes(hlc: Hlc) -> Vec<u8> {
+    let mut b = hlc.wall_ns.to_le_bytes().to_vec();
+    b.extend_from_slice(&hlc.counter.to_le_bytes());
+    b
+}
+
 /// What a new version supersedes (its parents).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Base {
@@ -136,6 +145,13 @@ impl EntryState {
     }
     pub fn is_alive(&self) -> bool {
         !self.view.content.is_tombstone()
+    }
+    /// True if `v` is what the entry shows: a head, or the content shown under the
+    /// plain name or as a conflict (such a version's data is never purged).
+    pub fn shows(&self, v: VersionId) -> bool {
+        self.heads.iter().any(|(h, _)| *h == v)
+            || self.view.content_from == Some(v)
+            || self.conflicts.iter().any(|c| c.version == v)
     }
     /// A deleted directory kept visible because a live entry is still in it.
     pub fn is_revived(&self) -> bool {
@@ -224,6 +240,8 @@ pub struct Repo {
     /// would close a cycle: entry → (the move skipped, the location shown instead).
     /// Kept in the `meta` column family.
     cycle_breaks: Mutex<HashMap<EntryId, (VersionId, Vec<Link>)>>,
+    /// Versions a purge record let go (version → its entry; see `gc`).
+    purged: Mutex<HashMap<VersionId, EntryId>>,
     /// Who hears about changes (the network announcer, the kernel-cache invalidator).
     subscribers: Mutex<Vec<tokio::sync::mpsc::UnboundedSender<ChangeBatch>>>,
 }
@@ -289,6 +307,7 @@ impl Repo {
             },
             _ => Hlc::default(),
         };
+        let purged = Self::load_purged(&store)?;
         let repo = Repo {
             store,
             data_dir: data_dir.clone(),
@@ -307,6 +326,7 @@ impl Repo {
             pending: Mutex::new(pending),
             waiting_parent: Mutex::new(HashMap::new()),
             cycle_breaks: Mutex::new(cycle_breaks),
+            purged: Mutex::new(purged),
             subscribers: Mutex::new(Vec::new()),
         };
         repo.queue_unsigned_from_store()?;
@@ -604,9 +624,7 @@ impl Repo {
                 }
             }
         }
-        let mut hlc_bytes = hlc.wall_ns.to_le_bytes().to_vec();
-        hlc_bytes.extend_from_slice(&hlc.counter.to_le_bytes());
-        tx.batch.put_meta(META_HLC, &hlc_bytes);
+        tx.batch.put_meta(META_HLC, &hlc_bytes(hlc));
         let (out, changes) = tx.finish()?;
         cs.next_seq = seq;
         cs.hlc = hlc;

@@ -224,6 +224,9 @@ impl Repo {
             // stays pending and is reported; it must not stop the others.
             match self.missing_chunks_of(r, 1) {
                 Ok(m) if m.is_empty() => {}
+                // Its data was purged: nobody may have it any more, and the versions
+                // after it must not wait for it forever.
+                Ok(_) if self.purged.lock().contains_key(&v) || tx.purged.iter().any(|(p, _)| *p == v) => {}
                 Ok(_) => continue, // its chunks are still coming: it is a candidate again then
                 Err(e) => {
                     tracing::warn!(version = %v, error = %e, "received version cannot join the tree; left aside");
@@ -253,7 +256,11 @@ impl Repo {
             tx.batch.delete_pending(v);
             joined.push(r.clone());
             assigned.insert(v, gen);
-            if let Err(e) = tx.add_version(r, gen) {
+            if r.record.content.is_purge() {
+                // Pending versions it names may join now even without their data.
+                let named = tx.purge(&r);
+                work.extend(named.into_iter().filter(|n| pending.contains_key(n)));
+            } else if let Err(e) = tx.add_version(r, gen) {
                 result = Err(e);
                 break;
             }

@@ -239,6 +239,11 @@ impl Batch<'_> {
             (data.len() as u32).to_le_bytes(),
         );
     }
+    /// Drops a chunk (garbage collection of purged versions).
+    pub fn delete_chunk(&mut self, id: ChunkId) {
+        self.batch.delete_cf(self.store.cf(CF_CHUNKS), id.as_bytes());
+        self.batch.delete_cf(self.store.cf(CF_CHUNK_INDEX), id.as_bytes());
+    }
     /// Replaces a stored record's bytes (same id: only the signature changes).
     pub fn replace_record(&mut self, id: VersionId, bytes: &[u8]) {
         self.batch.put_cf(self.store.cf(CF_VERSIONS), id.as_bytes(), bytes);
@@ -310,6 +315,15 @@ impl Store {
     /// Makes everything written so far durable against power loss.
     pub fn sync(&self) -> Result<()> {
         self.db.flush_wal(true).map_err(db_err("sync"))
+    }
+
+    /// A stored chunk's length, None if absent.
+    pub fn chunk_len(&self, id: ChunkId) -> Result<Option<u64>> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_CHUNK_INDEX), id.as_bytes())
+            .map_err(db_err("chunk lookup"))?
+            .map(|v| u32::from_le_bytes(v.as_ref().try_into().unwrap_or([0; 4])) as u64))
     }
 
     pub fn has_chunk(&self, id: ChunkId) -> Result<bool> {
@@ -619,6 +633,20 @@ impl Store {
         self.db
             .get_cf(self.cf(CF_META), key.as_bytes())
             .map_err(db_err("get meta"))
+    }
+
+    /// Every `meta` entry whose key starts with `prefix` (key without the prefix).
+    pub fn meta_with_prefix(&self, prefix: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let mode = IteratorMode::From(prefix.as_bytes(), Direction::Forward);
+        for item in self.db.iterator_cf(self.cf(CF_META), mode) {
+            let (k, v) = item.map_err(db_err("meta scan"))?;
+            let Some(rest) = k.strip_prefix(prefix.as_bytes()) else {
+                break;
+            };
+            out.push((rest.to_vec(), v.to_vec()));
+        }
+        Ok(out)
     }
 
     pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<()> {

@@ -1,0 +1,84 @@
+//! Retention on real nodes: `distribox gc` purges old versions' data on every
+//! member, keeps what is shown, says so when a purged version is read, and a member
+//! that joins later catches up past versions whose data nobody has any more.
+
+mod common;
+
+use common::*;
+use std::fs;
+
+fn chunk_bytes(n: &Node) -> u64 {
+    n.status()["chunk_bytes"].as_u64().unwrap()
+}
+
+fn gc(n: &Node, args: &[&str]) -> String {
+    let mut all = vec!["gc"];
+    all.extend(args);
+    let out = cli(&n.data, &all);
+    assert!(out.status.success(), "gc: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn purged(n: &Node, rel: &str) -> Vec<String> {
+    let out = cli(&n.data, &["versions", n.path(rel).to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let vs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    vs.iter()
+        .filter(|v| v["purged"] == true)
+        .map(|v| v["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn gc_purges_old_versions_everywhere_and_keeps_what_is_shown() {
+    let a = Node::member(None);
+    let token = a.invite();
+    let b = Node::member(Some(&token));
+    wait_until("A and B online", PROPAGATE_SECS, || a.online_peers() == 1);
+    let mut last = Vec::new();
+    for i in 0..5 {
+        last = random_bytes(1 << 20, i);
+        fs::write(a.path("f.bin"), &last).unwrap();
+    }
+    wait_content(&b, "f.bin", &last);
+
+    let dry = gc(&a, &["--keep-last", "1", "--keep-days", "0", "--dry-run"]);
+    assert!(dry.contains("would purge 5 old version(s) of 1 file(s)"), "{dry}");
+    let before = chunk_bytes(&a);
+    let out = gc(&a, &["--keep-last", "1", "--keep-days", "0"]);
+    assert!(out.contains("purged 5 old version(s)"), "{out}");
+    let freed = before - chunk_bytes(&a);
+    assert!(freed >= 4 << 20, "gc freed only {freed} bytes:\n{out}");
+
+    // What is shown stays; a purged version says so.
+    assert!(fs::read(a.path("f.bin")).unwrap() == last);
+    let err = fs::read(a.path("f.bin@v3")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENODATA), "{err}");
+    assert!(a.log().contains("gc purged"), "the read is explained in the log");
+    let out = cli(&a.data, &["restore", a.path("f.bin@v3").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("purged"));
+
+    // The decision travels: B sees the same versions purged and frees the space.
+    wait_until("B to learn the purge", PROPAGATE_SECS, || {
+        purged(&b, "f.bin").len() == 5
+    });
+    assert_eq!(purged(&a, "f.bin"), purged(&b, "f.bin"));
+    assert_eq!(
+        fs::read(b.path("f.bin@v3")).unwrap_err().raw_os_error(),
+        Some(libc::ENODATA)
+    );
+    let before = chunk_bytes(&b);
+    gc(&b, &[]);
+    assert!(before - chunk_bytes(&b) >= 4 << 20, "B's sweep freed too little");
+
+    // A member joining now gets every record; the purged versions join without
+    // data (nobody has it), and the tree is the same.
+    let c = Node::member(Some(&token));
+    wait_content(&c, "f.bin", &last);
+    wait_same_tree(&[&a, &b, &c]);
+    wait_until("C to show the purged versions", PROPAGATE_SECS, || {
+        purged(&c, "f.bin").len() == 5
+    });
+    assert_eq!(c.status()["versions_pending"].as_u64(), Some(0));
+}
