@@ -118,7 +118,7 @@ impl World {
         let r: std::io::Result<()> = match kind {
             0 | 1 => {
                 let d = rng.pick(&dirs).cloned().unwrap_or_default();
-                let p = join(&d, &format!("f{}.txt", rng.below(12)));
+                let p = join(&d, &format!("f{}.txt", rng.below(6)));
                 what = format!("write {p}");
                 let r = fs::write(n.path(&p), &data);
                 if r.is_ok() {
@@ -155,7 +155,7 @@ impl World {
             4 | 5 if !files.is_empty() => {
                 let p = rng.pick(&files).unwrap().clone();
                 let d = rng.pick(&dirs).cloned().unwrap_or_default();
-                let to = join(&d, &format!("f{}.txt", rng.below(12)));
+                let to = join(&d, &format!("f{}.txt", rng.below(6)));
                 what = format!("rename {p} -> {to}");
                 // The source's older versions and the target's are no longer
                 // reachable by name once the source ends: the test saw them go.
@@ -292,6 +292,15 @@ fn run_seed(seed: u64, ops: usize) {
             );
         }
     }));
+    let count = |what: &str| w.log.iter().filter(|l| l.contains(what) && l.contains(": ok")).count();
+    eprintln!(
+        "seed {seed}: {} writes, {} renames/moves, {} deletes, {} dismissals, {} gc runs succeeded",
+        count(" write "),
+        count(" rename ") + count(" move "),
+        count(" delete "),
+        count(" dismiss "),
+        count(" gc ")
+    );
     if let Err(e) = result {
         eprintln!("convergence failed for seed {seed}; operations:\n{}", w.log.join("\n"));
         for (i, n) in w.nodes.iter().enumerate() {

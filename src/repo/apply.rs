@@ -281,7 +281,7 @@ impl<'a> Apply<'a> {
                 let from = st.record().location_from.unwrap_or(st.head.id);
                 let r = self.record(from)?;
                 let key = (r.record.hlc, r.record.author, from);
-                if loser.as_ref().is_none_or(|(k, _)| key > *k) {
+                if loser.as_ref().map_or(true, |(k, _)| key > *k) {
                     loser = Some((key, st));
                 }
             }

@@ -115,7 +115,7 @@ impl<V: Versions> Resolver<'_, V> {
         for s in maximal {
             keyed.push((self.key(s, heads, &stamp)?, s));
         }
-        keyed.sort_by(|a, b| b.0.cmp(&a.0));
+        keyed.sort_by_key(|k| std::cmp::Reverse(k.0));
         let mut it = keyed.into_iter().map(|(_, s)| s);
         let winner = it.next().expect("heads is not empty");
         Ok(Field {
