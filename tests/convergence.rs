@@ -83,6 +83,11 @@ fn history_hashes(n: &Node, rel: &str) -> Vec<String> {
         .collect()
 }
 
+fn short(hashes: &[String]) -> String {
+    let s: Vec<&str> = hashes.iter().map(|h| &h[..12]).collect();
+    s.join(" ")
+}
+
 struct World {
     nodes: Vec<Node>,
     net_args: Vec<Vec<String>>,
@@ -167,13 +172,10 @@ impl World {
                 let d = rng.pick(&dirs).cloned().unwrap_or_default();
                 let to = join(&d, &format!("f{}.txt", rng.below(6)));
                 what = format!("rename {p} -> {to}");
-                // The source's older versions and the target's are no longer
-                // reachable by name once the source ends: the test saw them go.
+                // Over an existing file, the source entry ends: its older versions
+                // are no longer reachable by name, and the test saw them go.
                 let hist = history_hashes(n, &p);
-                self.log.push(format!(
-                    "  history of {p}: {:?}",
-                    hist.iter().map(|h| &h[..12]).collect::<Vec<_>>()
-                ));
+                self.log.push(format!("  history of {p}: {}", short(&hist)));
                 self.deleted.extend(hist);
                 fs::rename(n.path(&p), n.path(&to))
             }
@@ -181,10 +183,7 @@ impl World {
                 let p = rng.pick(&files).unwrap().clone();
                 what = format!("delete {p}");
                 let hist = history_hashes(n, &p);
-                self.log.push(format!(
-                    "  history of {p}: {:?}",
-                    hist.iter().map(|h| &h[..12]).collect::<Vec<_>>()
-                ));
+                self.log.push(format!("  history of {p}: {}", short(&hist)));
                 self.deleted.extend(hist);
                 fs::remove_file(n.path(&p))
             }

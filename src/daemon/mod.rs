@@ -424,11 +424,21 @@ pub fn run_gc(
     policy: &crate::repo::Policy,
     dry_run: bool,
 ) -> Result<crate::repo::GcReport, String> {
-    match fs {
-        Some(fs) => fs.while_no_writes(|idle| repo.gc(policy, dry_run, idle)),
-        None => repo.gc(policy, dry_run, true),
+    let mut report = repo.gc(policy, dry_run).map_err(|e| e.to_string())?;
+    if dry_run {
+        return Ok(report);
     }
-    .map_err(|e| e.to_string())
+    let swept = match fs {
+        Some(fs) => fs.while_no_writes(|idle| idle.then(|| repo.sweep())),
+        None => Some(repo.sweep()),
+    };
+    if let Some(r) = swept {
+        let (chunks, bytes) = r.map_err(|e| e.to_string())?;
+        report.swept = true;
+        report.chunks_freed = chunks;
+        report.bytes_freed = bytes;
+    }
+    Ok(report)
 }
 
 /// Runs the default retention policy every `every` until the node stops.
@@ -510,7 +520,7 @@ pub fn versions_of(repo: &Repo, rel: &str) -> Result<Vec<VersionNode>, String> {
             size: r.record.content.size(),
             kind: kind_of(&r.record.content).into(),
             head: state.heads.iter().any(|(h, _)| h == v),
-            shown: state.record().content_from == Some(*v) || state.head.id == *v,
+            shown: state.head.id == *v,
             conflict: state.conflicts.iter().any(|c| c.version == *v),
             purged: repo.is_purged(*v).map_err(|e| e.to_string())?,
         });
@@ -534,10 +544,15 @@ fn resolve_conflict(repo: &Repo, rel: &str, keep: &str) -> Result<String, String
     };
     let before = repo.get(entry).map_err(|e| e.to_string())?;
     let st = repo.resolve_keep(entry, keep_v).map_err(|e| e.to_string())?;
+    let kept = if keep.is_empty() {
+        rel.rsplit('/').next().unwrap_or(rel).to_string()
+    } else {
+        format!("{}@{keep}", rel.rsplit('/').next().unwrap_or(rel))
+    };
     Ok(format!(
-        "{rel}: now shows {keep_v} as v{}; {} other head(s) retired",
+        "{rel} now holds the content of {kept} (as v{}) on every member; {} head(s) merged",
         st.generation,
-        before.heads.len().saturating_sub(1)
+        before.heads.len()
     ))
 }
 

@@ -76,6 +76,7 @@ fn errno(e: RepoError) -> Errno {
         RepoError::NotDir => Errno::ENOTDIR,
         RepoError::IsDir => Errno::EISDIR,
         RepoError::Cycle => Errno::EINVAL,
+        RepoError::Purged { .. } => Errno::ENODATA,
         RepoError::Store(StoreError::NoSpace(_)) => Errno::ENOSPC,
         RepoError::Spill(ref io) if io.raw_os_error() == Some(libc::ENOSPC) => Errno::ENOSPC,
         other => {
@@ -272,11 +273,23 @@ impl DistriboxFs {
     /// Runs `f` with no write able to start meanwhile; `f` learns whether no file
     /// has unwritten changes (an entry busy committing counts as unwritten).
     pub fn while_no_writes<R>(&self, f: impl FnOnce(bool) -> R) -> R {
+        // Every write-back state stays locked while `f` runs: a writer that fetched
+        // one before we took the map must not write (and store chunks) meanwhile.
         let dirty = self.inner.dirty.lock();
-        let idle = dirty
-            .values()
-            .all(|d| d.try_lock().map(|g| !g.file.is_dirty()).unwrap_or(false));
-        f(idle)
+        let mut guards = Vec::with_capacity(dirty.len());
+        let mut idle = true;
+        for d in dirty.values() {
+            match d.try_lock() {
+                Some(g) => {
+                    idle &= !g.file.is_dirty();
+                    guards.push(g);
+                }
+                None => idle = false,
+            }
+        }
+        let r = f(idle);
+        drop(guards);
+        r
     }
 
     fn repo(&self) -> &Repo {

@@ -53,6 +53,9 @@ impl Versions for BatchVersions<'_, '_> {
     }
 }
 
+/// Orders moves: the later HLC wins, then the higher author, then the version id.
+type CycleKey = (crate::model::Hlc, crate::model::NodeId, VersionId);
+
 /// (link, entry) pairs leaving and entering the `children` index.
 pub(super) type LinkChanges = (Vec<(Link, EntryId)>, Vec<(Link, EntryId)>);
 
@@ -188,7 +191,12 @@ impl<'a> Apply<'a> {
     /// directory still holding a live entry stays visible (and goes once it holds
     /// none), and a directory move that would close a cycle is skipped.
     fn settle(&mut self) -> Result<()> {
-        for _ in 0..64 {
+        // Each pass settles one more level of revived directories.
+        for pass in 0.. {
+            if pass == 100_000 {
+                tracing::error!("settling the tree did not finish; some directories may show wrongly until restart");
+                break;
+            }
             let (removed, added) = self.link_changes();
             let mut dirs: Vec<EntryId> = removed.iter().chain(&added).map(|(l, _)| l.parent).collect();
             dirs.extend(self.before.iter().map(|(e, _, _)| *e));
@@ -212,8 +220,7 @@ impl<'a> Apply<'a> {
                     changed = true;
                 }
             }
-            changed |= self.break_cycles(&added)?;
-            changed |= self.lift_cycle_breaks()?;
+            changed |= self.recompute_cycle_breaks(&added)?;
             if !changed {
                 return Ok(());
             }
@@ -245,92 +252,123 @@ impl<'a> Apply<'a> {
             .and_then(|s| s.record().location.first().map(|l| l.parent)))
     }
 
-    /// The entries from `parent` up to `entry` if `entry` shown under `parent`
-    /// would be its own ancestor; None if not.
-    fn cycle_through(&self, entry: EntryId, parent: EntryId) -> Result<Option<Vec<EntryId>>> {
-        let mut path = vec![entry];
-        let mut cur = parent;
-        for _ in 0..4096 {
-            if cur == entry {
-                return Ok(Some(path));
-            }
-            if cur == self.repo.root {
-                return Ok(None);
-            }
-            path.push(cur);
-            match self.parent_of(cur)? {
-                Some(p) => cur = p,
-                None => return Ok(None),
-            }
-        }
-        Ok(Some(path))
-    }
-
-    /// DESIGN's move rule: where concurrent moves closed a directory cycle, the
-    /// latest move by (HLC, author) on it is skipped; that directory stays where it
-    /// was before the move (or, if that cycles too, goes to the root).
-    fn break_cycles(&mut self, added: &[(Link, EntryId)]) -> Result<bool> {
-        let mut changed = false;
-        for (l, e) in added {
-            let Some(members) = self.cycle_through(*e, l.parent)? else {
-                continue;
-            };
-            let mut loser: Option<((crate::model::Hlc, crate::model::NodeId, VersionId), Arc<EntryState>)> = None;
-            for m in members {
-                let Some(st) = self.current(m)? else { continue };
-                let from = st.record().location_from.unwrap_or(st.head.id);
-                let r = self.record(from)?;
-                let key = (r.record.hlc, r.record.author, from);
-                if loser.as_ref().map_or(true, |(k, _)| key > *k) {
-                    loser = Some((key, st));
+    /// DESIGN's move rule, recomputed from scratch for every directory this batch
+    /// moved and every directory moved aside before, so the result depends only on
+    /// the records: while the directories' merged locations form a cycle, the one
+    /// whose move is latest by (HLC, author) on that cycle falls back one step — to
+    /// its location before that move, then to the root — and the search repeats.
+    fn recompute_cycle_breaks(&mut self, added: &[(Link, EntryId)]) -> Result<bool> {
+        let mut cands: Vec<EntryId> = added.iter().map(|(_, e)| *e).collect();
+        cands.extend(self.breaks().keys().copied());
+        cands.sort();
+        cands.dedup();
+        let mut dirs = Vec::new();
+        for e in cands {
+            if let Some(st) = self.current(e)? {
+                if st.is_alive() && st.record().content.is_dir() {
+                    dirs.push(st);
                 }
             }
-            let Some(((_, _, from), st)) = loser else { continue };
-            let before_move = self.record(from)?.record.parents.first().copied();
-            let mut fallback = match before_move {
-                Some(p) => self.record(p)?.record.location,
-                None => Vec::new(),
+        }
+        if dirs.is_empty() {
+            return Ok(false);
+        }
+        // Each candidate's merged location and its fallbacks, most preferred first.
+        let mut options: HashMap<EntryId, (CycleKey, Vec<Vec<Link>>)> = HashMap::new();
+        for st in &dirs {
+            options.insert(st.id, self.move_options(st)?);
+        }
+        let mut level: HashMap<EntryId, usize> = options.keys().map(|e| (*e, 0)).collect();
+        for _ in 0..100_000 {
+            let parent_of = |this: &Self, e: EntryId| -> Result<Option<EntryId>> {
+                match (options.get(&e), level.get(&e)) {
+                    (Some((_, opts)), Some(l)) => Ok(opts[*l].first().map(|x| x.parent)),
+                    _ => this.parent_of(e),
+                }
             };
-            let cycles_too = match fallback.first() {
-                Some(f) => self.cycle_through(st.id, f.parent)?.is_some() || f.parent == st.id,
-                None => true,
-            };
-            if cycles_too {
-                let name = st.record().location.first().map(|l| l.name.clone()).unwrap_or_default();
-                fallback = vec![Link {
-                    parent: self.repo.root,
-                    name,
-                }];
+            // Every cycle through a candidate, as the entries on it.
+            let mut on_cycle: Vec<EntryId> = Vec::new();
+            for start in options.keys() {
+                let mut path = vec![*start];
+                let mut cur = parent_of(self, *start)?;
+                while let Some(c) = cur {
+                    if c == *start {
+                        on_cycle.extend(path.iter().copied());
+                        break;
+                    }
+                    if c == self.repo.root || path.contains(&c) || path.len() > 4096 {
+                        break;
+                    }
+                    path.push(c);
+                    cur = parent_of(self, c)?;
+                }
             }
-            tracing::info!(entry = %st.id, skipped = %from, "a move would close a directory cycle; skipped");
-            self.breaks().insert(st.id, (from, fallback.clone()));
-            self.set_state(merge::relocated(&st, fallback))?;
-            changed = true;
+            // A directory on a cycle that this batch did not move competes too.
+            let mut grew = false;
+            for e in &on_cycle {
+                if options.contains_key(e) {
+                    continue;
+                }
+                if let Some(st) = self.current(*e)? {
+                    if st.is_alive() && st.record().content.is_dir() {
+                        options.insert(*e, self.move_options(&st)?);
+                        level.insert(*e, 0);
+                        dirs.push(st);
+                        grew = true;
+                    }
+                }
+            }
+            if grew {
+                continue;
+            }
+            let loser = on_cycle
+                .iter()
+                .filter_map(|e| options.get(e).map(|(k, o)| (k, e, o.len())))
+                .filter(|(_, e, n)| level[*e] + 1 < *n)
+                .max_by_key(|(k, _, _)| **k)
+                .map(|(_, e, _)| *e);
+            match loser {
+                Some(e) => *level.get_mut(&e).expect("a candidate") += 1,
+                None => break,
+            }
+        }
+        let mut changed = false;
+        for st in dirs {
+            let (key, opts) = &options[&st.id];
+            let l = level[&st.id];
+            let want = &opts[l];
+            if l == 0 {
+                self.breaks().remove(&st.id);
+            } else {
+                tracing::info!(entry = %st.id, skipped = %key.2, "a move would close a directory cycle; skipped");
+                self.breaks().insert(st.id, (key.2, want.clone()));
+            }
+            if st.record().location != *want {
+                self.set_state(merge::relocated(&st, want.clone()))?;
+                changed = true;
+            }
         }
         Ok(changed)
     }
 
-    /// Undoes skipped moves that no longer close a cycle (another move broke it).
-    fn lift_cycle_breaks(&mut self) -> Result<bool> {
-        let current: Vec<(EntryId, (VersionId, Vec<Link>))> =
-            self.breaks().iter().map(|(e, b)| (*e, b.clone())).collect();
-        let mut changed = false;
-        for (e, (from, _)) in current {
-            let Some(st) = self.current(e)? else { continue };
-            if st.record().location_from != Some(from) {
-                self.breaks().remove(&e); // a newer move of its own superseded it
-                changed = true;
-                continue;
-            }
-            let merged = self.record(from)?.record.location;
-            let Some(l) = merged.first() else { continue };
-            if l.parent != e && self.cycle_through(e, l.parent)?.is_none() {
-                self.breaks().remove(&e);
-                self.set_state(merge::relocated(&st, merged))?;
-                changed = true;
+    /// Where a directory may be shown, most preferred first: its merged location,
+    /// its location before the move that set that, the root; with the move's key.
+    fn move_options(&self, st: &EntryState) -> Result<(CycleKey, Vec<Vec<Link>>)> {
+        let from = st.record().location_from.unwrap_or(st.head.id);
+        let rec = self.record(from)?;
+        let mut opts = vec![rec.record.location.clone()];
+        if let Some(p) = rec.record.parents.first() {
+            let before = self.record(*p)?.record.location;
+            if !before.is_empty() {
+                opts.push(before);
             }
         }
-        Ok(changed)
+        let name = rec.record.location.first().map(|l| l.name.clone()).unwrap_or_default();
+        opts.push(vec![Link {
+            parent: self.repo.root,
+            name,
+        }]);
+        Ok(((rec.record.hlc, rec.record.author, from), opts))
     }
 
     /// This batch's copy of the repo's cycle breaks (written back by `finish`).

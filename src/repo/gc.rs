@@ -120,6 +120,17 @@ impl Repo {
         let Some(entry) = self.purged.lock().get(&v).copied() else {
             return Ok(false);
         };
+        // A purge speaks only for file versions of its own entry (a peer's purge
+        // naming anything else is ignored).
+        match self.store.get_record(v)? {
+            Some(b) => {
+                let r = SignedRecord::decode(&b, false).map_err(|source| RepoError::Record { version: v, source })?;
+                if r.record.entry != entry || !matches!(r.record.content, Content::File { .. }) {
+                    return Ok(false);
+                }
+            }
+            None => return Ok(false),
+        }
         match self.get(entry) {
             Ok(s) => Ok(!s.shows(v)),
             Err(RepoError::NotFound { .. }) => Ok(true),
@@ -128,10 +139,8 @@ impl Repo {
     }
 
     /// Applies `policy` to every file: records purges for the versions it lets go
-    /// (unless `dry_run`), then, if `sweep`, deletes the chunks only purged versions
-    /// used. Callers make sure no file is being written while sweeping (chunks of
-    /// uncommitted writes are not referenced by any record yet).
-    pub fn gc(&self, policy: &Policy, dry_run: bool, sweep: bool) -> Result<GcReport> {
+    /// (unless `dry_run`). `sweep` then frees their chunks.
+    pub fn gc(&self, policy: &Policy, dry_run: bool) -> Result<GcReport> {
         let pending: HashSet<VersionId> = self.pending_ids().into_iter().collect();
         let mut by_entry: HashMap<EntryId, Vec<Candidate>> = HashMap::new();
         for (_, _, v) in self.store.all_versions_by_author()? {
@@ -172,12 +181,6 @@ impl Repo {
         }
         if !dry_run && !purges.is_empty() {
             self.record_purges(purges)?;
-        }
-        if sweep && !dry_run {
-            let (chunks, bytes) = self.sweep()?;
-            report.swept = true;
-            report.chunks_freed = chunks;
-            report.bytes_freed = bytes;
         }
         Ok(report)
     }
@@ -222,7 +225,9 @@ impl Repo {
     }
 
     /// Deletes every chunk used only by purged versions. Returns (chunks, bytes).
-    fn sweep(&self) -> Result<(u64, u64)> {
+    /// The caller makes sure no file is being written meanwhile: chunks of a write
+    /// not yet committed are named by no record.
+    pub fn sweep(&self) -> Result<(u64, u64)> {
         // No version joins or is committed meanwhile: a record joining now could
         // need a chunk we are about to delete.
         let _cs = self.commit_state.lock();

@@ -51,6 +51,8 @@ pub enum RepoError {
     IsDir,
     #[error("moving a directory into itself")]
     Cycle,
+    #[error("version {version}'s data was purged by gc (retention policy); it cannot be used")]
+    Purged { version: VersionId },
     #[error("version {version} is not a head of the entry (it changed meanwhile)")]
     NotHead { version: VersionId },
     #[error("{name}: no such conflicting version (see `distribox versions`)")]
@@ -844,6 +846,9 @@ impl Repo {
     pub fn resolve_keep(&self, entry: EntryId, version: VersionId) -> Result<Arc<EntryState>> {
         let p = self.get(entry)?;
         let keep = self.record(version)?;
+        if self.is_purged(version)? {
+            return Err(RepoError::Purged { version });
+        }
         if keep.record.entry != entry || keep.record.content.is_tombstone() {
             return Err(RepoError::NotConflict {
                 name: format!("version {version}"),
@@ -865,6 +870,9 @@ impl Repo {
     pub fn restore(&self, entry: EntryId, version: VersionId) -> Result<Arc<EntryState>> {
         let p = self.get(entry)?;
         let old = self.record(version)?;
+        if self.is_purged(version)? {
+            return Err(RepoError::Purged { version });
+        }
         if old.record.entry != entry || !matches!(old.record.content, Content::File { .. } | Content::Symlink { .. }) {
             return Err(RepoError::NotConflict {
                 name: format!("version {version}"),

@@ -151,12 +151,22 @@ impl Repo {
         self.pending.lock().keys().copied().collect()
     }
 
+    /// True if a purge (stored, or joining in `tx`) names `v`.
+    fn purge_marked(&self, v: VersionId, tx: &Apply) -> bool {
+        self.purged.lock().contains_key(&v) || tx.purged.iter().any(|(p, _)| *p == v)
+    }
+
     /// Chunks a pending record still needs. A missing manifest node comes back
     /// alone (its children are unknown until it arrives); then the data chunks.
     pub fn missing_chunks(&self, v: VersionId) -> Result<Vec<ChunkId>> {
         let Some(r) = self.pending.lock().get(&v).cloned() else {
             return Ok(Vec::new());
         };
+        if self.purged.lock().contains_key(&v) {
+            // Purged: its data may exist nowhere; it joins once a version that
+            // supersedes it is here (see `integrate_ready`).
+            return Ok(Vec::new());
+        }
         self.missing_chunks_of(&r, usize::MAX)
     }
 
@@ -214,9 +224,13 @@ impl Repo {
                 .iter()
                 .find(|p| pending.contains_key(p) || self.store.get_record(**p).ok().flatten().is_none());
             if let Some(p) = blocked {
-                let w = waiting.entry(*p).or_default();
+                let p = *p;
+                let w = waiting.entry(p).or_default();
                 if !w.contains(&v) {
                     w.push(v);
+                }
+                if pending.contains_key(&p) && self.purge_marked(p, &tx) {
+                    work.push(p); // it may join without its data now that a child waits
                 }
                 continue;
             }
@@ -225,8 +239,9 @@ impl Repo {
             match self.missing_chunks_of(r, 1) {
                 Ok(m) if m.is_empty() => {}
                 // Its data was purged: nobody may have it any more, and the versions
-                // after it must not wait for it forever.
-                Ok(_) if self.purged.lock().contains_key(&v) || tx.purged.iter().any(|(p, _)| *p == v) => {}
+                // after it must not wait for it forever. Only once a version that
+                // supersedes it is here, so it never shows as a head without data.
+                Ok(_) if self.purge_marked(v, &tx) && waiting.get(&v).is_some_and(|w| !w.is_empty()) => {}
                 Ok(_) => continue, // its chunks are still coming: it is a candidate again then
                 Err(e) => {
                     tracing::warn!(version = %v, error = %e, "received version cannot join the tree; left aside");
