@@ -122,8 +122,10 @@ pub enum Cmd {
     /// version records stay (history shows what was purged), and every member
     /// learns the decision. A running node does this by itself (--gc-every).
     Gc {
+        /// Versions of each file always kept (the newest ones).
         #[arg(long, default_value_t = 10)]
         keep_last: usize,
+        /// Versions younger than this are always kept.
         #[arg(long, default_value_t = 30)]
         keep_days: u64,
         /// Saves superseded by the same author within this many seconds do not count
