@@ -259,7 +259,12 @@ impl<'a> Apply<'a> {
     /// its location before that move, then to the root — and the search repeats.
     fn recompute_cycle_breaks(&mut self, added: &[(Link, EntryId)]) -> Result<bool> {
         let mut cands: Vec<EntryId> = added.iter().map(|(_, e)| *e).collect();
-        cands.extend(self.breaks().keys().copied());
+        // Read without copying the repo's map into this batch: most batches move
+        // nothing and must not rewrite the cycle breaks.
+        match &self.breaks {
+            Some(b) => cands.extend(b.keys().copied()),
+            None => cands.extend(self.repo.cycle_breaks.lock().keys().copied()),
+        }
         cands.sort();
         cands.dedup();
         let mut dirs = Vec::new();
@@ -337,11 +342,16 @@ impl<'a> Apply<'a> {
             let (key, opts) = &options[&st.id];
             let l = level[&st.id];
             let want = &opts[l];
-            if l == 0 {
+            let now = (key.2, want.clone());
+            let had = match &self.breaks {
+                Some(b) => b.get(&st.id).cloned(),
+                None => self.repo.cycle_breaks.lock().get(&st.id).cloned(),
+            };
+            if l == 0 && had.is_some() {
                 self.breaks().remove(&st.id);
-            } else {
+            } else if l > 0 && had.as_ref() != Some(&now) {
                 tracing::info!(entry = %st.id, skipped = %key.2, "a move would close a directory cycle; skipped");
-                self.breaks().insert(st.id, (key.2, want.clone()));
+                self.breaks().insert(st.id, now);
             }
             if st.record().location != *want {
                 self.set_state(merge::relocated(&st, want.clone()))?;
