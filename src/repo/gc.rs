@@ -122,9 +122,8 @@ impl Repo {
         };
         // A purge speaks only for file versions of its own entry (a peer's purge
         // naming anything else is ignored).
-        match self.store.get_record(v)? {
-            Some(b) => {
-                let r = SignedRecord::decode(&b, false).map_err(|source| RepoError::Record { version: v, source })?;
+        match self.stored_record(v)? {
+            Some(r) => {
                 if r.record.entry != entry || !matches!(r.record.content, Content::File { .. }) {
                     return Ok(false);
                 }
@@ -239,8 +238,7 @@ impl Repo {
                 continue;
             }
             gone.insert(v);
-            if let Some(r) = self.store.get_record(v)? {
-                let r = SignedRecord::decode(&r, false).map_err(|source| RepoError::Record { version: v, source })?;
+            if let Some(r) = self.stored_record(v)? {
                 candidates.extend(self.chunks_of(&r.record.content));
             }
         }

@@ -180,12 +180,7 @@ impl<'a> StoredVersions<'a> {
 
 impl merge::Versions for StoredVersions<'_> {
     fn record(&self, v: VersionId) -> Result<Option<SignedRecord>> {
-        match self.repo.store.get_record(v)? {
-            None => Ok(None),
-            Some(b) => Ok(Some(
-                SignedRecord::decode(&b, false).map_err(|source| RepoError::Record { version: v, source })?,
-            )),
-        }
+        self.repo.stored_record(v)
     }
     fn generation(&self, v: VersionId) -> Result<Option<u64>> {
         if self.gens.get().is_none() {
@@ -395,11 +390,23 @@ impl Repo {
 
     /// A stored record by id (a missing one is store corruption: ids come from indexes).
     pub fn record(&self, id: VersionId) -> Result<SignedRecord> {
-        let bytes = self.store.get_record(id)?.ok_or_else(|| StoreError::CorruptValue {
-            what: "versions",
-            detail: format!("record {id} is referenced but missing"),
-        })?;
-        SignedRecord::decode(&bytes, false).map_err(|source| RepoError::Record { version: id, source })
+        self.stored_record(id)?.ok_or_else(|| {
+            StoreError::CorruptValue {
+                what: "versions",
+                detail: format!("record {id} is referenced but missing"),
+            }
+            .into()
+        })
+    }
+
+    /// A stored record by id, None if this node does not hold it (ids from peers).
+    fn stored_record(&self, id: VersionId) -> Result<Option<SignedRecord>> {
+        match self.store.get_record(id)? {
+            None => Ok(None),
+            Some(b) => SignedRecord::decode(&b, false)
+                .map(Some)
+                .map_err(|source| RepoError::Record { version: id, source }),
+        }
     }
 
     /// State of an entry (alive or tombstoned); NotFound if it never existed.
