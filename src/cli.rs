@@ -57,6 +57,8 @@ pub enum Cmd {
         net: NetArgs,
         #[command(flatten)]
         gc: GcArgs,
+        #[command(flatten)]
+        gui: GuiArgs,
     },
     /// Run an always-on member without a mount (a "monitor" on a server): it
     /// stores every version and relays them between members. Stays in the
@@ -66,6 +68,31 @@ pub enum Cmd {
         net: NetArgs,
         #[command(flatten)]
         gc: GcArgs,
+        #[command(flatten)]
+        gui: GuiArgs,
+    },
+    /// Print the link to this node's web GUI (versions, conflicts, log, peers,
+    /// transfers). The link carries the API key: it opens the GUI for whoever
+    /// has it, so treat it like a password. Scripts use the same REST API with
+    /// the key in an `X-API-Key` header (docs/api.md).
+    Gui {
+        /// Print only the API key (from <data dir>/api.key).
+        #[arg(long)]
+        key: bool,
+    },
+    /// List files that show conflicting versions (changed on two members at once):
+    /// the version the plain name shows and the others, listed as `name@vN`.
+    Conflicts {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until this node holds every version its online peers have, with their
+    /// data (a progress bar on a terminal). Exits 1 if that takes longer than
+    /// --timeout. Useful after `join` or before shutting a laptop down.
+    Wait {
+        /// Give up after this many seconds (0: wait forever).
+        #[arg(long, default_value_t = 0, value_name = "SECS")]
+        timeout: u64,
     },
     /// Print an invitation token for this node's group (ask the running node for its
     /// addresses). Anyone with the token can join: send it privately.
@@ -89,12 +116,20 @@ pub enum Cmd {
         json: bool,
     },
     /// List the versions of PATH (N, time, author, size), or recent changes across
-    /// the folder when PATH is omitted. Read an old version as `PATH@vN`.
+    /// the folder when PATH is omitted (a directory PATH: changes under it). Read
+    /// an old version as `PATH@vN`.
     Log {
         path: Option<PathBuf>,
         /// How many recent changes to show (without PATH).
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Only versions by this author (a prefix of its node id, as listed).
+        #[arg(long, value_name = "NODE")]
+        author: Option<String>,
+        /// Only versions made in the last AGE (like 2h, 3days) or since a time
+        /// (2026-12-01T10:00:00Z).
+        #[arg(long, value_name = "AGE|TIME")]
+        since: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -142,6 +177,33 @@ pub enum Cmd {
         /// The old version, as PATH@vN.
         path: PathBuf,
     },
+}
+
+/// The web GUI and REST API.
+#[derive(Args, Debug, Clone)]
+pub struct GuiArgs {
+    /// Where the web GUI and REST API listen: HOST:PORT, a port on 127.0.0.1, or
+    /// `off`. Default 127.0.0.1:7468 (if that is taken the node runs without a
+    /// GUI). Anything but loopback lets other machines reach it (the API key
+    /// still guards it); a warning says so.
+    #[arg(long, value_name = "ADDR")]
+    pub gui_listen: Option<String>,
+}
+
+impl GuiArgs {
+    fn config(&self) -> Result<daemon::web::GuiListen> {
+        let listen = daemon::web::GuiListen::parse(self.gui_listen.as_deref()).map_err(|e| anyhow!(e))?;
+        if let daemon::web::GuiListen::Explicit(a) = &listen {
+            if !a.ip().is_loopback() {
+                eprintln!("warning: the web GUI and REST API will listen on {a}, reachable from other machines; anyone who can reach it and holds the API key can read and change the folder");
+            }
+        }
+        Ok(listen)
+    }
+
+    fn child_args(&self) -> Vec<String> {
+        self.gui_listen.iter().map(|g| format!("--gui-listen={g}")).collect()
+    }
 }
 
 /// Retention while the node runs.
@@ -238,6 +300,7 @@ pub fn run(cli: Cli) -> Result<()> {
             threads,
             net,
             gc,
+            gui,
         } => {
             let cfg = MountConfig {
                 data_dir,
@@ -250,6 +313,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 threads,
                 net: net.config()?,
                 gc_every: gc.interval(),
+                gui: gui.config()?,
             };
             if foreground {
                 mount_foreground(cfg)
@@ -257,10 +321,11 @@ pub fn run(cli: Cli) -> Result<()> {
                 let mut extra = cli_args_for_child(allow_other, idle_commit_ms, threads);
                 extra.extend(net.child_args());
                 extra.push(format!("--gc-every={}", gc.gc_every));
+                extra.extend(gui.child_args());
                 mount_background(cfg, &extra)
             }
         }
-        Cmd::Serve { net, gc } => {
+        Cmd::Serve { net, gc, gui } => {
             let Some(net) = net.config()? else {
                 bail!("`serve` without a network does nothing; drop --no-net");
             };
@@ -270,6 +335,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     data_dir,
                     net,
                     gc_every: gc.interval(),
+                    gui: gui.config()?,
                 },
                 &mut StdoutReady,
             ))
@@ -373,15 +439,71 @@ pub fn run(cli: Cli) -> Result<()> {
                 for a in &info.listen {
                     println!("listening   {a}");
                 }
+                if let Some(g) = &info.gui {
+                    println!("web GUI     {g} (`distribox gui` prints the link with its key)");
+                }
                 if info.versions_pending > 0 || info.chunks_wanted > 0 {
                     println!(
-                        "incoming    {} version(s) waiting for {} chunk(s); {} bytes received so far",
-                        info.versions_pending, info.chunks_wanted, info.bytes_received
+                        "incoming    {} version(s): {} to go at {}/s, {}",
+                        info.versions_pending,
+                        human_bytes(info.bytes_missing),
+                        human_bytes(info.rate_bps),
+                        info.eta_secs
+                            .map(|s| format!("about {} left", humantime::format_duration(Duration::from_secs(s))))
+                            .unwrap_or_else(|| "waiting for a peer that has the data".into())
                     );
+                    if let Ok(ControlResponse::Transfers(t)) = call(&data_dir, &ControlRequest::Transfers) {
+                        for i in t.items.iter().take(10) {
+                            println!(
+                                "            {}  {} of {}",
+                                i.path,
+                                human_bytes(i.size - i.bytes_missing),
+                                human_bytes(i.size)
+                            );
+                        }
+                    }
                 }
+                println!("received    {} since the node started", human_bytes(info.bytes_received));
             }
             Ok(())
         }
+        Cmd::Gui { key } => {
+            data_dir.check()?;
+            let api_key = data_dir.api_key()?;
+            if key {
+                println!("{api_key}");
+                return Ok(());
+            }
+            let gui = match call(&data_dir, &ControlRequest::Status)? {
+                ControlResponse::Status(s) => s.gui,
+                other => bail!("unexpected answer from node: {other:?}"),
+            };
+            let gui = gui.ok_or_else(|| {
+                anyhow!("the node runs without a web GUI (its address was taken or it was started with --gui-listen off); restart it with --gui-listen ADDR")
+            })?;
+            println!("{gui}#key={api_key}");
+            Ok(())
+        }
+        Cmd::Conflicts { json } => {
+            let conflicts = match call(&data_dir, &ControlRequest::Conflicts)? {
+                ControlResponse::Conflicts { conflicts } => conflicts,
+                ControlResponse::Error { message } => bail!("{message}"),
+                other => bail!("unexpected answer from node: {other:?}"),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&conflicts)?);
+            } else if conflicts.is_empty() {
+                println!("no conflicts");
+            } else {
+                for c in conflicts {
+                    let others: Vec<String> = c.versions.iter().map(|v| format!("{}@{v}", c.path)).collect();
+                    println!("{}  (shows {})  also: {}", c.path, c.shown, others.join("  "));
+                }
+                println!("(keep one: `distribox resolve FILE --keep vN`; drop one: `rm FILE@vN`)");
+            }
+            Ok(())
+        }
+        Cmd::Wait { timeout } => wait_in_sync(&data_dir, timeout),
         Cmd::Versions { path, json } => {
             let rel = folder_relative(&data_dir, &path)?;
             let versions = match call(&data_dir, &ControlRequest::Versions { path: rel })? {
@@ -436,19 +558,37 @@ pub fn run(cli: Cli) -> Result<()> {
             let rel = folder_relative(&data_dir, &path)?;
             print_done(call(&data_dir, &ControlRequest::Restore { path: rel })?)
         }
-        Cmd::Log { path, limit, json } => {
+        Cmd::Log {
+            path,
+            limit,
+            author,
+            since,
+            json,
+        } => {
             let rel = match &path {
                 Some(p) => Some(folder_relative(&data_dir, p)?),
                 None => None,
             };
-            let lines = match call(&data_dir, &ControlRequest::Log { path: rel, limit })? {
+            // A directory: recent changes under it rather than its own history.
+            let is_dir = path.as_ref().is_some_and(|p| p.is_dir());
+            let since = since.as_deref().map(parse_since).transpose()?;
+            let (path_f, under) = if is_dir { (None, rel) } else { (rel, None) };
+            let per_file = path_f.is_some();
+            let filter = crate::daemon::query::LogFilter {
+                path: path_f,
+                limit,
+                author,
+                since,
+                under,
+            };
+            let lines = match call(&data_dir, &ControlRequest::Log(filter))? {
                 ControlResponse::Log { lines } => lines,
                 ControlResponse::Error { message } => bail!("{message}"),
                 other => bail!("unexpected answer from node: {other:?}"),
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&lines)?);
-            } else if path.is_some() {
+            } else if per_file {
                 println!("{:<6} {:<21} {:<9} {:>12}  KIND", "N", "TIME", "AUTHOR", "SIZE");
                 for l in lines {
                     let head = if l.head { "  (current)" } else { "" };
@@ -471,6 +611,93 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// `--since`: an age (`2h`, `3days`) or a time (`2026-12-01T10:00:00Z`).
+fn parse_since(s: &str) -> Result<i64> {
+    let t = humantime::parse_rfc3339_weak(s)
+        .ok()
+        .or_else(|| {
+            humantime::parse_duration(s)
+                .ok()
+                .and_then(|d| std::time::SystemTime::now().checked_sub(d))
+        })
+        .ok_or_else(|| anyhow!("--since {s}: expected an age like 2h or 3days, or a time like 2026-12-01T10:00:00Z"))?;
+    Ok(t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64))
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Polls the node until no online peer has records we lack and nothing is pending;
+/// draws a progress bar (bytes of pending data) when stderr is a terminal.
+fn wait_in_sync(data_dir: &DataDir, timeout: u64) -> Result<()> {
+    use std::io::IsTerminal;
+    let started = Instant::now();
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        b
+    });
+    let mut total = 0u64;
+    loop {
+        let st = match call(data_dir, &ControlRequest::Status)? {
+            ControlResponse::Status(s) => s,
+            other => bail!("unexpected answer from node: {other:?}"),
+        };
+        let peers = match call(data_dir, &ControlRequest::Peers)? {
+            ControlResponse::Peers { peers } => peers,
+            _ => Vec::new(), // --no-net: nothing to wait for
+        };
+        let behind: u64 = peers.iter().filter(|p| p.online).map(|p| p.missing_here).sum();
+        let settled = behind == 0 && st.versions_pending == 0;
+        if let Some(b) = &bar {
+            total = total.max(st.bytes_missing);
+            b.set_length(total);
+            b.set_position(total - st.bytes_missing);
+            b.set_message(format!("{} version(s) pending, {behind} record(s) to fetch", st.versions_pending));
+        }
+        if settled {
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
+            println!(
+                "in sync with {} online peer(s) after {:.1} s",
+                peers.iter().filter(|p| p.online).count(),
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        if timeout > 0 && started.elapsed() > Duration::from_secs(timeout) {
+            if let Some(b) = &bar {
+                b.abandon();
+            }
+            bail!(
+                "not in sync after {timeout} s: {} version(s) pending ({} to go), {behind} record(s) still to fetch",
+                st.versions_pending,
+                human_bytes(st.bytes_missing)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
     }
 }
 

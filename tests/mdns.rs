@@ -71,7 +71,7 @@ fn serve_in(ns: &str, data: &std::path::Path, listen: &str, log: &std::path::Pat
     let child = Command::new("ip")
         .args(["netns", "exec", ns, bin(), "--data-dir"])
         .arg(data)
-        .args(["serve", "--listen", listen])
+        .args(["serve", "--listen", listen, "--gui-listen=off"])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()

@@ -13,10 +13,15 @@ use std::time::Duration;
 pub enum ControlRequest {
     Status,
     /// History of one path (relative to the folder root), or recent changes.
-    Log {
-        path: Option<String>,
-        limit: usize,
+    Log(super::query::LogFilter),
+    /// A directory's listing as the mount shows it (conflicts as `name@vN`).
+    Tree {
+        path: String,
     },
+    /// Every file that shows conflicting versions.
+    Conflicts,
+    /// Versions arriving from peers: what is still to come, rate, ETA.
+    Transfers,
     /// Members: online state, addresses, RTT, how far in sync.
     Peers,
     /// Every version of a path (relative to the folder root) with its parents.
@@ -58,6 +63,13 @@ pub enum ControlResponse {
     Gc {
         report: crate::repo::GcReport,
     },
+    Tree {
+        items: Vec<DirItem>,
+    },
+    Conflicts {
+        conflicts: Vec<ConflictInfo>,
+    },
+    Transfers(TransfersInfo),
     /// A version was made; `message` says what happened.
     Done {
         message: String,
@@ -91,6 +103,65 @@ pub struct StatusInfo {
     pub versions_pending: usize,
     pub chunks_wanted: usize,
     pub bytes_received: u64,
+    /// Data of pending versions not here yet, receive rate over the last seconds,
+    /// and the time left at that rate (None while nothing arrives).
+    #[serde(default)]
+    pub bytes_missing: u64,
+    #[serde(default)]
+    pub rate_bps: u64,
+    #[serde(default)]
+    pub eta_secs: Option<u64>,
+    /// The web GUI and REST API (`http://ADDR/`), if it runs.
+    #[serde(default)]
+    pub gui: Option<String>,
+}
+
+/// One name in a directory listing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DirItem {
+    pub name: String,
+    pub kind: String,
+    pub size: u64,
+    /// Unix seconds.
+    pub mtime: i64,
+    /// The version shown (`v5`), or for a conflict entry its suffix (`v3-1a2b3c4d`).
+    pub version: String,
+    /// For `name@vN` entries: the plain name this is a conflicting version of.
+    pub conflict_of: Option<String>,
+    /// How many conflicting versions the entry lists next to it.
+    pub conflicts: usize,
+}
+
+/// A file showing conflicting versions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConflictInfo {
+    pub path: String,
+    /// The version the plain name shows (`v4`, `v3-1a2b3c4d`).
+    pub shown: String,
+    /// The others, each listed as `path@<name>`.
+    pub versions: Vec<String>,
+}
+
+/// A received version waiting for its data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransferItem {
+    pub version: String,
+    pub path: String,
+    pub author: String,
+    pub size: u64,
+    pub bytes_missing: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransfersInfo {
+    pub versions_pending: usize,
+    pub chunks_wanted: usize,
+    pub bytes_received: u64,
+    pub bytes_missing: u64,
+    pub rate_bps: u64,
+    pub eta_secs: Option<u64>,
+    /// The largest remainders first (at most 100).
+    pub items: Vec<TransferItem>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

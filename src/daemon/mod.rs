@@ -9,15 +9,16 @@
 
 pub mod control;
 mod mountpoint;
+pub mod query;
+pub mod web;
 
 pub use mountpoint::{check_mountpoint, is_mounted, mount_device, MountpointError};
 
 use crate::fs::{DistriboxFs, FsOptions};
-use crate::model::{names, EntryId, VersionId};
 use crate::repo::{Repo, RepoError};
 use crate::store::{DataDir, DataDirError};
 use crate::sync::NetConfig;
-use control::{ControlRequest, ControlResponse, LogLine, StatusInfo, VersionNode};
+use control::{ControlRequest, ControlResponse, StatusInfo, TransfersInfo};
 use fuser::{Config, MountOption, SessionACL};
 use parking_lot::Mutex;
 use std::io::{BufRead, BufReader, Write};
@@ -42,6 +43,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Sync(#[from] crate::sync::SyncError),
+    #[error(transparent)]
+    Web(#[from] web::WebError),
     #[error("control socket {path}: {source}")]
     Control {
         path: PathBuf,
@@ -68,6 +71,7 @@ pub struct MountConfig {
     pub net: Option<NetConfig>,
     /// Run the default retention policy this often (None: never).
     pub gc_every: Option<std::time::Duration>,
+    pub gui: web::GuiListen,
 }
 
 /// Shared by the control socket: what the node can report and how it stops.
@@ -81,6 +85,8 @@ struct NodeCtl {
     data_dir: PathBuf,
     started: Instant,
     stop: Box<dyn Fn() -> Result<(), String> + Send + Sync>,
+    /// `http://ADDR/` of the web GUI, if it runs.
+    gui: Option<String>,
 }
 
 /// The parts every running node has, mounted or not.
@@ -155,12 +161,14 @@ pub struct ServeConfig {
     pub data_dir: DataDir,
     pub net: NetConfig,
     pub gc_every: Option<std::time::Duration>,
+    pub gui: web::GuiListen,
 }
 
 /// Runs a member without a mount until SIGTERM/SIGINT or a shutdown request.
 pub fn run_serve(cfg: ServeConfig, ready: &mut dyn Ready) -> Result<(), DaemonError> {
     cfg.data_dir.check()?;
     let _lock = cfg.data_dir.lock()?;
+    let gui_socket = web::bind(&cfg.gui)?;
     let node = Node::start(&cfg.data_dir)?;
     let span = tracing::info_span!("node", node = %node.repo.node());
     let _enter = span.enter();
@@ -177,6 +185,7 @@ pub fn run_serve(cfg: ServeConfig, ready: &mut dyn Ready) -> Result<(), DaemonEr
         mountpoint: None,
         data_dir: cfg.data_dir.root.clone(),
         started: Instant::now(),
+        gui: None,
         stop: {
             let tx = stop_tx.clone();
             Box::new(move || {
@@ -186,6 +195,7 @@ pub fn run_serve(cfg: ServeConfig, ready: &mut dyn Ready) -> Result<(), DaemonEr
         },
     }));
     node.listen_control(ctl.clone())?;
+    let gui = start_gui(gui_socket, &ctl)?;
     {
         let tx = stop_tx.clone();
         on_signals(move || {
@@ -199,6 +209,9 @@ pub fn run_serve(cfg: ServeConfig, ready: &mut dyn Ready) -> Result<(), DaemonEr
     tracing::info!(data_dir = %cfg.data_dir.root.display(), "serving (no mount)");
     ready.ready(Path::new(""));
     let _ = stop_rx.recv();
+    if let Some(g) = gui {
+        g.stop();
+    }
     let sync = ctl.lock().sync.take();
     node.shutdown(sync);
     tracing::info!("stopped; store closed");
@@ -210,6 +223,7 @@ pub fn run_mount(cfg: MountConfig, ready: &mut dyn Ready) -> Result<(), DaemonEr
     let mountpoint = check_mountpoint(&cfg.mountpoint)?;
     cfg.data_dir.init(None)?;
     let _lock = cfg.data_dir.lock()?;
+    let gui_socket = web::bind(&cfg.gui)?;
     let node = Node::start(&cfg.data_dir)?;
     let repo = node.repo.clone();
     repo.start_prefetch(2);
@@ -249,6 +263,7 @@ pub fn run_mount(cfg: MountConfig, ready: &mut dyn Ready) -> Result<(), DaemonEr
         mountpoint: Some(mountpoint.clone()),
         data_dir: cfg.data_dir.root.clone(),
         started: Instant::now(),
+        gui: None,
         stop: {
             let unmounter = unmounter.clone();
             Box::new(move || {
@@ -260,6 +275,7 @@ pub fn run_mount(cfg: MountConfig, ready: &mut dyn Ready) -> Result<(), DaemonEr
         },
     }));
     node.listen_control(ctl.clone())?;
+    let gui = start_gui(gui_socket, &ctl)?;
     {
         let unmounter = unmounter.clone();
         on_signals(move || {
@@ -276,6 +292,9 @@ pub fn run_mount(cfg: MountConfig, ready: &mut dyn Ready) -> Result<(), DaemonEr
     tracing::info!(mountpoint = %mountpoint.display(), data_dir = %cfg.data_dir.root.display(), "mounted");
     ready.ready(&mountpoint);
     let result = session.run();
+    if let Some(g) = gui {
+        g.stop();
+    }
     fs.flush_all();
     let _ = idle.join();
     let sync = ctl.lock().sync.take();
@@ -285,6 +304,15 @@ pub fn run_mount(cfg: MountConfig, ready: &mut dyn Ready) -> Result<(), DaemonEr
         Err(err) => tracing::warn!(error = %err, "FUSE session ended with an error"),
     }
     Ok(())
+}
+
+/// Starts the web GUI and REST API on its bound socket and tells the control
+/// socket where it is.
+fn start_gui(bound: Option<web::Bound>, ctl: &Arc<Mutex<NodeCtl>>) -> Result<Option<web::WebHandle>, DaemonError> {
+    let Some(bound) = bound else { return Ok(None) };
+    let handle = bound.serve(ctl.clone())?;
+    ctl.lock().gui = Some(format!("http://{}/", handle.addr));
+    Ok(Some(handle))
 }
 
 /// The kernel caps a FUSE mount's read-ahead at the block layer default (128 KiB)
@@ -369,51 +397,91 @@ fn answer_control(ctl: &Mutex<NodeCtl>, req: ControlRequest) -> ControlResponse 
     let c = ctl.lock();
     let repo = &c.repo;
     match req {
-        ControlRequest::Status => {
-            let (chunks, chunk_bytes) = repo.store().chunk_stats().unwrap_or((0, 0));
-            let (chunks_wanted, bytes_received) = c.sync.as_ref().map(|s| s.transfers()).unwrap_or((0, 0));
-            let peers = c.sync.as_ref().map(|s| s.peers()).unwrap_or_default();
-            ControlResponse::Status(StatusInfo {
-                node: repo.node().to_hex(),
-                pid: std::process::id(),
-                mountpoint: c.mountpoint.as_ref().map(|p| p.display().to_string()),
-                data_dir: c.data_dir.display().to_string(),
-                local_versions: repo.store().last_seq(repo.node()).unwrap_or(0),
-                store_bytes: repo.store().disk_usage(),
-                chunks,
-                chunk_bytes,
-                uptime_secs: c.started.elapsed().as_secs(),
-                group: hex::encode(repo.group().id),
-                listen: c.sync.as_ref().map(|s| s.listen_addrs()).unwrap_or_default(),
-                peers_online: peers.iter().filter(|p| p.online).count(),
-                peers_known: peers.len(),
-                versions_pending: repo.pending_ids().len(),
-                chunks_wanted,
-                bytes_received,
-            })
-        }
-        ControlRequest::Log { path, limit } => match log_lines(repo, path.as_deref(), limit) {
-            Ok(lines) => ControlResponse::Log { lines },
-            Err(message) => ControlResponse::Error { message },
-        },
+        ControlRequest::Status => ControlResponse::Status(c.status()),
+        ControlRequest::Log(filter) => answer(query::log_lines(repo, &filter), |lines| ControlResponse::Log { lines }),
+        ControlRequest::Tree { path } => answer(query::list_dir(repo, &path), |items| ControlResponse::Tree { items }),
+        ControlRequest::Conflicts => answer(query::conflicts(repo), |conflicts| ControlResponse::Conflicts {
+            conflicts,
+        }),
+        ControlRequest::Transfers => answer(c.transfers(), ControlResponse::Transfers),
         ControlRequest::Peers => match &c.sync {
             Some(s) => ControlResponse::Peers { peers: s.peers() },
             None => ControlResponse::Error {
                 message: "this node runs without a network (--no-net)".into(),
             },
         },
-        ControlRequest::Versions { path } => match versions_of(repo, &path) {
-            Ok(versions) => ControlResponse::Versions { versions },
-            Err(message) => ControlResponse::Error { message },
-        },
-        ControlRequest::Resolve { path, keep } => done(resolve_conflict(repo, &path, &keep)),
-        ControlRequest::Restore { path } => done(restore_version(repo, &path)),
+        ControlRequest::Versions { path } => answer(query::versions_of(repo, &path), |versions| {
+            ControlResponse::Versions { versions }
+        }),
+        ControlRequest::Resolve { path, keep } => done(query::resolve_conflict(repo, &path, &keep)),
+        ControlRequest::Restore { path } => done(query::restore_version(repo, &path)),
         ControlRequest::Gc { .. } => unreachable!("answered above"),
         ControlRequest::Shutdown => match (c.stop)() {
             Ok(()) => ControlResponse::Ok,
             Err(message) => ControlResponse::Error { message },
         },
     }
+}
+
+impl NodeCtl {
+    fn status(&self) -> StatusInfo {
+        let repo = &self.repo;
+        let (chunks, chunk_bytes) = repo.store().chunk_stats().unwrap_or((0, 0));
+        let (chunks_wanted, bytes_received, rate_bps) = self.sync.as_ref().map(|s| s.transfers()).unwrap_or_default();
+        let peers = self.sync.as_ref().map(|s| s.peers()).unwrap_or_default();
+        let pending = repo.pending_ids().len();
+        let bytes_missing = if pending > 0 {
+            query::transfers(repo, usize::MAX)
+                .map(|t| t.iter().map(|i| i.bytes_missing).sum())
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        StatusInfo {
+            node: repo.node().to_hex(),
+            pid: std::process::id(),
+            mountpoint: self.mountpoint.as_ref().map(|p| p.display().to_string()),
+            data_dir: self.data_dir.display().to_string(),
+            local_versions: repo.store().last_seq(repo.node()).unwrap_or(0),
+            store_bytes: repo.store().disk_usage(),
+            chunks,
+            chunk_bytes,
+            uptime_secs: self.started.elapsed().as_secs(),
+            group: hex::encode(repo.group().id),
+            listen: self.sync.as_ref().map(|s| s.listen_addrs()).unwrap_or_default(),
+            peers_online: peers.iter().filter(|p| p.online).count(),
+            peers_known: peers.len(),
+            versions_pending: pending,
+            chunks_wanted,
+            bytes_received,
+            bytes_missing,
+            rate_bps,
+            eta_secs: eta(bytes_missing, rate_bps),
+            gui: self.gui.clone(),
+        }
+    }
+
+    fn transfers(&self) -> Result<TransfersInfo, query::QueryError> {
+        let (chunks_wanted, bytes_received, rate_bps) = self.sync.as_ref().map(|s| s.transfers()).unwrap_or_default();
+        let mut items = query::transfers(&self.repo, usize::MAX)?;
+        let bytes_missing = items.iter().map(|i| i.bytes_missing).sum();
+        let versions_pending = items.len();
+        items.truncate(100);
+        Ok(TransfersInfo {
+            versions_pending,
+            chunks_wanted,
+            bytes_received,
+            bytes_missing,
+            rate_bps,
+            eta_secs: eta(bytes_missing, rate_bps),
+            items,
+        })
+    }
+}
+
+/// Seconds left at the current rate; None while nothing arrives.
+fn eta(missing: u64, rate_bps: u64) -> Option<u64> {
+    (missing > 0 && rate_bps > 0).then(|| missing.div_ceil(rate_bps))
 }
 
 /// Applies a retention policy. Chunks are swept only while no file has unwritten
@@ -456,174 +524,16 @@ fn spawn_gc(repo: std::sync::Weak<Repo>, fs: Option<DistriboxFs>, every: std::ti
     }
 }
 
-fn done(r: Result<String, String>) -> ControlResponse {
+fn done(r: Result<String, query::QueryError>) -> ControlResponse {
     match r {
         Ok(message) => ControlResponse::Done { message },
-        Err(message) => ControlResponse::Error { message },
+        Err(e) => ControlResponse::Error { message: e.to_string() },
     }
 }
 
-fn kind_of(c: &crate::model::Content) -> &'static str {
-    match c {
-        crate::model::Content::File { .. } => "file",
-        crate::model::Content::Dir => "dir",
-        crate::model::Content::Symlink { .. } => "symlink",
-        crate::model::Content::Special { .. } => "special",
-        crate::model::Content::Tombstone => "deleted",
-        crate::model::Content::Purge { .. } => "purge",
+fn answer<T>(r: Result<T, query::QueryError>, ok: impl FnOnce(T) -> ControlResponse) -> ControlResponse {
+    match r {
+        Ok(v) => ok(v),
+        Err(e) => ControlResponse::Error { message: e.to_string() },
     }
-}
-
-/// Splits `dir/report.txt@v3` into the entry of `dir/report.txt` and the version
-/// `v3` names (a real file called `report.txt@v3` wins).
-fn resolve_versioned_path(repo: &Repo, rel: &str) -> Result<(EntryId, Option<VersionId>), String> {
-    if let Ok(e) = resolve_path(repo, rel) {
-        return Ok((e, None));
-    }
-    let (dir, last) = match rel.rsplit_once('/') {
-        Some((d, l)) => (d, l),
-        None => ("", rel),
-    };
-    let (base, name) =
-        names::parse_version_name(last.as_bytes()).ok_or_else(|| format!("{rel}: no such file in the folder"))?;
-    let base = std::str::from_utf8(base).map_err(|_| format!("{rel}: not a valid name"))?;
-    let entry = resolve_path(repo, &Path::new(dir).join(base).to_string_lossy())?;
-    let v = repo
-        .version_by_name(entry, &name)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| {
-            format!(
-                "{rel}: no such version (several versions may share v{}; see `distribox versions`)",
-                name.generation
-            )
-        })?;
-    Ok((entry, Some(v.id)))
-}
-
-/// Every version of a path, newest generation first.
-pub fn versions_of(repo: &Repo, rel: &str) -> Result<Vec<VersionNode>, String> {
-    let (entry, _) = resolve_versioned_path(repo, rel)?;
-    let state = repo.get(entry).map_err(|e| e.to_string())?;
-    let all = repo.version_names(entry).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    for (g, _, v) in &all {
-        let r = repo.record(*v).map_err(|e| e.to_string())?;
-        out.push(VersionNode {
-            name: names::shortest_name(&all, *v)
-                .map(|n| n.suffix())
-                .unwrap_or_else(|| format!("v{g}")),
-            n: *g,
-            version: v.to_hex(),
-            parents: r.record.parents.iter().map(|p| p.to_hex()).collect(),
-            time: format_time(r.record.hlc),
-            author: r.record.author.to_string(),
-            size: r.record.content.size(),
-            kind: kind_of(&r.record.content).into(),
-            head: state.heads.iter().any(|(h, _)| h == v),
-            shown: state.head.id == *v,
-            conflict: state.conflicts.iter().any(|c| c.version == *v),
-            purged: repo.is_purged(*v).map_err(|e| e.to_string())?,
-        });
-    }
-    out.sort_by(|a, b| b.n.cmp(&a.n).then(b.time.cmp(&a.time)).then(b.version.cmp(&a.version)));
-    Ok(out)
-}
-
-fn resolve_conflict(repo: &Repo, rel: &str, keep: &str) -> Result<String, String> {
-    let (entry, in_path) = resolve_versioned_path(repo, rel)?;
-    let keep_v = if keep.is_empty() {
-        in_path.ok_or_else(|| format!("{rel}: say which version to keep (--keep vN)"))?
-    } else {
-        let base = rel.rsplit('/').next().unwrap_or(rel);
-        let (_, name) = names::parse_version_name(format!("{base}@{keep}").as_bytes())
-            .ok_or_else(|| format!("{keep}: not a version name (like v3 or v3-1a2b3c4d)"))?;
-        repo.version_by_name(entry, &name)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("{rel}: no version {keep} (see `distribox versions`)"))?
-            .id
-    };
-    let before = repo.get(entry).map_err(|e| e.to_string())?;
-    let st = repo.resolve_keep(entry, keep_v).map_err(|e| e.to_string())?;
-    let kept = if keep.is_empty() {
-        rel.rsplit('/').next().unwrap_or(rel).to_string()
-    } else {
-        format!("{}@{keep}", rel.rsplit('/').next().unwrap_or(rel))
-    };
-    Ok(format!(
-        "{rel} now holds the content of {kept} (as v{}) on every member; {} head(s) merged",
-        st.generation,
-        before.heads.len()
-    ))
-}
-
-fn restore_version(repo: &Repo, rel: &str) -> Result<String, String> {
-    let (entry, v) = resolve_versioned_path(repo, rel)?;
-    let v = v.ok_or_else(|| format!("{rel}: name a version to restore, like {rel}@v2"))?;
-    if repo.is_purged(v).map_err(|e| e.to_string())? {
-        return Err(format!(
-            "{rel}: that version's data was purged by gc (retention policy); it cannot be restored"
-        ));
-    }
-    let st = repo.restore(entry, v).map_err(|e| e.to_string())?;
-    Ok(format!("restored the content of {rel} as v{}", st.generation))
-}
-
-/// Finds the entry at a folder-relative path.
-fn resolve_path(repo: &Repo, rel: &str) -> Result<crate::model::EntryId, String> {
-    let mut cur = repo.root();
-    for comp in Path::new(rel).components() {
-        use std::path::Component;
-        match comp {
-            Component::Normal(name) => {
-                use std::os::unix::ffi::OsStrExt;
-                cur = repo
-                    .lookup(cur, name.as_bytes())
-                    .map_err(|e| e.to_string())?
-                    .ok_or_else(|| format!("{rel}: no such file in the folder"))?;
-            }
-            Component::CurDir => {}
-            _ => return Err(format!("{rel}: path must stay inside the folder")),
-        }
-    }
-    Ok(cur)
-}
-
-fn format_time(hlc: crate::model::Hlc) -> String {
-    humantime::format_rfc3339_seconds(hlc.system_time()).to_string()
-}
-
-/// History of a path (oldest first) or recent changes across the folder (newest
-/// first).
-pub fn log_lines(repo: &Repo, path: Option<&str>, limit: usize) -> Result<Vec<LogLine>, String> {
-    let (infos, heads): (Vec<_>, Vec<crate::model::VersionId>) = match path {
-        Some(p) if !p.is_empty() => {
-            let entry = resolve_path(repo, p)?;
-            let heads = repo
-                .get(entry)
-                .map_err(|e| e.to_string())?
-                .heads
-                .iter()
-                .map(|h| h.0)
-                .collect();
-            (repo.history(entry).map_err(|e| e.to_string())?, heads)
-        }
-        _ => (repo.recent(limit).map_err(|e| e.to_string())?, Vec::new()),
-    };
-    Ok(infos
-        .into_iter()
-        .map(|v| {
-            let r = &v.record.record;
-            let kind = kind_of(&r.content);
-            LogLine {
-                n: v.generation,
-                version: v.record.id.to_string(),
-                time: format_time(r.hlc),
-                author: r.author.to_string(),
-                size: r.content.size(),
-                kind: kind.into(),
-                path: repo.path_of(r.entry).unwrap_or_else(|| "(deleted)".into()),
-                head: heads.contains(&v.record.id),
-            }
-        })
-        .collect())
 }

@@ -905,11 +905,16 @@ impl Repo {
             .collect()
     }
 
-    /// The most recent versions across the whole folder, newest first.
-    pub fn recent(&self, limit: usize) -> Result<Vec<VersionInfo>> {
+    /// The most recent versions across the whole folder that `keep` accepts, newest
+    /// first. (Reads every record: fine at the scale of a shared folder's history,
+    /// and the filter runs before the limit so a narrow filter still finds `limit`.)
+    pub fn recent(&self, limit: usize, keep: impl Fn(&SignedRecord) -> bool) -> Result<Vec<VersionInfo>> {
         let mut all = Vec::new();
         for (_, _, v) in self.store.all_versions_by_author()? {
-            all.push(self.record(v)?);
+            let r = self.record(v)?;
+            if keep(&r) {
+                all.push(r);
+            }
         }
         all.sort_by_key(|r| std::cmp::Reverse((r.record.hlc, r.record.author)));
         all.truncate(limit);

@@ -170,6 +170,37 @@ impl Repo {
         self.missing_chunks_of(&r, usize::MAX)
     }
 
+    /// A pending record and how many bytes of its data are not here yet (its whole
+    /// size while the manifest itself is missing). None once it joined.
+    pub fn pending_progress(&self, v: VersionId) -> Result<Option<(SignedRecord, u64)>> {
+        let Some(r) = self.pending.lock().get(&v).cloned() else {
+            return Ok(None);
+        };
+        let Content::File {
+            manifest: Some(root),
+            size,
+        } = r.record.content
+        else {
+            return Ok(Some((r, 0)));
+        };
+        if self.purged.lock().contains_key(&v) {
+            return Ok(Some((r, 0)));
+        }
+        let list = match self.chunk_list(Some(root)) {
+            Ok(l) => l,
+            Err(RepoError::Store(StoreError::MissingChunk { .. })) => return Ok(Some((r, size))),
+            Err(e) => return Err(e),
+        };
+        let mut missing = 0u64;
+        let mut seen = std::collections::HashSet::new();
+        for c in list.refs() {
+            if seen.insert(c.id) && !self.store.has_chunk(c.id)? {
+                missing += u64::from(c.len);
+            }
+        }
+        Ok(Some((r, missing.min(size))))
+    }
+
     fn missing_chunks_of(&self, r: &SignedRecord, limit: usize) -> Result<Vec<ChunkId>> {
         let Content::File {
             manifest: Some(root),

@@ -34,6 +34,8 @@ pub enum DataDirError {
     BadKey { path: PathBuf },
     #[error("group key {path} is damaged (expected 64 bytes)")]
     BadGroupKey { path: PathBuf },
+    #[error("API key {path} is damaged (expected 64 hex digits); delete it and restart the node to make a new one")]
+    BadApiKey { path: PathBuf },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -113,6 +115,36 @@ impl DataDir {
     }
     fn group_path(&self) -> PathBuf {
         self.root.join("group.key")
+    }
+
+    fn api_key_path(&self) -> PathBuf {
+        self.root.join("api.key")
+    }
+
+    /// The key that the REST API and web GUI require (`X-API-Key`), made on first
+    /// use: 256 random bits as hex, readable only by the owner. Deleting the file
+    /// and restarting the node changes it.
+    pub fn api_key(&self) -> Result<String> {
+        let p = self.api_key_path();
+        match fs::read_to_string(&p) {
+            Ok(k) if k.trim().len() == 64 && k.trim().bytes().all(|b| b.is_ascii_hexdigit()) => {
+                return Ok(k.trim().to_string())
+            }
+            Ok(_) => return Err(DataDirError::BadApiKey { path: p }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&p)(e)),
+        }
+        let key = hex::encode(rand::random::<[u8; 32]>());
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&p)
+            .map_err(io_err(&p))?;
+        f.write_all(format!("{key}\n").as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(io_err(&p))?;
+        Ok(key)
     }
 
     /// Checks the format marker without changing anything.

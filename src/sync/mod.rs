@@ -74,9 +74,10 @@ impl SyncHandle {
         let me = t.local.map(|p| p.to_string()).unwrap_or_default();
         t.listen.iter().map(|a| format!("{a}/p2p/{me}")).collect()
     }
-    pub fn transfers(&self) -> (usize, u64) {
+    /// Chunks still wanted, bytes received so far, and the receive rate (bytes/s).
+    pub fn transfers(&self) -> (usize, u64, u64) {
         let t = self.table.lock();
-        (t.chunks_wanted, t.bytes_received)
+        (t.chunks_wanted, t.bytes_received, t.rate_bps())
     }
     pub fn stop(mut self) {
         if let Some(s) = self.stop.take() {
@@ -1065,7 +1066,7 @@ impl Engine {
         }
         let bytes = st.bytes;
         let got = st.good;
-        self.table.lock().bytes_received += bytes;
+        self.table.lock().received(bytes);
         for c in retry {
             self.queue.push_back(c);
         }

@@ -44,9 +44,43 @@ pub struct PeerTable {
     /// Bytes of chunk data received, and chunks still wanted (for `status`).
     pub chunks_wanted: usize,
     pub bytes_received: u64,
+    /// (when, bytes_received then), one sample per arrival, the last RATE_WINDOW.
+    received_at: std::collections::VecDeque<(Instant, u64)>,
 }
 
+/// How far back the receive rate looks: long enough to smooth batch arrivals,
+/// short enough that a stalled transfer shows 0 soon.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+
 impl PeerTable {
+    /// Counts received chunk bytes (for `status`: total and rate).
+    pub fn received(&mut self, bytes: u64) {
+        let now = Instant::now();
+        if self.received_at.is_empty() {
+            self.received_at.push_back((now, self.bytes_received));
+        }
+        self.bytes_received += bytes;
+        self.received_at.push_back((now, self.bytes_received));
+        // Keep one sample from before the window as the baseline.
+        while self.received_at.len() > 1 && now.duration_since(self.received_at[1].0) > RATE_WINDOW {
+            self.received_at.pop_front();
+        }
+    }
+
+    /// Bytes per second received over about the last RATE_WINDOW (0 when nothing
+    /// came in that time).
+    pub fn rate_bps(&self) -> u64 {
+        let (Some(&(t0, b0)), Some(&(t1, b1))) = (self.received_at.front(), self.received_at.back()) else {
+            return 0;
+        };
+        let now = Instant::now();
+        if now.duration_since(t1) > RATE_WINDOW {
+            return 0;
+        }
+        let secs = now.duration_since(t0).as_secs_f64().clamp(1.0, RATE_WINDOW.as_secs_f64());
+        ((b1 - b0) as f64 / secs) as u64
+    }
+
     pub fn add_addr(&mut self, peer: PeerId, addr: Multiaddr) -> bool {
         if Some(peer) == self.local || !dialable(&addr) {
             return false;

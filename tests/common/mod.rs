@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -75,6 +77,11 @@ impl Node {
         if !extra.iter().any(|e| e.starts_with("--listen")) {
             extra.push("--no-net".into());
         }
+        // Every test node serves its GUI/API on a port of its own (the default
+        // 127.0.0.1:7468 is for the one node a user runs).
+        if !extra.iter().any(|e| e.starts_with("--gui-listen")) {
+            extra.push("--gui-listen=127.0.0.1:0".into());
+        }
         Node {
             tmp,
             data,
@@ -110,6 +117,27 @@ impl Node {
     /// `distribox status --json`.
     pub fn status(&self) -> serde_json::Value {
         status_of(&self.data)
+    }
+
+    /// `127.0.0.1:PORT` of the node's web GUI / REST API.
+    pub fn gui_addr(&self) -> String {
+        let gui = self.status()["gui"].as_str().expect("node runs a GUI").to_string();
+        gui.trim_start_matches("http://").trim_end_matches('/').to_string()
+    }
+
+    /// The API key (`distribox gui --key`).
+    pub fn api_key(&self) -> String {
+        let out = cli(&self.data, &["gui", "--key"]);
+        assert!(out.status.success(), "gui --key: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// `GET /api/v1/{what}` with the key; panics unless 200.
+    pub fn api(&self, what: &str) -> serde_json::Value {
+        let key = self.api_key();
+        let r = http::request(&self.gui_addr(), "GET", &format!("/api/v1/{what}"), &[("X-API-Key", &key)], b"");
+        assert_eq!(r.status, 200, "GET /api/v1/{what}: {}", r.text());
+        r.json()
     }
 
     /// `distribox log PATH --json` (PATH relative to the mount).
@@ -316,6 +344,7 @@ impl Server {
                 "serve",
                 &format!("--listen=/ip4/127.0.0.1/tcp/{}", free_port()),
                 "--no-mdns",
+                "--gui-listen=127.0.0.1:0",
             ])
             .stdout(std::process::Stdio::null())
             .stderr(log)

@@ -1,0 +1,476 @@
+// Distribox web GUI: a small script over the node's REST API (/api/v1). Pages are
+// built from API answers with DOM calls (never innerHTML with data: file names are
+// user input). The API key comes from the link `distribox gui` prints
+// (`#key=...`, a fragment the browser never sends) and is sent as X-API-Key.
+"use strict";
+
+const KEY_STORE = "distribox-api-key";
+let apiKey = localStorage.getItem(KEY_STORE) || "";
+let renderSeq = 0;
+
+// ---------------------------------------------------------------- helpers
+function h(tag, attrs, ...kids) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const kid of kids.flat()) {
+    if (kid === null || kid === undefined || kid === false) continue;
+    el.append(kid instanceof Node ? kid : document.createTextNode(String(kid)));
+  }
+  return el;
+}
+
+function bytes(n) {
+  if (n === null || n === undefined) return "-";
+  const u = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
+  return (i === 0 ? n : n.toFixed(1)) + " " + u[i];
+}
+
+function when(secs) {
+  if (secs === null || secs === undefined) return "never";
+  return new Date(secs * 1000).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
+}
+
+function duration(secs) {
+  if (secs === null || secs === undefined) return "-";
+  if (secs < 60) return secs + " s";
+  if (secs < 3600) return Math.floor(secs / 60) + " min " + (secs % 60) + " s";
+  return Math.floor(secs / 3600) + " h " + Math.floor((secs % 3600) / 60) + " min";
+}
+
+function flash(msg, isError) {
+  const f = document.getElementById("flash");
+  f.textContent = msg;
+  f.className = isError ? "error" : "";
+  f.hidden = false;
+  clearTimeout(flash.timer);
+  flash.timer = setTimeout(() => { f.hidden = true; }, isError ? 8000 : 5000);
+}
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+async function api(path, opts) {
+  const o = Object.assign({ headers: {} }, opts || {});
+  o.headers["X-API-Key"] = apiKey;
+  if (o.body !== undefined) {
+    o.headers["Content-Type"] = "application/json";
+    o.body = JSON.stringify(o.body);
+  }
+  const r = await fetch("/api/v1" + path, o);
+  if (r.status === 401) {
+    apiKey = "";
+    localStorage.removeItem(KEY_STORE);
+    throw new ApiError(401, "the API key was refused");
+  }
+  if (!r.ok) {
+    let msg = r.status + " " + r.statusText;
+    try { msg = (await r.json()).error || msg; } catch (_) { /* not JSON */ }
+    throw new ApiError(r.status, msg);
+  }
+  return opts && opts.raw ? r : r.json();
+}
+
+const q = (path) => encodeURIComponent(path);
+
+// Paths in the address are folder-relative, each component URI-encoded.
+function fileHref(path) { return "#/file/" + path.split("/").map(encodeURIComponent).join("/"); }
+function dirHref(path) { return "#/files/" + (path ? path.split("/").map(encodeURIComponent).join("/") + "/" : ""); }
+
+function crumbs(path, leafIsFile) {
+  const parts = path ? path.split("/") : [];
+  const out = [h("a", { href: dirHref("") }, "Folder")];
+  parts.forEach((p, i) => {
+    const sub = parts.slice(0, i + 1).join("/");
+    out.push(" / ");
+    const last = i === parts.length - 1;
+    out.push(last && leafIsFile ? h("strong", {}, p) : h("a", { href: dirHref(sub) }, p));
+  });
+  return h("div", { class: "crumbs" }, out);
+}
+
+// ---------------------------------------------------------------- views
+const views = {
+  async overview() {
+    const [st, peers, tr] = await Promise.all([api("/status"), api("/peers").catch(() => []), api("/transfers")]);
+    const rows = peers.map((p) => h("tr", { class: "peer", "data-node": p.node },
+      h("td", { class: "mono" }, p.node),
+      h("td", {}, h("span", { class: "state " + (p.online ? "online" : "offline") }, p.online ? "online" : "offline")),
+      h("td", { class: "num" }, p.rtt_ms === null ? "-" : p.rtt_ms.toFixed(1) + " ms"),
+      h("td", {}, when(p.last_seen)),
+      h("td", { class: "sync" }, p.missing_here === 0 && p.missing_there === 0 ? "in sync"
+        : `${p.missing_here} to receive, ${p.missing_there} to send`),
+      h("td", { class: "mono muted" }, p.addrs[0] || "-")));
+    return [
+      h("h1", {}, "This node"),
+      h("div", { class: "grid" },
+        h("section", { class: "card" }, h("dl", { class: "kv" },
+          h("dt", {}, "node"), h("dd", { id: "node-id", class: "mono" }, st.node),
+          h("dt", {}, "group"), h("dd", { class: "mono" }, st.group.slice(0, 16)),
+          h("dt", {}, "folder"), h("dd", {}, st.mountpoint || "(not mounted: always-on node)"),
+          h("dt", {}, "data dir"), h("dd", {}, st.data_dir),
+          h("dt", {}, "uptime"), h("dd", {}, duration(st.uptime_secs)))),
+        h("section", { class: "card" }, h("dl", { class: "kv" },
+          h("dt", {}, "versions"), h("dd", {}, st.local_versions + " made here"),
+          h("dt", {}, "stored"), h("dd", {}, `${bytes(st.chunk_bytes)} in ${st.chunks} chunks`),
+          h("dt", {}, "peers"), h("dd", { id: "peer-summary" }, `${st.peers_online} online of ${st.peers_known} known`),
+          h("dt", {}, "incoming"), h("dd", {}, tr.versions_pending === 0 ? "nothing pending"
+            : `${tr.versions_pending} version(s), ${bytes(tr.bytes_missing)} to go at ${bytes(tr.rate_bps)}/s`)))),
+      h("h2", {}, "Members"),
+      peers.length === 0
+        ? h("div", { class: "card empty" }, "No members known yet. Invite one with ", h("code", {}, "distribox invite"), ".")
+        : h("table", { id: "peers" },
+          h("thead", {}, h("tr", {}, ["node", "state", "rtt", "last seen", "sync", "address"].map((c) => h("th", {}, c)))),
+          h("tbody", {}, rows)),
+      h("h2", {}, "Listening on"),
+      h("div", { class: "card mono" }, st.listen.length ? st.listen.map((a) => h("div", {}, a)) : "no network (--no-net)"),
+    ];
+  },
+
+  async files(path) {
+    const t = await api("/tree?path=" + q(path));
+    const rows = t.items.map((it) => {
+      const full = path ? path + "/" + it.name : it.name;
+      const link = it.kind === "dir" ? h("a", { href: dirHref(full) }, it.name + "/")
+        : h("a", { href: fileHref(it.conflict_of ? (path ? path + "/" + it.conflict_of : it.conflict_of) : full) }, it.name);
+      return h("tr", { class: "item" + (it.conflict_of ? " conflict" : ""), "data-name": it.name },
+        h("td", {}, link, it.conflict_of ? h("span", { class: "tag conflict" }, "conflict") : null,
+          it.conflicts ? h("span", { class: "tag conflict" }, it.conflicts + " conflicting") : null),
+        h("td", {}, it.kind),
+        h("td", { class: "num" }, it.kind === "dir" ? "" : bytes(it.size)),
+        h("td", { class: "mono" }, it.version),
+        h("td", {}, when(it.mtime)));
+    });
+    return [
+      h("h1", {}, "Files"),
+      crumbs(path, false),
+      rows.length === 0 ? h("div", { class: "card empty" }, "This folder is empty.")
+        : h("table", { id: "listing" },
+          h("thead", {}, h("tr", {}, ["name", "kind", "size", "version", "modified"].map((c) => h("th", {}, c)))),
+          h("tbody", {}, rows)),
+    ];
+  },
+
+  async file(path) {
+    const versions = await api("/versions?path=" + q(path));
+    const base = path.split("/").pop();
+    const viewer = h("pre", { id: "viewer", hidden: true });
+    const lanes = layout(versions);
+    const rows = versions.map((v) => {
+      const named = path + "@" + v.name;
+      const tags = [];
+      if (v.shown) tags.push(h("span", { class: "tag shown" }, "shown"));
+      if (v.conflict) tags.push(h("span", { class: "tag conflict" }, "conflict"));
+      if (v.head && !v.shown && !v.conflict) tags.push(h("span", { class: "tag head" }, "head"));
+      if (v.purged) tags.push(h("span", { class: "tag purged" }, "purged"));
+      const readable = (v.kind === "file" || v.kind === "symlink") && !v.purged;
+      const actions = [];
+      if (readable) {
+        actions.push(h("button", { class: "open", onclick: () => openVersion(named, viewer) }, "Open"));
+        actions.push(h("button", { class: "download", onclick: () => download(named, base) }, "Download"));
+      }
+      if (v.conflict) {
+        actions.push(h("button", { class: "keep primary", onclick: () => act("/resolve", { path, keep: v.name },
+          `Keep ${base}@${v.name} on every member and retire the other versions?`) }, "Keep this version"));
+      } else if (v.shown && versions.some((o) => o.conflict)) {
+        actions.push(h("button", { class: "keep primary", onclick: () => act("/resolve", { path, keep: v.name },
+          `Keep the shown version of ${base} and retire the conflicting ones?`) }, "Keep this version"));
+      } else if (readable && !v.shown && v.kind === "file") {
+        actions.push(h("button", { class: "restore", onclick: () => act("/restore", { path: named },
+          `Make the content of ${base}@${v.name} the newest version of ${base}?`) }, "Restore"));
+      }
+      return h("tr", { class: "version", "data-name": v.name },
+        h("td", { class: "mono" }, v.name), h("td", {}, tags),
+        h("td", {}, v.time.replace("T", " ")), h("td", { class: "mono" }, v.author),
+        h("td", { class: "num" }, v.kind === "file" ? bytes(v.size) : v.kind), h("td", {}, actions));
+    });
+    const dir = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) : "";
+    return [
+      h("h1", {}, base),
+      crumbs(path, true),
+      h("p", { class: "muted" }, `${versions.length} version(s). Older versions stay readable as `,
+        h("code", {}, base + "@vN"), " in the folder. ", h("a", { href: dirHref(dir) }, "Back to the folder")),
+      h("div", { class: "history card" }, graph(versions, lanes),
+        h("table", { id: "versions" },
+          h("thead", {}, h("tr", {}, ["version", "", "time", "author", "size", ""].map((c) => h("th", {}, c)))),
+          h("tbody", {}, rows))),
+      viewer,
+    ];
+  },
+
+  async conflicts() {
+    const cs = await api("/conflicts");
+    return [
+      h("h1", {}, "Conflicts"),
+      h("p", { class: "muted" }, "Files that members changed at the same time. Every version is kept; pick the one to keep."),
+      cs.length === 0 ? h("div", { class: "card empty", id: "no-conflicts" }, "No conflicts.")
+        : h("table", { id: "conflicts" },
+          h("thead", {}, h("tr", {}, ["file", "shown", "other versions"].map((c) => h("th", {}, c)))),
+          h("tbody", {}, cs.map((c) => h("tr", { class: "conflict-row", "data-path": c.path },
+            h("td", {}, h("a", { href: fileHref(c.path) }, c.path)),
+            h("td", { class: "mono" }, c.shown),
+            h("td", { class: "mono" }, c.versions.join(", ")))))),
+    ];
+  },
+
+  async log() {
+    const f = logFilter();
+    const params = new URLSearchParams({ limit: "200" });
+    for (const [k, v] of Object.entries(f)) if (v) params.set(k, v);
+    const lines = await api("/log?" + params.toString());
+    const input = (id, name, placeholder) => h("input", { id, name, placeholder, value: f[name] || "" });
+    const form = h("form", { class: "filters", id: "log-filter", onsubmit: (e) => {
+      e.preventDefault();
+      const p = new URLSearchParams();
+      for (const el of e.target.querySelectorAll("input")) if (el.value) p.set(el.name, el.value);
+      location.hash = "#/log" + (p.toString() ? "?" + p.toString() : "");
+    } }, input("f-under", "under", "folder (e.g. docs)"), input("f-author", "author", "author id prefix"),
+    input("f-since", "since", "since (2h, 3days, 2026-12-01)"), h("button", { type: "submit" }, "Filter"));
+    return [
+      h("h1", {}, "Recent changes"),
+      form,
+      lines.length === 0 ? h("div", { class: "card empty" }, "No changes match.")
+        : h("table", { id: "log" },
+          h("thead", {}, h("tr", {}, ["time", "author", "version", "size", "kind", "path"].map((c) => h("th", {}, c)))),
+          h("tbody", {}, lines.map((l) => h("tr", { class: "log-line" },
+            h("td", {}, l.time.replace("T", " ")), h("td", { class: "mono" }, l.author),
+            h("td", { class: "mono" }, "v" + l.n), h("td", { class: "num" }, bytes(l.size)), h("td", {}, l.kind),
+            h("td", {}, l.kind === "deleted" || l.path === "(deleted)" ? l.path : h("a", { href: fileHref(l.path) }, l.path)))))),
+    ];
+  },
+
+  async transfers() {
+    const t = await api("/transfers");
+    return [
+      h("h1", {}, "Transfers"),
+      h("p", { id: "transfer-summary" }, t.versions_pending === 0 ? "Nothing is being received."
+        : `${t.versions_pending} version(s) arriving: ${bytes(t.bytes_missing)} to go, ${bytes(t.rate_bps)}/s` +
+          (t.eta_secs !== null ? `, about ${duration(t.eta_secs)} left` : "") + `. ${bytes(t.bytes_received)} received since the node started.`),
+      t.items.length === 0 ? null : h("table", { id: "transfers" },
+        h("thead", {}, h("tr", {}, ["file", "from", "size", "progress"].map((c) => h("th", {}, c)))),
+        h("tbody", {}, t.items.map((i) => h("tr", { class: "transfer" },
+          h("td", {}, i.path), h("td", { class: "mono" }, i.author), h("td", { class: "num" }, bytes(i.size)),
+          h("td", {}, h("progress", { max: Math.max(i.size, 1), value: i.size - i.bytes_missing }), " ",
+            i.size ? Math.floor(100 * (i.size - i.bytes_missing) / i.size) + "%" : ""))))),
+    ];
+  },
+};
+
+// The version graph: one lane per line of history, newest at the top (as
+// `distribox versions` draws it).
+function layout(versions) {
+  const lanes = [];
+  const col = new Map();
+  for (const v of versions) {
+    let c = lanes.indexOf(v.version);
+    if (c < 0) { c = lanes.indexOf(null); if (c < 0) { c = lanes.length; lanes.push(null); } }
+    col.set(v.version, c);
+    lanes[c] = v.parents[0] || null;
+    for (const p of v.parents.slice(1)) {
+      if (lanes.includes(p)) continue;
+      const free = lanes.indexOf(null);
+      if (free < 0) lanes.push(p); else lanes[free] = p;
+    }
+    for (let i = 0; i < lanes.length; i++) if (i !== c && lanes[i] === lanes[c] && lanes[c] !== null && i > c) lanes[i] = null;
+  }
+  return col;
+}
+
+function graph(versions, col) {
+  const ns = "http://www.w3.org/2000/svg";
+  const row = 38, top = 38 + row / 2, gap = 18;
+  const width = (Math.max(0, ...col.values()) + 1) * gap + 12;
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("width", width);
+  svg.setAttribute("height", top + versions.length * row);
+  svg.setAttribute("class", "graph");
+  const index = new Map(versions.map((v, i) => [v.version, i]));
+  const at = (v) => [8 + col.get(v.version) * gap, top + index.get(v.version) * row];
+  for (const v of versions) {
+    for (const p of v.parents) {
+      if (!index.has(p)) continue;
+      const [x1, y1] = at(v), [x2, y2] = at(versions[index.get(p)]);
+      const line = document.createElementNS(ns, "path");
+      line.setAttribute("d", `M${x1},${y1} C${x1},${(y1 + y2) / 2} ${x2},${(y1 + y2) / 2} ${x2},${y2}`);
+      line.setAttribute("stroke", "#9aa5b1");
+      line.setAttribute("fill", "none");
+      line.setAttribute("stroke-width", "2");
+      svg.append(line);
+    }
+  }
+  for (const v of versions) {
+    const [x, y] = at(v);
+    const dot = document.createElementNS(ns, "circle");
+    dot.setAttribute("cx", x); dot.setAttribute("cy", y); dot.setAttribute("r", 6);
+    dot.setAttribute("fill", v.shown ? "#1f8a4c" : v.conflict ? "#b86e00" : v.purged ? "#c5ccd3" : "#2c6bd6");
+    svg.append(dot);
+  }
+  return svg;
+}
+
+function logFilter() {
+  const i = location.hash.indexOf("?");
+  const p = new URLSearchParams(i < 0 ? "" : location.hash.slice(i + 1));
+  return { under: p.get("under"), author: p.get("author"), since: p.get("since") };
+}
+
+// ---------------------------------------------------------------- actions
+async function openVersion(path, viewer) {
+  try {
+    const r = await api("/content?path=" + q(path), { raw: true });
+    const buf = await r.arrayBuffer();
+    let text;
+    try { text = new TextDecoder("utf-8", { fatal: true }).decode(buf.slice(0, 1 << 20)); }
+    catch (_) { text = `(${bytes(buf.byteLength)} of binary data: use Download)`; }
+    viewer.textContent = text;
+    viewer.dataset.path = path;
+    viewer.hidden = false;
+    viewer.scrollIntoView({ block: "nearest" });
+  } catch (e) { flash(e.message, true); }
+}
+
+async function download(path, base) {
+  try {
+    const r = await api("/content?download=1&path=" + q(path), { raw: true });
+    const blob = await r.blob();
+    const a = h("a", { href: URL.createObjectURL(blob), download: path.split("/").pop() || base });
+    document.body.append(a);
+    a.click();
+    setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
+  } catch (e) { flash(e.message, true); }
+}
+
+async function act(endpoint, body, question) {
+  if (!window.confirm(question)) return;
+  try {
+    const r = await api(endpoint, { method: "POST", body });
+    flash(r.message);
+    render();
+  } catch (e) { flash(e.message, true); }
+}
+
+// ---------------------------------------------------------------- routing
+function route() {
+  const hash = decodeURI(location.hash.replace(/^#/, "")) || "/";
+  const path = hash.split("?")[0];
+  const rest = (prefix) => path.slice(prefix.length).split("/").filter(Boolean)
+    .map((s) => { try { return decodeURIComponent(s); } catch (_) { return s; } }).join("/");
+  if (path.startsWith("/files")) return ["files", rest("/files")];
+  if (path.startsWith("/file/")) return ["file", rest("/file/")];
+  if (path === "/conflicts") return ["conflicts"];
+  if (path === "/log") return ["log"];
+  if (path === "/transfers") return ["transfers"];
+  return ["overview"];
+}
+
+function askForKey() {
+  const view = document.getElementById("view");
+  view.replaceChildren(document.getElementById("key-template").content.cloneNode(true));
+  document.getElementById("key-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    apiKey = document.getElementById("key-input").value.trim();
+    localStorage.setItem(KEY_STORE, apiKey);
+    start();
+  });
+}
+
+async function render() {
+  if (!apiKey) return askForKey();
+  const [name, arg] = route();
+  for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.view === name);
+  const seq = ++renderSeq;
+  const view = document.getElementById("view");
+  try {
+    const nodes = await views[name](arg || "");
+    if (seq !== renderSeq) return; // a newer render started meanwhile
+    view.replaceChildren(...nodes.flat().filter(Boolean));
+    view.dataset.view = name;
+    // Keep an open viewer's text across live re-renders.
+  } catch (e) {
+    if (seq !== renderSeq) return;
+    if (e.status === 401) return askForKey();
+    view.replaceChildren(h("div", { class: "card", id: "error" }, h("strong", {}, "Cannot show this page: "), e.message));
+  }
+  refreshBadges();
+}
+
+async function refreshBadges() {
+  try {
+    const [cs, tr] = await Promise.all([api("/conflicts"), api("/transfers")]);
+    const c = document.getElementById("conflict-count");
+    c.textContent = cs.length; c.hidden = cs.length === 0;
+    const t = document.getElementById("transfer-count");
+    t.textContent = tr.versions_pending; t.hidden = tr.versions_pending === 0;
+  } catch (_) { /* shown by the page itself */ }
+}
+
+// Live updates: the event stream is read with fetch (EventSource cannot send the
+// key header); each change re-renders the page, at most every 300 ms.
+let pending = null;
+function soon() {
+  if (pending) return;
+  pending = setTimeout(() => { pending = null; if (!document.querySelector("pre#viewer:not([hidden])")) render(); else refreshBadges(); }, 300);
+}
+
+let listening = false;
+async function listen() {
+  if (listening) return;
+  listening = true;
+  const live = document.getElementById("live");
+  for (;;) {
+    if (!apiKey) { listening = false; return; }
+    try {
+      const r = await fetch("/api/v1/events", { headers: { "X-API-Key": apiKey } });
+      if (!r.ok) throw new Error("status " + r.status);
+      live.textContent = "live"; live.className = "live on";
+      const reader = r.body.getReader();
+      const dec = new TextDecoder();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += dec.decode(value, { stream: true });
+        let i;
+        while ((i = buf.indexOf("\n\n")) >= 0) {
+          const block = buf.slice(0, i); buf = buf.slice(i + 2);
+          if (/^event: (change|resync)$/m.test(block)) soon();
+        }
+      }
+    } catch (_) { /* node restarting or gone: retry */ }
+    live.textContent = "offline"; live.className = "live off";
+    await new Promise((res) => setTimeout(res, 2000));
+  }
+}
+
+function start() {
+  render();
+  listen();
+}
+
+window.addEventListener("hashchange", () => {
+  const m = location.hash.match(/^#key=([0-9a-fA-F]+)/);
+  if (m) { apiKey = m[1]; localStorage.setItem(KEY_STORE, apiKey); location.replace("#/"); start(); return; }
+  render();
+});
+
+(function init() {
+  const m = location.hash.match(/^#key=([0-9a-fA-F]+)/);
+  if (m) {
+    apiKey = m[1];
+    localStorage.setItem(KEY_STORE, apiKey);
+    history.replaceState(null, "", location.pathname + "#/");
+  }
+  start();
+  // Peers' online state and transfer progress change without commits.
+  setInterval(() => {
+    const v = document.getElementById("view").dataset.view;
+    if (v === "overview" || v === "transfers") render();
+  }, 3000);
+})();

@@ -1,0 +1,164 @@
+//! The web GUI in a real browser (Debian's headless Chromium through chromedriver)
+//! against two real nodes: a file written on B appears on A's page by itself, and
+//! a conflict is resolved by clicking on A's page, on both nodes.
+//!
+//! Screenshots of each page go to a temp dir, or to `$DISTRIBOX_SCREENSHOTS` (the
+//! ones in docs/screenshots come from `DISTRIBOX_SCREENSHOTS=docs/screenshots
+//! cargo test --test gui`).
+
+mod common;
+
+use common::webdriver::Browser;
+use common::*;
+use std::fs;
+use std::path::PathBuf;
+
+fn listing(n: &Node) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(n.path(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+struct Shots {
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Shots {
+    fn new() -> Shots {
+        match std::env::var_os("DISTRIBOX_SCREENSHOTS") {
+            Some(d) => {
+                let dir = PathBuf::from(d);
+                fs::create_dir_all(&dir).unwrap();
+                Shots { dir, _tmp: None }
+            }
+            None => {
+                let t = tempfile::tempdir().unwrap();
+                Shots {
+                    dir: t.path().to_path_buf(),
+                    _tmp: Some(t),
+                }
+            }
+        }
+    }
+
+    fn take(&self, b: &Browser, name: &str) {
+        let p = self.dir.join(format!("{name}.png"));
+        b.screenshot(&p);
+        let png = fs::read(&p).unwrap();
+        assert!(png.starts_with(b"\x89PNG") && png.len() > 2000, "{name}: no real screenshot");
+    }
+}
+
+#[test]
+fn gui_follows_changes_and_resolves_a_conflict() {
+    let a = Node::member(None);
+    let mut b = Node::member(Some(&a.invite()));
+    wait_until("A and B to see each other", PROPAGATE_SECS, || a.online_peers() == 1);
+    let shots = Shots::new();
+    fs::create_dir(a.path("docs")).unwrap();
+    fs::write(a.path("docs/plan.md"), b"# Plan\n\n1. sync\n2. ship\n").unwrap();
+    fs::write(a.path("report.txt"), b"Q3: draft\n").unwrap();
+    wait_content(&b, "report.txt", b"Q3: draft\n");
+
+    let browser = Browser::start();
+    browser.goto(&format!("http://{}/#key={}", a.gui_addr(), a.api_key()));
+    // Overview: this node, and B online.
+    let node = browser.wait_for("#node-id", 30).text();
+    assert_eq!(node, a.status()["node"].as_str().unwrap());
+    browser.wait_text("#peers .state", "online", 30);
+    browser.wait_text("#live", "live", 30);
+    shots.take(&browser, "overview");
+
+    // A file made on B shows on A's open page without a reload.
+    browser.goto(&format!("http://{}/#/files/", a.gui_addr()));
+    browser.wait_for("tr.item[data-name='report.txt']", 30);
+    fs::write(b.path("from-b.txt"), b"written on B\n").unwrap();
+    browser.wait_for("tr.item[data-name='from-b.txt']", PROPAGATE_SECS);
+    shots.take(&browser, "files");
+
+    // B's file opens in the viewer.
+    browser.goto(&format!("http://{}/#/file/from-b.txt", a.gui_addr()));
+    browser.wait_for("tr.version button.open", 30).click();
+    browser.wait_text("#viewer", "written on B", 30);
+
+    // A conflict: both edit report.txt while B is cut off.
+    b.unmount();
+    fs::write(a.path("report.txt"), b"Q3: revenue up 4%\n").unwrap();
+    let net = std::mem::replace(&mut b.extra, vec!["--no-net".into(), "--gui-listen=127.0.0.1:0".into()]);
+    b.mount();
+    fs::write(b.path("report.txt"), b"Q3: costs down 2%\n").unwrap();
+    b.unmount();
+    b.extra = net;
+    b.mount();
+    wait_same_tree(&[&a, &b]);
+    let names = listing(&a);
+    let conflict = names
+        .iter()
+        .find(|n| n.starts_with("report.txt@"))
+        .unwrap_or_else(|| panic!("no conflict entry in {names:?}"))
+        .clone();
+    let losing = fs::read(a.path(&conflict)).unwrap();
+
+    browser.goto(&format!("http://{}/#/conflicts", a.gui_addr()));
+    browser.wait_for(".conflict-row[data-path='report.txt']", 30);
+    browser.wait_text("#conflict-count", "1", 30);
+    shots.take(&browser, "conflicts");
+
+    // Keep the version that lost, by clicking its button on the file's page.
+    browser.goto(&format!("http://{}/#/file/report.txt", a.gui_addr()));
+    let suffix = conflict.trim_start_matches("report.txt@");
+    let row = format!("tr.version[data-name='{suffix}']");
+    browser.wait_for(&format!("{row} .tag.conflict"), 30);
+    shots.take(&browser, "file-versions");
+    browser.wait_for(&format!("{row} button.keep"), 10).click();
+    browser.accept_alert();
+    browser.wait_text("#flash", "now holds the content", 30);
+    for n in [&a, &b] {
+        wait_until("the conflict to be resolved on every node", PROPAGATE_SECS, || {
+            listing(n).iter().all(|x| !x.starts_with("report.txt@")) && fs::read(n.path("report.txt")).ok() == Some(losing.clone())
+        });
+    }
+    browser.goto(&format!("http://{}/#/conflicts", a.gui_addr()));
+    browser.wait_for("#no-conflicts", 30);
+
+    // The log lists the changes, and filters by place.
+    browser.goto(&format!("http://{}/#/log", a.gui_addr()));
+    browser.wait_for("#log tr.log-line", 30);
+    shots.take(&browser, "log");
+    browser.goto(&format!("http://{}/#/log?under=docs", a.gui_addr()));
+    browser.wait_until("the log to show only docs/", 30, |b| {
+        let rows = b.find_all("#log tr.log-line");
+        !rows.is_empty() && rows.iter().all(|r| r.text().contains("docs/plan.md"))
+    });
+
+    browser.goto(&format!("http://{}/#/transfers", a.gui_addr()));
+    browser.wait_text("#transfer-summary", "Nothing is being received", 30);
+    shots.take(&browser, "transfers");
+
+    // The CLI agrees: in sync, no conflicts.
+    let out = cli(&a.data, &["wait", "--timeout", "60"]);
+    assert!(out.status.success(), "wait: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(&a.data, &["conflicts", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+}
+
+/// A file name is data, never markup: a name that looks like HTML shows as text.
+#[test]
+fn gui_shows_hostile_names_as_text() {
+    let a = Node::start();
+    let name = "<img src=x onerror=alert(1)>.txt";
+    fs::write(a.path(name), b"x\n").unwrap();
+    let browser = Browser::start();
+    browser.goto(&format!("http://{}/#key={}", a.gui_addr(), a.api_key()));
+    browser.goto(&format!("http://{}/#/files/", a.gui_addr()));
+    browser.wait_text("#listing", "onerror", 30);
+    assert!(browser.find("#listing img").is_none(), "a file name became an element");
+    // A wrong key in the link: the page asks for the key instead of showing data.
+    browser.execute("localStorage.clear()", vec![]);
+    browser.goto(&format!("http://{}/#key={}", a.gui_addr(), "ab".repeat(32)));
+    browser.wait_for("#key-form", 30);
+}
