@@ -463,7 +463,10 @@ pub fn run(cli: Cli) -> Result<()> {
                         }
                     }
                 }
-                println!("received    {} since the node started", human_bytes(info.bytes_received));
+                println!(
+                    "received    {} since the node started",
+                    human_bytes(info.bytes_received)
+                );
             }
             Ok(())
         }
@@ -624,7 +627,8 @@ fn parse_since(s: &str) -> Result<i64> {
                 .and_then(|d| std::time::SystemTime::now().checked_sub(d))
         })
         .ok_or_else(|| anyhow!("--since {s}: expected an age like 2h or 3days, or a time like 2026-12-01T10:00:00Z"))?;
-    Ok(t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64))
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64))
 }
 
 fn human_bytes(n: u64) -> String {
@@ -674,7 +678,10 @@ fn wait_in_sync(data_dir: &DataDir, timeout: u64) -> Result<()> {
             total = total.max(st.bytes_missing);
             b.set_length(total);
             b.set_position(total - st.bytes_missing);
-            b.set_message(format!("{} version(s) pending, {behind} record(s) to fetch", st.versions_pending));
+            b.set_message(format!(
+                "{} version(s) pending, {behind} record(s) to fetch",
+                st.versions_pending
+            ));
         }
         if settled {
             if let Some(b) = &bar {

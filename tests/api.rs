@@ -54,7 +54,10 @@ fn no_key_no_data() {
     ] {
         for headers in [
             vec![],
-            vec![("X-API-Key", "0000000000000000000000000000000000000000000000000000000000000000")],
+            vec![(
+                "X-API-Key",
+                "0000000000000000000000000000000000000000000000000000000000000000",
+            )],
             vec![("X-API-Key", &key[..63])],
             vec![("Authorization", "Basic Zm9vOmJhcg==")],
             vec![("Cookie", &*format!("key={key}"))],
@@ -62,7 +65,10 @@ fn no_key_no_data() {
             let r = request(&addr, "GET", target, &headers, b"");
             assert_eq!(r.status, 401, "{target} with {headers:?}: {}", r.text());
             let body = r.text();
-            assert!(!body.contains("top secret") && !body.contains(&node_id), "{target} leaked: {body}");
+            assert!(
+                !body.contains("top secret") && !body.contains(&node_id),
+                "{target} leaked: {body}"
+            );
             assert!(r.json()["error"].as_str().unwrap().contains("API key"));
         }
     }
@@ -90,7 +96,10 @@ fn no_key_no_data() {
     assert!(page.text().contains("app.js"));
     assert!(!page.text().contains(&node_id));
     let csp = page.header("content-security-policy").unwrap();
-    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
     assert_eq!(page.header("x-frame-options"), Some("DENY"));
     let js = request(&addr, "GET", "/app.js", &[], b"");
     assert_eq!(js.status, 200);
@@ -123,7 +132,9 @@ fn no_key_no_data() {
         b"path=secret.txt%40v1",
     );
     assert_eq!(form.status, 415, "a form post was accepted: {}", form.text());
-    assert!(get(&addr, &key, "/api/v1/status").header("access-control-allow-origin").is_none());
+    assert!(get(&addr, &key, "/api/v1/status")
+        .header("access-control-allow-origin")
+        .is_none());
 }
 
 #[test]
@@ -157,7 +168,11 @@ fn paths_cannot_leave_the_folder() {
         }
         let r = get(&addr, &key, &format!("/api/v1/log?under={p}"));
         assert!(r.status == 400 || r.status == 404, "log?under={p}: {}", r.status);
-        let decoded = p.replace("%2e", ".").replace("%2f", "/").replace("%5c", "\\").replace("%00", "\0");
+        let decoded = p
+            .replace("%2e", ".")
+            .replace("%2f", "/")
+            .replace("%5c", "\\")
+            .replace("%00", "\0");
         for (endpoint, body) in [
             ("restore", serde_json::json!({ "path": format!("{decoded}@v1") })),
             ("resolve", serde_json::json!({ "path": decoded, "keep": "v1" })),
@@ -167,7 +182,11 @@ fn paths_cannot_leave_the_folder() {
         }
     }
     // `..` in the request path itself never reaches a file either.
-    for target in ["/../../etc/passwd", "/api/v1/../../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd"] {
+    for target in [
+        "/../../etc/passwd",
+        "/api/v1/../../../etc/passwd",
+        "/%2e%2e/%2e%2e/etc/passwd",
+    ] {
         let r = request(&addr, "GET", target, &[("X-API-Key", &key)], b"");
         assert!(r.status == 404 || r.status == 400, "{target}: {}", r.status);
         assert!(!r.text().contains("root:"));
@@ -203,7 +222,13 @@ fn browse_read_log_restore_and_follow_changes() {
 
     let root = get(&addr, &key, "/api/v1/tree?path=").json();
     assert_eq!(names(&root), ["docs", "notes.txt"]);
-    let notes = root["items"].as_array().unwrap().iter().find(|i| i["name"] == "notes.txt").unwrap().clone();
+    let notes = root["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "notes.txt")
+        .unwrap()
+        .clone();
     assert_eq!(notes["kind"], "file");
     assert_eq!(notes["size"], 13);
     assert_eq!(notes["version"], "v3");
@@ -211,16 +236,27 @@ fn browse_read_log_restore_and_follow_changes() {
     assert_eq!(get(&addr, &key, "/api/v1/tree?path=nope").status, 404);
 
     let versions = get(&addr, &key, "/api/v1/versions?path=notes.txt").json();
-    let names_v: Vec<&str> = versions.as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    let names_v: Vec<&str> = versions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names_v, ["v3", "v2", "v1"]);
     assert_eq!(versions[0]["shown"], true);
     assert_eq!(versions[0]["parents"][0], versions[1]["version"]);
 
     // Any version's content; downloads say so; a big file streams whole.
-    assert_eq!(get(&addr, &key, "/api/v1/content?path=notes.txt@v2").body, b"first draft\n");
+    assert_eq!(
+        get(&addr, &key, "/api/v1/content?path=notes.txt@v2").body,
+        b"first draft\n"
+    );
     let cur = get(&addr, &key, "/api/v1/content?path=notes.txt&download=1");
     assert_eq!(cur.body, b"second draft\n");
-    assert_eq!(cur.header("content-disposition"), Some("attachment; filename=\"notes.txt\""));
+    assert_eq!(
+        cur.header("content-disposition"),
+        Some("attachment; filename=\"notes.txt\"")
+    );
     assert_eq!(cur.header("x-content-type-options"), Some("nosniff"));
     let got = get(&addr, &key, "/api/v1/content?path=docs/big.bin");
     assert_eq!(got.status, 200);
@@ -233,27 +269,58 @@ fn browse_read_log_restore_and_follow_changes() {
     assert_eq!(hist.as_array().unwrap().len(), 3);
     let under = get(&addr, &key, "/api/v1/log?under=docs").json();
     assert!(!under.as_array().unwrap().is_empty());
-    assert!(under.as_array().unwrap().iter().all(|l| l["path"].as_str().unwrap().starts_with("docs")));
+    assert!(under
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["path"].as_str().unwrap().starts_with("docs")));
     let me = n.status()["node"].as_str().unwrap()[..8].to_string();
     let other = if me.starts_with('0') { "1" } else { "0" };
-    assert!(!get(&addr, &key, &format!("/api/v1/log?author={me}")).json().as_array().unwrap().is_empty());
+    assert!(!get(&addr, &key, &format!("/api/v1/log?author={me}"))
+        .json()
+        .as_array()
+        .unwrap()
+        .is_empty());
     assert!(get(&addr, &key, &format!("/api/v1/log?author={other}{}", &me[1..]))
         .json()
         .as_array()
         .unwrap()
         .is_empty());
-    assert!(!get(&addr, &key, "/api/v1/log?since=1h").json().as_array().unwrap().is_empty());
-    assert!(get(&addr, &key, "/api/v1/log?since=2999-01-01T00:00:00Z").json().as_array().unwrap().is_empty());
+    assert!(!get(&addr, &key, "/api/v1/log?since=1h")
+        .json()
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert!(get(&addr, &key, "/api/v1/log?since=2999-01-01T00:00:00Z")
+        .json()
+        .as_array()
+        .unwrap()
+        .is_empty());
     assert_eq!(get(&addr, &key, "/api/v1/log?since=yesterdayish").status, 400);
 
     // Restore an old version through the API; the mount shows it.
-    let r = post(&addr, &key, "/api/v1/restore", serde_json::json!({ "path": "notes.txt@v2" }));
+    let r = post(
+        &addr,
+        &key,
+        "/api/v1/restore",
+        serde_json::json!({ "path": "notes.txt@v2" }),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.json()["message"].as_str().unwrap().contains("v4"));
     assert_eq!(fs::read(n.path("notes.txt")).unwrap(), b"first draft\n");
-    let r = post(&addr, &key, "/api/v1/restore", serde_json::json!({ "path": "notes.txt" }));
+    let r = post(
+        &addr,
+        &key,
+        "/api/v1/restore",
+        serde_json::json!({ "path": "notes.txt" }),
+    );
     assert_eq!(r.status, 400, "{}", r.text());
-    let r = post(&addr, &key, "/api/v1/resolve", serde_json::json!({ "path": "notes.txt", "keep": "v99" }));
+    let r = post(
+        &addr,
+        &key,
+        "/api/v1/resolve",
+        serde_json::json!({ "path": "notes.txt", "keep": "v99" }),
+    );
     assert_eq!(r.status, 404, "{}", r.text());
     let r = request(
         &addr,
@@ -279,10 +346,16 @@ fn gui_address_errors_are_clear_and_change_nothing() {
     let port = taken.local_addr().unwrap().port();
     let mut n = Node::prepare(&[&format!("--gui-listen=127.0.0.1:{port}")]);
     let mnt = n.mnt.to_str().unwrap().to_string();
-    let out = cli(&n.data, &["mount", &mnt, "--no-net", &format!("--gui-listen=127.0.0.1:{port}")]);
+    let out = cli(
+        &n.data,
+        &["mount", &mnt, "--no-net", &format!("--gui-listen=127.0.0.1:{port}")],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("cannot listen for the web GUI") && err.contains("--gui-listen"), "{err}");
+    assert!(
+        err.contains("cannot listen for the web GUI") && err.contains("--gui-listen"),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(!is_mounted(&n.mnt));
 
@@ -305,7 +378,9 @@ fn gui_address_errors_are_clear_and_change_nothing() {
     let out = cli(&n.data, &["mount", &mnt, "--no-net", "--gui-listen=0.0.0.0:0"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("reachable from other machines"));
-    wait_until("the warning in the node log", 10, || n.log().contains("non-loopback address"));
+    wait_until("the warning in the node log", 10, || {
+        n.log().contains("non-loopback address")
+    });
     let link = String::from_utf8(cli(&n.data, &["gui"]).stdout).unwrap();
     assert!(link.starts_with("http://0.0.0.0:") && link.contains("#key="), "{link}");
     let out = cli(&n.data, &["unmount", &mnt]);

@@ -49,7 +49,10 @@ impl Shots {
         let p = self.dir.join(format!("{name}.png"));
         b.screenshot(&p);
         let png = fs::read(&p).unwrap();
-        assert!(png.starts_with(b"\x89PNG") && png.len() > 2000, "{name}: no real screenshot");
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 2000,
+            "{name}: no real screenshot"
+        );
     }
 }
 
@@ -119,7 +122,8 @@ fn gui_follows_changes_and_resolves_a_conflict() {
     browser.wait_text("#flash", "now holds the content", 30);
     for n in [&a, &b] {
         wait_until("the conflict to be resolved on every node", PROPAGATE_SECS, || {
-            listing(n).iter().all(|x| !x.starts_with("report.txt@")) && fs::read(n.path("report.txt")).ok() == Some(losing.clone())
+            listing(n).iter().all(|x| !x.starts_with("report.txt@"))
+                && fs::read(n.path("report.txt")).ok() == Some(losing.clone())
         });
     }
     browser.goto(&format!("http://{}/#/conflicts", a.gui_addr()));

@@ -45,7 +45,11 @@ pub fn check_rel(rel: &str) -> Result<()> {
     for comp in Path::new(rel).components() {
         match comp {
             Component::Normal(_) | Component::CurDir => {}
-            _ => return Err(QueryError::BadRequest(format!("{rel}: path must stay inside the folder"))),
+            _ => {
+                return Err(QueryError::BadRequest(format!(
+                    "{rel}: path must stay inside the folder"
+                )))
+            }
         }
     }
     Ok(())
@@ -150,9 +154,8 @@ pub fn resolve_conflict(repo: &Repo, rel: &str, keep: &str) -> Result<String> {
     let keep_v = if keep.is_empty() {
         in_path.ok_or_else(|| QueryError::BadRequest(format!("{rel}: say which version to keep (--keep vN)")))?
     } else {
-        let (_, name) = names::parse_version_name(format!("{base}@{keep}").as_bytes()).ok_or_else(|| {
-            QueryError::BadRequest(format!("{keep}: not a version name (like v3 or v3-1a2b3c4d)"))
-        })?;
+        let (_, name) = names::parse_version_name(format!("{base}@{keep}").as_bytes())
+            .ok_or_else(|| QueryError::BadRequest(format!("{keep}: not a version name (like v3 or v3-1a2b3c4d)")))?;
         repo.version_by_name(entry, &name)?
             .ok_or_else(|| QueryError::NotFound(format!("{rel}: no version {keep} (see `distribox versions`)")))?
             .id
@@ -383,7 +386,9 @@ pub fn open_content(repo: &Repo, rel: &str) -> Result<Readable> {
             chunks: repo.chunk_list(manifest)?,
         }),
         Content::Symlink { target } => Ok(Readable::Symlink(target)),
-        Content::Dir => Err(QueryError::BadRequest(format!("{rel}: a directory has no content to download"))),
+        Content::Dir => Err(QueryError::BadRequest(format!(
+            "{rel}: a directory has no content to download"
+        ))),
         _ => Err(QueryError::BadRequest(format!("{rel}: not a file"))),
     }
 }

@@ -77,7 +77,10 @@ impl PeerTable {
         if now.duration_since(t1) > RATE_WINDOW {
             return 0;
         }
-        let secs = now.duration_since(t0).as_secs_f64().clamp(1.0, RATE_WINDOW.as_secs_f64());
+        let secs = now
+            .duration_since(t0)
+            .as_secs_f64()
+            .clamp(1.0, RATE_WINDOW.as_secs_f64());
         ((b1 - b0) as f64 / secs) as u64
     }
 

@@ -128,14 +128,24 @@ impl Node {
     /// The API key (`distribox gui --key`).
     pub fn api_key(&self) -> String {
         let out = cli(&self.data, &["gui", "--key"]);
-        assert!(out.status.success(), "gui --key: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "gui --key: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 
     /// `GET /api/v1/{what}` with the key; panics unless 200.
     pub fn api(&self, what: &str) -> serde_json::Value {
         let key = self.api_key();
-        let r = http::request(&self.gui_addr(), "GET", &format!("/api/v1/{what}"), &[("X-API-Key", &key)], b"");
+        let r = http::request(
+            &self.gui_addr(),
+            "GET",
+            &format!("/api/v1/{what}"),
+            &[("X-API-Key", &key)],
+            b"",
+        );
         assert_eq!(r.status, 200, "GET /api/v1/{what}: {}", r.text());
         r.json()
     }

@@ -39,7 +39,10 @@ type ApiResult<T> = Result<T, ApiError>;
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, QueryError> + Send + 'static) -> ApiResult<T> {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r.map_err(ApiError::from),
-        Err(e) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("request failed: {e}"))),
+        Err(e) => Err(ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("request failed: {e}"),
+        )),
     }
 }
 
@@ -129,16 +132,25 @@ fn parse_since(s: &str) -> ApiResult<i64> {
                 format!("since={s}: expected Unix seconds, a time like 2026-12-01T10:00:00Z, or an age like 2h"),
             )
         })?;
-    Ok(t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64))
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64))
 }
 
-pub async fn log(State(w): State<Web>, Query(q): Query<LogQuery>) -> ApiResult<Json<Vec<crate::daemon::control::LogLine>>> {
+pub async fn log(
+    State(w): State<Web>,
+    Query(q): Query<LogQuery>,
+) -> ApiResult<Json<Vec<crate::daemon::control::LogLine>>> {
     let filter = LogFilter {
         path: q.path.as_deref().map(folder_path).transpose()?,
         under: q.under.as_deref().map(folder_path).transpose()?,
         limit: q.limit.unwrap_or(100).min(10_000),
         author: q.author.filter(|a| !a.is_empty()),
-        since: q.since.as_deref().filter(|s| !s.is_empty()).map(parse_since).transpose()?,
+        since: q
+            .since
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(parse_since)
+            .transpose()?,
     };
     let repo = w.repo.clone();
     Ok(Json(blocking(move || query::log_lines(&repo, &filter)).await?))
@@ -183,7 +195,11 @@ pub async fn content(State(w): State<Web>, Query(q): Query<PathQuery>) -> ApiRes
     let repo = w.repo.clone();
     let r = rel.clone();
     let readable = blocking(move || query::open_content(&repo, &r)).await?;
-    let name = rel.rsplit('/').next().unwrap_or("download").replace(['"', '\\', '\r', '\n'], "_");
+    let name = rel
+        .rsplit('/')
+        .next()
+        .unwrap_or("download")
+        .replace(['"', '\\', '\r', '\n'], "_");
     let disposition = if q.download.is_some() { "attachment" } else { "inline" };
     let (len, body) = match readable {
         Readable::Symlink(target) => (target.len() as u64, Body::from(target)),
@@ -231,7 +247,12 @@ pub async fn content(State(w): State<Web>, Query(q): Query<PathQuery>) -> ApiRes
                         format!("{rel}: cannot read its data ({e})"),
                     ))
                 }
-                Err(_) => return Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{rel}: read failed"))),
+                Err(_) => {
+                    return Err(ApiError(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("{rel}: read failed"),
+                    ))
+                }
             }
             let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
             (size, Body::from_stream(stream))
@@ -239,7 +260,10 @@ pub async fn content(State(w): State<Web>, Query(q): Query<PathQuery>) -> ApiRes
     };
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     if let Ok(v) = HeaderValue::from_str(&format!("{disposition}; filename=\"{name}\"")) {
         h.insert(header::CONTENT_DISPOSITION, v);

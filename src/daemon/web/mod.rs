@@ -59,7 +59,9 @@ impl GuiListen {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebError {
-    #[error("cannot listen for the web GUI on {addr}: {source} (pick another with --gui-listen ADDR, or --gui-listen off)")]
+    #[error(
+        "cannot listen for the web GUI on {addr}: {source} (pick another with --gui-listen ADDR, or --gui-listen off)"
+    )]
     Bind {
         addr: SocketAddr,
         #[source]
@@ -191,11 +193,7 @@ fn spawn_event_feed(repo: Arc<Repo>, events: tokio::sync::broadcast::Sender<Arc<
         .spawn(move || {
             while let Some(batch) = changes.blocking_recv() {
                 let Some(repo) = weak.upgrade() else { return };
-                let mut paths: Vec<String> = batch
-                    .changes
-                    .iter()
-                    .filter_map(|c| repo.path_of(c.entry))
-                    .collect();
+                let mut paths: Vec<String> = batch.changes.iter().filter_map(|c| repo.path_of(c.entry)).collect();
                 paths.sort();
                 paths.dedup();
                 let line = serde_json::json!({ "remote": batch.remote, "paths": paths }).to_string();
