@@ -463,10 +463,9 @@ pub fn run(cli: Cli) -> Result<()> {
                         }
                     }
                 }
-                println!(
-                    "received    {} since the node started",
-                    human_bytes(info.bytes_received)
-                );
+                if !info.listen.is_empty() {
+                    println!("received    {} since the node started", human_bytes(info.bytes_received));
+                }
             }
             Ok(())
         }

@@ -337,6 +337,11 @@ fn browse_read_log_restore_and_follow_changes() {
     assert_eq!(t["items"], serde_json::json!([]));
     // --no-net: no peers, not an error.
     assert_eq!(get(&addr, &key, "/api/v1/peers").json(), serde_json::json!([]));
+
+    // A browser still watching the event stream does not keep the node alive.
+    let out = cli(&n.data, &["unmount", n.mnt.to_str().unwrap()]);
+    assert!(out.status.success(), "unmount with an open event stream: {}", String::from_utf8_lossy(&out.stderr));
+    drop(events);
 }
 
 #[test]

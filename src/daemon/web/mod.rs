@@ -164,13 +164,18 @@ impl Bound {
                             return;
                         }
                     };
-                    let served = axum::serve(listener, router(web)).with_graceful_shutdown(async {
-                        let _ = stop_rx.await;
-                    });
-                    if let Err(e) = served.await {
-                        tracing::error!(error = %e, "web GUI stopped with an error");
+                    // Not a graceful shutdown: event streams never end by
+                    // themselves, and the node must not wait on a browser to exit.
+                    tokio::select! {
+                        r = axum::serve(listener, router(web)) => {
+                            if let Err(e) = r {
+                                tracing::error!(error = %e, "web GUI stopped with an error");
+                            }
+                        }
+                        _ = stop_rx => {}
                     }
                 });
+                rt.shutdown_timeout(std::time::Duration::from_secs(2));
             })
             .map_err(WebError::Start)?;
         tracing::info!(addr = %addr, "web GUI and REST API at http://{addr}/ (`distribox gui` prints the link with the key)");

@@ -242,7 +242,7 @@ const views = {
           h("tbody", {}, lines.map((l) => h("tr", { class: "log-line" },
             h("td", {}, l.time.replace("T", " ")), h("td", { class: "mono" }, l.author),
             h("td", { class: "mono" }, "v" + l.n), h("td", { class: "num" }, bytes(l.size)), h("td", {}, l.kind),
-            h("td", {}, l.kind === "deleted" || l.path === "(deleted)" ? l.path : h("a", { href: fileHref(l.path) }, l.path)))))),
+            h("td", {}, logPath(l)))))),
     ];
   },
 
@@ -283,36 +283,50 @@ function layout(versions) {
   return col;
 }
 
+// Drawn once the table is on the page, at the rows' measured heights.
 function graph(versions, col) {
   const ns = "http://www.w3.org/2000/svg";
-  const row = 38, top = 38 + row / 2, gap = 18;
-  const width = (Math.max(0, ...col.values()) + 1) * gap + 12;
+  const gap = 18;
   const svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("width", width);
-  svg.setAttribute("height", top + versions.length * row);
+  svg.setAttribute("width", (Math.max(0, ...col.values()) + 1) * gap + 12);
   svg.setAttribute("class", "graph");
-  const index = new Map(versions.map((v, i) => [v.version, i]));
-  const at = (v) => [8 + col.get(v.version) * gap, top + index.get(v.version) * row];
-  for (const v of versions) {
-    for (const p of v.parents) {
-      if (!index.has(p)) continue;
-      const [x1, y1] = at(v), [x2, y2] = at(versions[index.get(p)]);
-      const line = document.createElementNS(ns, "path");
-      line.setAttribute("d", `M${x1},${y1} C${x1},${(y1 + y2) / 2} ${x2},${(y1 + y2) / 2} ${x2},${y2}`);
-      line.setAttribute("stroke", "#9aa5b1");
-      line.setAttribute("fill", "none");
-      line.setAttribute("stroke-width", "2");
-      svg.append(line);
-    }
-  }
-  for (const v of versions) {
-    const [x, y] = at(v);
-    const dot = document.createElementNS(ns, "circle");
-    dot.setAttribute("cx", x); dot.setAttribute("cy", y); dot.setAttribute("r", 6);
-    dot.setAttribute("fill", v.shown ? "#1f8a4c" : v.conflict ? "#b86e00" : v.purged ? "#c5ccd3" : "#2c6bd6");
-    svg.append(dot);
-  }
+  svg.draw = (table) => {
+    const top = svg.getBoundingClientRect().top;
+    const rows = [...table.querySelectorAll("tr.version")];
+    const last = rows[rows.length - 1];
+    svg.setAttribute("height", last ? last.getBoundingClientRect().bottom - top : 0);
+    const index = new Map(versions.map((v, i) => [v.version, i]));
+    const at = (i) => {
+      const r = rows[i].getBoundingClientRect();
+      return [8 + col.get(versions[i].version) * gap, r.top - top + r.height / 2];
+    };
+    versions.forEach((v, i) => {
+      for (const p of v.parents) {
+        if (!index.has(p)) continue;
+        const [x1, y1] = at(i), [x2, y2] = at(index.get(p));
+        const line = document.createElementNS(ns, "path");
+        line.setAttribute("d", `M${x1},${y1} C${x1},${(y1 + y2) / 2} ${x2},${(y1 + y2) / 2} ${x2},${y2}`);
+        line.setAttribute("stroke", "#9aa5b1");
+        line.setAttribute("fill", "none");
+        line.setAttribute("stroke-width", "2");
+        svg.append(line);
+      }
+    });
+    versions.forEach((v, i) => {
+      const [x, y] = at(i);
+      const dot = document.createElementNS(ns, "circle");
+      dot.setAttribute("cx", x); dot.setAttribute("cy", y); dot.setAttribute("r", 6);
+      dot.setAttribute("fill", v.shown ? "#1f8a4c" : v.conflict ? "#b86e00" : v.purged ? "#c5ccd3" : "#2c6bd6");
+      svg.append(dot);
+    });
+  };
   return svg;
+}
+
+function logPath(l) {
+  if (l.kind === "deleted" || l.path === "(deleted)") return l.path;
+  if (l.kind === "dir") return h("a", { href: dirHref(l.path) }, l.path ? l.path + "/" : "(the folder)");
+  return h("a", { href: fileHref(l.path) }, l.path);
 }
 
 function logFilter() {
@@ -392,7 +406,8 @@ async function render() {
     if (seq !== renderSeq) return; // a newer render started meanwhile
     view.replaceChildren(...nodes.flat().filter(Boolean));
     view.dataset.view = name;
-    // Keep an open viewer's text across live re-renders.
+    const g = view.querySelector("svg.graph");
+    if (g && g.draw) g.draw(view.querySelector("#versions"));
   } catch (e) {
     if (seq !== renderSeq) return;
     if (e.status === 401) return askForKey();
