@@ -177,6 +177,28 @@ pub enum Cmd {
         /// The old version, as PATH@vN.
         path: PathBuf,
     },
+    /// Print a tab-completion script for SHELL on stdout (subcommands, options).
+    ///
+    /// Save it where your shell looks for completions; it is read when a new shell
+    /// starts. Regenerate it after upgrading distribox.
+    #[command(after_help = COMPLETIONS_HELP)]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) of the whole command line on stdout, or with
+    /// --out write one page per command into a directory.
+    ///
+    /// `distribox man` is distribox(1): every command with its summary, the global
+    /// options and the examples. `--out DIR` writes distribox.1 and one page per
+    /// command (distribox-mount.1, distribox-resolve.1, ...) with all its options.
+    #[command(after_help = MAN_HELP)]
+    Man {
+        /// Write distribox.1 and distribox-COMMAND.1 pages into DIR (created if
+        /// missing) instead of printing distribox.1.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 /// The web GUI and REST API.
@@ -205,6 +227,10 @@ impl GuiArgs {
         self.gui_listen.iter().map(|g| format!("--gui-listen={g}")).collect()
     }
 }
+
+const COMPLETIONS_HELP: &str = "Install (then open a new shell):\n  bash        distribox completions bash > ~/.local/share/bash-completion/completions/distribox\n              (needs the bash-completion package; system-wide: /usr/share/bash-completion/completions/distribox)\n  zsh         distribox completions zsh > ~/.zfunc/_distribox\n              and in ~/.zshrc, before compinit: fpath=(~/.zfunc $fpath); autoload -U compinit; compinit\n  fish        distribox completions fish > ~/.config/fish/completions/distribox.fish\n  elvish      distribox completions elvish > ~/.config/elvish/lib/distribox.elv\n              and in ~/.config/elvish/rc.elv: use distribox\n  powershell  distribox completions powershell >> $PROFILE\n\nTry it now without installing (bash): source <(distribox completions bash)";
+
+const MAN_HELP: &str = "Install for your user (man searches ~/.local/share/man when ~/.local/bin or\n~/.cargo/bin is on PATH; otherwise add it to MANPATH):\n  mkdir -p ~/.local/share/man/man1\n  distribox man > ~/.local/share/man/man1/distribox.1\n  man distribox\nOr every command's page:\n  distribox man --out ~/.local/share/man/man1\n  man distribox-mount\nSystem-wide: --out /usr/local/share/man/man1 (as root). Read without installing:\n  distribox man | man -l -";
 
 /// Retention while the node runs.
 #[derive(Args, Debug, Clone)]
@@ -464,7 +490,10 @@ pub fn run(cli: Cli) -> Result<()> {
                     }
                 }
                 if !info.listen.is_empty() {
-                    println!("received    {} since the node started", human_bytes(info.bytes_received));
+                    println!(
+                        "received    {} since the node started",
+                        human_bytes(info.bytes_received)
+                    );
                 }
             }
             Ok(())
@@ -613,6 +642,12 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "distribox", &mut std::io::stdout());
+            Ok(())
+        }
+        Cmd::Man { out } => write_man(out.as_deref()),
     }
 }
 
@@ -705,6 +740,141 @@ fn wait_in_sync(data_dir: &DataDir, timeout: u64) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// `distribox man`: distribox(1) on stdout, or it and every command's page into `out`.
+fn write_man(out: Option<&Path>) -> Result<()> {
+    let mut cmd = <Cli as clap::CommandFactory>::command().disable_help_subcommand(true);
+    cmd.build();
+    let Some(dir) = out else {
+        std::io::stdout().write_all(&man_page(&cmd)?)?;
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut written = Vec::new();
+    let mut pages = vec![("distribox.1".to_string(), man_page(&cmd)?)];
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let man = clap_mangen::Man::new(sub.clone());
+        let mut page = Vec::new();
+        man.render(&mut page)?;
+        let page = verbatim_after_help(&String::from_utf8_lossy(&page), ".SH EXAMPLES");
+        pages.push((man.get_filename(), page.into_bytes()));
+    }
+    for (name, page) in pages {
+        let path = dir.join(&name);
+        std::fs::write(&path, page).with_context(|| format!("cannot write {}", path.display()))?;
+        written.push(name);
+    }
+    println!(
+        "wrote {} page(s) into {}: {}",
+        written.len(),
+        dir.display(),
+        written.join(" ")
+    );
+    Ok(())
+}
+
+/// distribox(1): the global options, then every command with its synopsis,
+/// description and options (one installed page documents the whole command line),
+/// then the examples.
+fn man_page(cmd: &clap::Command) -> std::io::Result<Vec<u8>> {
+    use clap_mangen::Man;
+    type Part = fn(&Man, &mut dyn Write) -> std::io::Result<()>;
+    // Each rendered part starts with the same preamble (the apostrophe string);
+    // the title keeps it, the others drop it.
+    let render = |man: &Man, parts: &[Part]| -> std::io::Result<String> {
+        let mut text = String::new();
+        for part in parts {
+            let mut buf = Vec::new();
+            part(man, &mut buf)?;
+            for line in String::from_utf8_lossy(&buf).lines() {
+                if !line.starts_with(".ie \\n(.g .ds Aq") && !line.starts_with(".el .ds Aq") {
+                    text.push_str(line);
+                    text.push('\n');
+                }
+            }
+        }
+        Ok(text)
+    };
+    let top = Man::new(cmd.clone());
+    let mut page = Vec::new();
+    top.render_title(&mut page)?;
+    let mut text = String::from_utf8_lossy(&page).into_owned();
+    text += &render(
+        &top,
+        &[
+            Man::render_name_section,
+            Man::render_synopsis_section,
+            Man::render_description_section,
+            Man::render_options_section,
+        ],
+    )?;
+    text += ".SH COMMANDS\n";
+    let mut see_also = Vec::new();
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        // --data-dir, --help and --version are under OPTIONS already.
+        let mut sub = sub.clone();
+        for id in ["data_dir", "help", "version"] {
+            if sub.get_arguments().any(|a| a.get_id() == id) {
+                sub = sub.mut_arg(id, |a| a.hide(true));
+            }
+        }
+        let name = sub.get_bin_name().unwrap_or(sub.get_name()).to_string();
+        text += &format!(".SS \"{name}\"\n");
+        let mut parts: Vec<Part> = vec![Man::render_synopsis_section, Man::render_description_section];
+        if sub.get_arguments().any(|a| !a.is_hide_set()) {
+            parts.push(Man::render_options_section);
+        }
+        if sub.get_after_help().is_some() {
+            parts.push(Man::render_extra_section);
+        }
+        let part = verbatim_after_help(&render(&Man::new(sub.clone()), &parts)?, ".PP");
+        for line in part.lines() {
+            match line {
+                ".SH SYNOPSIS" | ".SH DESCRIPTION" => text += ".PP\n",
+                ".SH OPTIONS" => text += ".PP\nOptions:\n",
+                l => {
+                    text += l;
+                    text.push('\n');
+                }
+            }
+        }
+        see_also.push(format!("\\fB{}\\fR(1)", name.replace(' ', "\\-")));
+    }
+    text += &verbatim_after_help(
+        &render(&top, &[Man::render_extra_section, Man::render_version_section])?,
+        ".SH EXAMPLES",
+    );
+    text += ".SH \"SEE ALSO\"\n";
+    text += &see_also.join(", ");
+    text += " (one page per command: \\fBdistribox man \\-\\-out\\fR \\fIDIR\\fR);\n";
+    text += "\\fBfusermount3\\fR(1), \\fBmount\\fR(8), \\fBsystemctl\\fR(1).\n";
+    Ok(text.into_bytes())
+}
+
+/// clap_mangen renders the after-help text (laid out by hand, in columns) as filled
+/// text under `.SH EXTRA`: give it `heading` and keep its lines as they are.
+fn verbatim_after_help(roff: &str, heading: &str) -> String {
+    let mut out = String::new();
+    let mut verbatim = false;
+    for line in roff.lines() {
+        if verbatim && (line.starts_with(".SH") || line.starts_with(".SS")) {
+            out += ".fi\n";
+            verbatim = false;
+        }
+        if line == ".SH EXTRA" {
+            out += heading;
+            out += "\n.nf\n";
+            verbatim = true;
+        } else {
+            out += line;
+            out.push('\n');
+        }
+    }
+    if verbatim {
+        out += ".fi\n";
+    }
+    out
 }
 
 fn print_done(r: ControlResponse) -> Result<()> {

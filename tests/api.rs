@@ -340,7 +340,11 @@ fn browse_read_log_restore_and_follow_changes() {
 
     // A browser still watching the event stream does not keep the node alive.
     let out = cli(&n.data, &["unmount", n.mnt.to_str().unwrap()]);
-    assert!(out.status.success(), "unmount with an open event stream: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "unmount with an open event stream: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(events);
 }
 

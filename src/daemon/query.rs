@@ -217,8 +217,8 @@ pub fn log_lines(repo: &Repo, f: &LogFilter) -> Result<Vec<LogLine>> {
     let keep = |r: &SignedRecord| {
         author
             .as_deref()
-            .map_or(true, |a| r.record.author.to_hex().starts_with(a))
-            && f.since.map_or(true, |s| unix_secs(r.record.hlc.system_time()) >= s)
+            .is_none_or(|a| r.record.author.to_hex().starts_with(a))
+            && f.since.is_none_or(|s| unix_secs(r.record.hlc.system_time()) >= s)
     };
     let (infos, heads): (Vec<_>, Vec<VersionId>) = match f.path.as_deref() {
         Some(p) if !p.is_empty() => {

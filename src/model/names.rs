@@ -39,11 +39,11 @@ impl VersionName {
             && self
                 .author
                 .as_ref()
-                .map_or(true, |a| author.to_hex().starts_with(a.as_str()))
+                .is_none_or(|a| author.to_hex().starts_with(a.as_str()))
             && self
                 .version
                 .as_ref()
-                .map_or(true, |v| version.to_hex().starts_with(v.as_str()))
+                .is_none_or(|v| version.to_hex().starts_with(v.as_str()))
     }
 }
 
