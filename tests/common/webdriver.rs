@@ -294,6 +294,37 @@ impl Browser {
         });
     }
 
+    /// The texts of every element matching `css`, read in one script run: a page
+    /// that re-renders cannot make one of them stale halfway through.
+    pub fn texts(&self, css: &str) -> Vec<String> {
+        let v = self.execute(
+            "return [...document.querySelectorAll(arguments[0])].map(e => e.innerText)",
+            vec![json!(css)],
+        );
+        v.as_array()
+            .map(|a| a.iter().map(|t| t.as_str().unwrap_or("").to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Clicks the first element matching `css` once it is there, retrying while
+    /// the page replaces it under us (a live re-render makes a found element stale).
+    pub fn click_when(&self, css: &str, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(e) = self.find(css) {
+                match self.try_cmd("POST", &format!("/element/{}/click", e.id), Some(json!({}))) {
+                    Ok(_) => return,
+                    Err(err) if err.error == "stale element reference" => {}
+                    Err(err) => panic!("WebDriver click {css:?}: {}: {}", err.error, err.message),
+                }
+            }
+            if Instant::now() > deadline {
+                self.timed_out(&format!("a clickable element matching {css:?}"), secs);
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
     /// Polls `f` until it returns true; `what` names the condition in the panic.
     pub fn wait_until(&self, what: &str, secs: u64, mut f: impl FnMut(&Browser) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(secs);
