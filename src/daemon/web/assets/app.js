@@ -122,7 +122,8 @@ const views = {
           h("dt", {}, "stored"), h("dd", {}, `${bytes(st.chunk_bytes)} in ${st.chunks} chunks`),
           h("dt", {}, "peers"), h("dd", { id: "peer-summary" }, `${st.peers_online} online of ${st.peers_known} known`),
           h("dt", {}, "incoming"), h("dd", {}, tr.versions_pending === 0 ? "nothing pending"
-            : `${tr.versions_pending} version(s), ${bytes(tr.bytes_missing)} to go at ${bytes(tr.rate_bps)}/s`)))),
+            : `${tr.versions_pending} version(s), ${bytes(tr.bytes_missing)} to go` +
+              (tr.rate_bps > 0 ? ` at ${bytes(tr.rate_bps)}/s` : "")))),
       h("h2", {}, "Members"),
       peers.length === 0
         ? h("div", { class: "card empty" }, "No members known yet. Invite one with ", h("code", {}, "distribox invite"), ".")
@@ -251,7 +252,8 @@ const views = {
     return [
       h("h1", {}, "Transfers"),
       h("p", { id: "transfer-summary" }, t.versions_pending === 0 ? "Nothing is being received."
-        : `${t.versions_pending} version(s) arriving: ${bytes(t.bytes_missing)} to go, ${bytes(t.rate_bps)}/s` +
+        : `${t.versions_pending} version(s) arriving: ${bytes(t.bytes_missing)} to go, ` +
+          (t.rate_bps > 0 ? `${bytes(t.rate_bps)}/s` : "waiting for a peer that has the data") +
           (t.eta_secs !== null ? `, about ${duration(t.eta_secs)} left` : "") + `. ${bytes(t.bytes_received)} received since the node started.`),
       t.items.length === 0 ? null : h("table", { id: "transfers" },
         h("thead", {}, h("tr", {}, ["file", "from", "size", "progress"].map((c) => h("th", {}, c)))),
