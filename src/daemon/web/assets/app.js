@@ -123,7 +123,7 @@ const views = {
           h("dt", {}, "peers"), h("dd", { id: "peer-summary" }, `${st.peers_online} online of ${st.peers_known} known`),
           h("dt", {}, "incoming"), h("dd", {}, tr.versions_pending === 0 ? "nothing pending"
             : `${tr.versions_pending} version(s), ${bytes(tr.bytes_missing)} to go` +
-              (tr.rate_bps > 0 ? ` at ${bytes(tr.rate_bps)}/s` : "")))),
+              (tr.rate_bps > 0 ? ` at ${bytes(tr.rate_bps)}/s` : ""))))),
       h("h2", {}, "Members"),
       peers.length === 0
         ? h("div", { class: "card empty" }, "No members known yet. Invite one with ", h("code", {}, "distribox invite"), ".")
