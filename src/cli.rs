@@ -307,6 +307,17 @@ pub fn default_data_dir() -> PathBuf {
 /// Environment variable telling a re-executed node to report readiness on stdout.
 const READY_ENV: &str = "DISTRIBOX_REPORT_READY";
 
+/// The one answer a request expects; the node's error answer becomes our error.
+macro_rules! expect_answer {
+    ($resp:expr, $pat:pat => $out:expr) => {
+        match $resp {
+            $pat => $out,
+            ControlResponse::Error { message } => bail!("{message}"),
+            other => bail!("unexpected answer from node: {other:?}"),
+        }
+    };
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     let data_dir = DataDir::new(cli.data_dir.clone().unwrap_or_else(default_data_dir));
     match cli.command {
@@ -403,11 +414,10 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Peers { json } => {
-            let peers = match call(&data_dir, &ControlRequest::Peers)? {
-                ControlResponse::Peers { peers } => peers,
-                ControlResponse::Error { message } => bail!("{message}"),
-                other => bail!("unexpected answer from node: {other:?}"),
-            };
+            let peers = expect_answer!(
+                call(&data_dir, &ControlRequest::Peers)?,
+                ControlResponse::Peers { peers } => peers
+            );
             if json {
                 println!("{}", serde_json::to_string_pretty(&peers)?);
             } else if peers.is_empty() {
@@ -445,10 +455,10 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Unmount { dir } => unmount(&data_dir, &dir),
         Cmd::Status { json } => {
-            let info = match call(&data_dir, &ControlRequest::Status)? {
-                ControlResponse::Status(s) => s,
-                other => bail!("unexpected answer from node: {other:?}"),
-            };
+            let info = expect_answer!(
+                call(&data_dir, &ControlRequest::Status)?,
+                ControlResponse::Status(s) => s
+            );
             if json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
             } else {
@@ -505,10 +515,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 println!("{api_key}");
                 return Ok(());
             }
-            let gui = match call(&data_dir, &ControlRequest::Status)? {
-                ControlResponse::Status(s) => s.gui,
-                other => bail!("unexpected answer from node: {other:?}"),
-            };
+            let gui = expect_answer!(
+                call(&data_dir, &ControlRequest::Status)?,
+                ControlResponse::Status(s) => s.gui
+            );
             let gui = gui.ok_or_else(|| {
                 anyhow!("the node runs without a web GUI (its address was taken or it was started with --gui-listen off); restart it with --gui-listen ADDR")
             })?;
@@ -516,11 +526,10 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Conflicts { json } => {
-            let conflicts = match call(&data_dir, &ControlRequest::Conflicts)? {
-                ControlResponse::Conflicts { conflicts } => conflicts,
-                ControlResponse::Error { message } => bail!("{message}"),
-                other => bail!("unexpected answer from node: {other:?}"),
-            };
+            let conflicts = expect_answer!(
+                call(&data_dir, &ControlRequest::Conflicts)?,
+                ControlResponse::Conflicts { conflicts } => conflicts
+            );
             if json {
                 println!("{}", serde_json::to_string_pretty(&conflicts)?);
             } else if conflicts.is_empty() {
@@ -537,11 +546,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Wait { timeout } => wait_in_sync(&data_dir, timeout),
         Cmd::Versions { path, json } => {
             let rel = folder_relative(&data_dir, &path)?;
-            let versions = match call(&data_dir, &ControlRequest::Versions { path: rel })? {
-                ControlResponse::Versions { versions } => versions,
-                ControlResponse::Error { message } => bail!("{message}"),
-                other => bail!("unexpected answer from node: {other:?}"),
-            };
+            let versions = expect_answer!(
+                call(&data_dir, &ControlRequest::Versions { path: rel })?,
+                ControlResponse::Versions { versions } => versions
+            );
             if json {
                 println!("{}", serde_json::to_string_pretty(&versions)?);
             } else {
@@ -568,11 +576,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 keep_days,
                 coalesce_secs,
             };
-            let report = match call(&data_dir, &ControlRequest::Gc { policy, dry_run })? {
-                ControlResponse::Gc { report } => report,
-                ControlResponse::Error { message } => bail!("{message}"),
-                other => bail!("unexpected answer from node: {other:?}"),
-            };
+            let report = expect_answer!(
+                call(&data_dir, &ControlRequest::Gc { policy, dry_run })?,
+                ControlResponse::Gc { report } => report
+            );
             let verb = if dry_run { "would purge" } else { "purged" };
             println!(
                 "{verb} {} old version(s) of {} file(s)",
@@ -612,11 +619,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 since,
                 under,
             };
-            let lines = match call(&data_dir, &ControlRequest::Log(filter))? {
-                ControlResponse::Log { lines } => lines,
-                ControlResponse::Error { message } => bail!("{message}"),
-                other => bail!("unexpected answer from node: {other:?}"),
-            };
+            let lines = expect_answer!(
+                call(&data_dir, &ControlRequest::Log(filter))?,
+                ControlResponse::Log { lines } => lines
+            );
             if json {
                 println!("{}", serde_json::to_string_pretty(&lines)?);
             } else if per_file {
@@ -698,10 +704,10 @@ fn wait_in_sync(data_dir: &DataDir, timeout: u64) -> Result<()> {
     });
     let mut total = 0u64;
     loop {
-        let st = match call(data_dir, &ControlRequest::Status)? {
-            ControlResponse::Status(s) => s,
-            other => bail!("unexpected answer from node: {other:?}"),
-        };
+        let st = expect_answer!(
+            call(data_dir, &ControlRequest::Status)?,
+            ControlResponse::Status(s) => s
+        );
         let peers = match call(data_dir, &ControlRequest::Peers)? {
             ControlResponse::Peers { peers } => peers,
             _ => Vec::new(), // --no-net: nothing to wait for
@@ -940,10 +946,10 @@ fn call(data_dir: &DataDir, req: &ControlRequest) -> Result<ControlResponse> {
 /// Turns a path the user typed (absolute, or relative to the cwd, inside the mount)
 /// into a path relative to the folder root.
 fn folder_relative(data_dir: &DataDir, path: &Path) -> Result<String> {
-    let info = match call(data_dir, &ControlRequest::Status)? {
-        ControlResponse::Status(s) => s,
-        other => bail!("unexpected answer from node: {other:?}"),
-    };
+    let info = expect_answer!(
+        call(data_dir, &ControlRequest::Status)?,
+        ControlResponse::Status(s) => s
+    );
     let mount = PathBuf::from(info.mountpoint.ok_or_else(|| anyhow!("the node is not mounted"))?);
     let abs = if path.is_absolute() {
         path.to_path_buf()

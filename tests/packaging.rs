@@ -629,6 +629,20 @@ impl Mountable {
         assert_eq!(st["mountpoint"].as_str(), want.to_str(), "{st}");
     }
 
+    /// `distribox unmount DIR`, then the node must be gone.
+    fn unmount_and_wait(&self) {
+        let pid = self.node_pid().unwrap();
+        run_ok(
+            Command::new(bin())
+                .arg("--data-dir")
+                .arg(&self.data)
+                .arg("unmount")
+                .arg(&self.mnt),
+        );
+        assert!(!is_mounted(&self.mnt));
+        self.wait_node_gone(pid);
+    }
+
     fn wait_node_gone(&self, pid: i32) {
         wait_until("the node to exit after the unmount", 60, || {
             // SAFETY: signal 0 only checks that the process exists.
@@ -674,16 +688,7 @@ fn mount_helper_mounts_as_mount8_invokes_it() {
     for want in ["--allow-other", "--idle-commit-ms=500", "--no-net", "--foreground"] {
         assert!(args.iter().any(|a| a == want), "node runs without {want}: {args:?}");
     }
-    let pid = m.node_pid().unwrap();
-    run_ok(
-        Command::new(bin())
-            .arg("--data-dir")
-            .arg(&m.data)
-            .arg("unmount")
-            .arg(&m.mnt),
-    );
-    assert!(!is_mounted(&m.mnt));
-    m.wait_node_gone(pid);
+    m.unmount_and_wait();
 }
 
 #[test]
@@ -803,14 +808,5 @@ fn mount_8_and_fstab_line_use_the_helper() {
         std::fs::read(m.mnt.join("note.txt")).unwrap(),
         b"mounted by mount.distribox"
     );
-    let pid = m.node_pid().unwrap();
-    run_ok(
-        Command::new(bin())
-            .arg("--data-dir")
-            .arg(&m.data)
-            .arg("unmount")
-            .arg(&m.mnt),
-    );
-    assert!(!is_mounted(&m.mnt));
-    m.wait_node_gone(pid);
+    m.unmount_and_wait();
 }
