@@ -86,9 +86,10 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Wait until this node holds every version its online peers have, with their
-    /// data (a progress bar on a terminal). Exits 1 if that takes longer than
-    /// --timeout. Useful after `join` or before shutting a laptop down.
+    /// Wait until this node holds every version its online members have, with
+    /// their data (a progress bar on a terminal): at least one member must be
+    /// online and have compared version lists with us. Exits 1 if that takes
+    /// longer than --timeout. Useful after `join` or before shutting a laptop down.
     Wait {
         /// Give up after this many seconds (0: wait forever).
         #[arg(long, default_value_t = 0, value_name = "SECS")]
@@ -510,9 +511,15 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Gui { key } => {
             data_dir.check()?;
-            let api_key = data_dir.api_key()?;
+            let read_key = || {
+                data_dir.read_api_key()?.ok_or_else(|| {
+                    anyhow!(
+                        "no API key yet: start the node (`distribox mount DIR` or `distribox serve`) and it makes one"
+                    )
+                })
+            };
             if key {
-                println!("{api_key}");
+                println!("{}", read_key()?);
                 return Ok(());
             }
             let gui = expect_answer!(
@@ -522,7 +529,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let gui = gui.ok_or_else(|| {
                 anyhow!("the node runs without a web GUI (its address was taken or it was started with --gui-listen off); restart it with --gui-listen ADDR")
             })?;
-            println!("{gui}#key={api_key}");
+            println!("{gui}#key={}", read_key()?);
             Ok(())
         }
         Cmd::Conflicts { json } => {
@@ -686,8 +693,10 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
-/// Polls the node until no online peer has records we lack and nothing is pending;
-/// draws a progress bar (bytes of pending data) when stderr is a terminal.
+/// Polls the node until at least one member is online, every online member has
+/// told us what it holds (its version vector), none holds a record we lack, and
+/// no received version waits for data. Draws a progress bar (bytes of pending
+/// data) when stderr is a terminal.
 fn wait_in_sync(data_dir: &DataDir, timeout: u64) -> Result<()> {
     use std::io::IsTerminal;
     let started = Instant::now();
@@ -704,32 +713,46 @@ fn wait_in_sync(data_dir: &DataDir, timeout: u64) -> Result<()> {
     });
     let mut total = 0u64;
     loop {
+        // Peers first, then status: records that arrive in between show up as
+        // pending in the status, never as "in sync".
+        let peers = match call(data_dir, &ControlRequest::Peers)? {
+            ControlResponse::Peers { peers } => peers,
+            ControlResponse::Error { .. } => {
+                println!("this node runs without a network (--no-net): nothing to wait for");
+                return Ok(());
+            }
+            other => bail!("unexpected answer from node: {other:?}"),
+        };
         let st = expect_answer!(
             call(data_dir, &ControlRequest::Status)?,
             ControlResponse::Status(s) => s
         );
-        let peers = match call(data_dir, &ControlRequest::Peers)? {
-            ControlResponse::Peers { peers } => peers,
-            _ => Vec::new(), // --no-net: nothing to wait for
+        let online: Vec<_> = peers.iter().filter(|p| p.online).collect();
+        let compared = online.iter().all(|p| p.vector_known);
+        let behind: u64 = online.iter().map(|p| p.missing_here).sum();
+        let state = if online.is_empty() {
+            "waiting for a member to come online".to_string()
+        } else if !compared {
+            "comparing version lists".to_string()
+        } else {
+            format!(
+                "{} version(s) pending, {behind} record(s) to fetch",
+                st.versions_pending
+            )
         };
-        let behind: u64 = peers.iter().filter(|p| p.online).map(|p| p.missing_here).sum();
-        let settled = behind == 0 && st.versions_pending == 0;
         if let Some(b) = &bar {
             total = total.max(st.bytes_missing);
             b.set_length(total);
             b.set_position(total - st.bytes_missing);
-            b.set_message(format!(
-                "{} version(s) pending, {behind} record(s) to fetch",
-                st.versions_pending
-            ));
+            b.set_message(state.clone());
         }
-        if settled {
+        if !online.is_empty() && compared && behind == 0 && st.versions_pending == 0 {
             if let Some(b) = &bar {
                 b.finish_and_clear();
             }
             println!(
-                "in sync with {} online peer(s) after {:.1} s",
-                peers.iter().filter(|p| p.online).count(),
+                "in sync with {} online member(s) after {:.1} s",
+                online.len(),
                 started.elapsed().as_secs_f64()
             );
             return Ok(());
@@ -739,8 +762,7 @@ fn wait_in_sync(data_dir: &DataDir, timeout: u64) -> Result<()> {
                 b.abandon();
             }
             bail!(
-                "not in sync after {timeout} s: {} version(s) pending ({} to go), {behind} record(s) still to fetch",
-                st.versions_pending,
+                "not in sync after {timeout} s: {state} ({} to go)",
                 human_bytes(st.bytes_missing)
             );
         }

@@ -145,19 +145,50 @@ fn gui_follows_changes_and_resolves_a_conflict() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
 }
 
-/// A file name is data, never markup: a name that looks like HTML shows as text.
+/// A file name is data, never markup or a link target: names that look like
+/// HTML, a `javascript:` URL or percent escapes show and open as themselves.
 #[test]
 fn gui_shows_hostile_names_as_text() {
     let a = Node::start();
-    let name = "<img src=x onerror=alert(1)>.txt";
-    fs::write(a.path(name), b"x\n").unwrap();
+    let names = [
+        "<img src=x onerror=alert(1)>.txt",
+        "javascript:alert(1)",
+        "x%41",
+        "a%2Fb",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        fs::write(a.path(name), format!("content {i}\n")).unwrap();
+    }
+    fs::write(a.path("xA"), b"the other file\n").unwrap();
     let browser = Browser::start();
     browser.goto(&format!("http://{}/#key={}", a.gui_addr(), a.api_key()));
     browser.goto(&format!("http://{}/#/files/", a.gui_addr()));
     browser.wait_text("#listing", "onerror", 30);
     assert!(browser.find("#listing img").is_none(), "a file name became an element");
+    let hrefs = browser.execute(
+        "return [...document.querySelectorAll('#view a')].map(a => a.getAttribute('href'))",
+        vec![],
+    );
+    for h in hrefs.as_array().unwrap() {
+        assert!(h.as_str().unwrap().starts_with("#/"), "a link leaves the GUI: {h}");
+    }
+    // Each name opens its own file, whatever escapes it holds.
+    for (i, name) in names.iter().enumerate() {
+        browser.goto(&format!("http://{}/#/files/", a.gui_addr()));
+        browser.wait_for("#listing", 30);
+        browser.execute(
+            "[...document.querySelectorAll('tr.item')].find(r => r.dataset.name === arguments[0]).querySelector('a').click()",
+            vec![serde_json::json!(name)],
+        );
+        browser.click_when("tr.version button.open", 30);
+        browser.wait_text("#viewer", &format!("content {i}"), 30);
+        assert!(browser.find("#view img").is_none());
+    }
+    browser.goto(&format!("http://{}/#/log", a.gui_addr()));
+    browser.wait_text("#log", "onerror", 30);
+    assert!(browser.find("#log img").is_none());
     // A wrong key in the link: the page asks for the key instead of showing data.
-    browser.execute("localStorage.clear()", vec![]);
+    browser.execute("sessionStorage.clear()", vec![]);
     browser.goto(&format!("http://{}/#key={}", a.gui_addr(), "ab".repeat(32)));
     browser.wait_for("#key-form", 30);
 }
@@ -207,6 +238,10 @@ fn transfers_show_what_is_still_coming() {
     shots.take(&browser, "transfers");
 
     a.unmount();
+    wait_until("B to see A offline", PROPAGATE_SECS, || b.online_peers() == 0);
+    let out = cli(&b.data, &["wait", "--timeout", "1"]);
+    assert!(!out.status.success(), "wait said in sync with nobody online");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("waiting for a member to come online"));
     a.env.clear();
     a.mount();
     wait_content(&b, "big.bin", &data);

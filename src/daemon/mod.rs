@@ -168,7 +168,7 @@ pub struct ServeConfig {
 pub fn run_serve(cfg: ServeConfig, ready: &mut dyn Ready) -> Result<(), DaemonError> {
     cfg.data_dir.check()?;
     let _lock = cfg.data_dir.lock()?;
-    let gui_socket = web::bind(&cfg.gui)?;
+    let gui_socket = web::bind(&cfg.gui, &cfg.data_dir)?;
     let node = Node::start(&cfg.data_dir)?;
     let span = tracing::info_span!("node", node = %node.repo.node());
     let _enter = span.enter();
@@ -223,7 +223,7 @@ pub fn run_mount(cfg: MountConfig, ready: &mut dyn Ready) -> Result<(), DaemonEr
     let mountpoint = check_mountpoint(&cfg.mountpoint)?;
     cfg.data_dir.init(None)?;
     let _lock = cfg.data_dir.lock()?;
-    let gui_socket = web::bind(&cfg.gui)?;
+    let gui_socket = web::bind(&cfg.gui, &cfg.data_dir)?;
     let node = Node::start(&cfg.data_dir)?;
     let repo = node.repo.clone();
     repo.start_prefetch(2);
@@ -394,17 +394,19 @@ fn answer_control(ctl: &Mutex<NodeCtl>, req: ControlRequest) -> ControlResponse 
             Err(message) => ControlResponse::Error { message },
         };
     }
-    let c = ctl.lock();
-    let repo = &c.repo;
+    // Queries run without the control lock (they can take a while on a big
+    // folder; status and the GUI must answer meanwhile).
+    let repo = ctl.lock().repo.clone();
+    let repo = &repo;
     match req {
-        ControlRequest::Status => ControlResponse::Status(c.status()),
+        ControlRequest::Status => ControlResponse::Status(status_of(ctl)),
         ControlRequest::Log(filter) => answer(query::log_lines(repo, &filter), |lines| ControlResponse::Log { lines }),
         ControlRequest::Tree { path } => answer(query::list_dir(repo, &path), |items| ControlResponse::Tree { items }),
         ControlRequest::Conflicts => answer(query::conflicts(repo), |conflicts| ControlResponse::Conflicts {
             conflicts,
         }),
-        ControlRequest::Transfers => answer(c.transfers(), ControlResponse::Transfers),
-        ControlRequest::Peers => match &c.sync {
+        ControlRequest::Transfers => answer(transfers_of(ctl), ControlResponse::Transfers),
+        ControlRequest::Peers => match &ctl.lock().sync {
             Some(s) => ControlResponse::Peers { peers: s.peers() },
             None => ControlResponse::Error {
                 message: "this node runs without a network (--no-net)".into(),
@@ -416,67 +418,82 @@ fn answer_control(ctl: &Mutex<NodeCtl>, req: ControlRequest) -> ControlResponse 
         ControlRequest::Resolve { path, keep } => done(query::resolve_conflict(repo, &path, &keep)),
         ControlRequest::Restore { path } => done(query::restore_version(repo, &path)),
         ControlRequest::Gc { .. } => unreachable!("answered above"),
-        ControlRequest::Shutdown => match (c.stop)() {
+        ControlRequest::Shutdown => match (ctl.lock().stop)() {
             Ok(()) => ControlResponse::Ok,
             Err(message) => ControlResponse::Error { message },
         },
     }
 }
 
-impl NodeCtl {
-    fn status(&self) -> StatusInfo {
-        let repo = &self.repo;
-        let (chunks, chunk_bytes) = repo.store().chunk_stats().unwrap_or((0, 0));
-        let (chunks_wanted, bytes_received, rate_bps) = self.sync.as_ref().map(|s| s.transfers()).unwrap_or_default();
-        let peers = self.sync.as_ref().map(|s| s.peers()).unwrap_or_default();
-        let pending = repo.pending_ids().len();
-        let bytes_missing = if pending > 0 {
-            query::transfers(repo, usize::MAX)
-                .map(|t| t.iter().map(|i| i.bytes_missing).sum())
-                .unwrap_or(0)
-        } else {
-            0
-        };
-        StatusInfo {
+/// The node's status. The control lock is held only to read the cheap parts;
+/// what is still to arrive is computed after (it reads pending manifests).
+fn status_of(ctl: &Mutex<NodeCtl>) -> StatusInfo {
+    let (mut info, repo) = {
+        let c = ctl.lock();
+        let repo = c.repo.clone();
+        let (chunks_wanted, bytes_received, rate_bps) = c.sync.as_ref().map(|s| s.transfers()).unwrap_or_default();
+        let peers = c.sync.as_ref().map(|s| s.peers()).unwrap_or_default();
+        let info = StatusInfo {
             node: repo.node().to_hex(),
             pid: std::process::id(),
-            mountpoint: self.mountpoint.as_ref().map(|p| p.display().to_string()),
-            data_dir: self.data_dir.display().to_string(),
-            local_versions: repo.store().last_seq(repo.node()).unwrap_or(0),
-            store_bytes: repo.store().disk_usage(),
-            chunks,
-            chunk_bytes,
-            uptime_secs: self.started.elapsed().as_secs(),
+            mountpoint: c.mountpoint.as_ref().map(|p| p.display().to_string()),
+            data_dir: c.data_dir.display().to_string(),
+            local_versions: 0,
+            store_bytes: 0,
+            chunks: 0,
+            chunk_bytes: 0,
+            uptime_secs: c.started.elapsed().as_secs(),
             group: hex::encode(repo.group().id),
-            listen: self.sync.as_ref().map(|s| s.listen_addrs()).unwrap_or_default(),
+            listen: c.sync.as_ref().map(|s| s.listen_addrs()).unwrap_or_default(),
             peers_online: peers.iter().filter(|p| p.online).count(),
             peers_known: peers.len(),
-            versions_pending: pending,
+            versions_pending: 0,
             chunks_wanted,
             bytes_received,
-            bytes_missing,
+            bytes_missing: 0,
             rate_bps,
-            eta_secs: eta(bytes_missing, rate_bps),
-            gui: self.gui.clone(),
-        }
+            eta_secs: None,
+            gui: c.gui.clone(),
+        };
+        (info, repo)
+    };
+    let (chunks, chunk_bytes) = repo.store().chunk_stats().unwrap_or((0, 0));
+    info.chunks = chunks;
+    info.chunk_bytes = chunk_bytes;
+    info.local_versions = repo.store().last_seq(repo.node()).unwrap_or(0);
+    info.store_bytes = repo.store().disk_usage();
+    info.versions_pending = repo.pending_ids().len();
+    if info.versions_pending > 0 {
+        info.bytes_missing = query::transfers(&repo, usize::MAX)
+            .map(|t| t.iter().map(|i| i.bytes_missing).sum())
+            .unwrap_or(0);
     }
+    info.eta_secs = eta(info.bytes_missing, info.rate_bps);
+    info
+}
 
-    fn transfers(&self) -> Result<TransfersInfo, query::QueryError> {
-        let (chunks_wanted, bytes_received, rate_bps) = self.sync.as_ref().map(|s| s.transfers()).unwrap_or_default();
-        let mut items = query::transfers(&self.repo, usize::MAX)?;
-        let bytes_missing = items.iter().map(|i| i.bytes_missing).sum();
-        let versions_pending = items.len();
-        items.truncate(100);
-        Ok(TransfersInfo {
-            versions_pending,
-            chunks_wanted,
-            bytes_received,
-            bytes_missing,
-            rate_bps,
-            eta_secs: eta(bytes_missing, rate_bps),
-            items,
-        })
-    }
+/// What is arriving from peers (see `status_of` for the locking).
+fn transfers_of(ctl: &Mutex<NodeCtl>) -> Result<TransfersInfo, query::QueryError> {
+    let (repo, (chunks_wanted, bytes_received, rate_bps)) = {
+        let c = ctl.lock();
+        (
+            c.repo.clone(),
+            c.sync.as_ref().map(|s| s.transfers()).unwrap_or_default(),
+        )
+    };
+    let mut items = query::transfers(&repo, usize::MAX)?;
+    let bytes_missing = items.iter().map(|i| i.bytes_missing).sum();
+    let versions_pending = items.len();
+    items.truncate(100);
+    Ok(TransfersInfo {
+        versions_pending,
+        chunks_wanted,
+        bytes_received,
+        bytes_missing,
+        rate_bps,
+        eta_secs: eta(bytes_missing, rate_bps),
+        items,
+    })
 }
 
 /// Seconds left at the current rate; None while nothing arrives.

@@ -30,7 +30,18 @@ pub enum QueryError {
 
 impl From<RepoError> for QueryError {
     fn from(e: RepoError) -> Self {
-        QueryError::Internal(e.to_string())
+        match e {
+            RepoError::Purged { .. } => QueryError::Gone(e.to_string()),
+            RepoError::NotFound { .. } => QueryError::NotFound(e.to_string()),
+            RepoError::NotConflict { .. }
+            | RepoError::NotHead { .. }
+            | RepoError::NotDir
+            | RepoError::IsDir
+            | RepoError::Exists { .. }
+            | RepoError::NotEmpty
+            | RepoError::Cycle => QueryError::BadRequest(e.to_string()),
+            _ => QueryError::Internal(e.to_string()),
+        }
     }
 }
 
@@ -229,12 +240,20 @@ pub fn log_lines(repo: &Repo, f: &LogFilter) -> Result<Vec<LogLine>> {
             (h, heads)
         }
         _ => {
-            let under = match f.under.as_deref().map(|u| u.trim_matches('/')) {
-                Some(u) if !u.is_empty() => {
+            let under = match f.under.as_deref() {
+                Some(u) => {
                     resolve_path(repo, u)?;
-                    Some(u.to_string())
+                    // Compared with `path_of` names: `./docs/` is `docs`.
+                    let norm: Vec<String> = Path::new(u)
+                        .components()
+                        .filter_map(|c| match c {
+                            Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
+                            _ => None,
+                        })
+                        .collect();
+                    (!norm.is_empty()).then(|| norm.join("/"))
                 }
-                _ => None,
+                None => None,
             };
             let inside = |r: &SignedRecord| match &under {
                 None => true,
@@ -390,5 +409,35 @@ pub fn open_content(repo: &Repo, rel: &str) -> Result<Readable> {
             "{rel}: a directory has no content to download"
         ))),
         _ => Err(QueryError::BadRequest(format!("{rel}: not a file"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_must_stay_inside() {
+        for ok in [
+            "", ".", "a", "a/b", "./a", "a/./b", "a@v1", "..a", "a..", "a/...", "a\\..\\b", "..@v1",
+        ] {
+            assert!(check_rel(ok).is_ok(), "{ok:?} refused");
+        }
+        for bad in [
+            "..",
+            "../a",
+            "a/..",
+            "a/../b",
+            "/a",
+            "/",
+            "a/../../b",
+            "a\0b",
+            "../a@v1",
+        ] {
+            assert!(
+                matches!(check_rel(bad), Err(QueryError::BadRequest(_))),
+                "{bad:?} allowed"
+            );
+        }
     }
 }

@@ -123,28 +123,49 @@ impl DataDir {
 
     /// The key that the REST API and web GUI require (`X-API-Key`), made on first
     /// use: 256 random bits as hex, readable only by the owner. Deleting the file
-    /// and restarting the node changes it.
+    /// and restarting the node changes it. Written to a temp file and linked into
+    /// place, so a reader or a crash never sees a half-written key, and two
+    /// creators agree on one.
     pub fn api_key(&self) -> Result<String> {
-        let p = self.api_key_path();
-        match fs::read_to_string(&p) {
-            Ok(k) if k.trim().len() == 64 && k.trim().bytes().all(|b| b.is_ascii_hexdigit()) => {
-                return Ok(k.trim().to_string())
-            }
-            Ok(_) => return Err(DataDirError::BadApiKey { path: p }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(&p)(e)),
+        if let Some(k) = self.read_api_key()? {
+            return Ok(k);
         }
+        let p = self.api_key_path();
+        let tmp = self.root.join(format!("api.key.{}.tmp", std::process::id()));
         let key = hex::encode(rand::random::<[u8; 32]>());
+        let _ = fs::remove_file(&tmp);
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&p)
-            .map_err(io_err(&p))?;
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
         f.write_all(format!("{key}\n").as_bytes())
             .and_then(|_| f.sync_all())
-            .map_err(io_err(&p))?;
-        Ok(key)
+            .map_err(io_err(&tmp))?;
+        let linked = fs::hard_link(&tmp, &p);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok(key),
+            // Someone else made it first: theirs is the key.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                self.read_api_key()?.ok_or(DataDirError::BadApiKey { path: p })
+            }
+            Err(e) => Err(io_err(&p)(e)),
+        }
+    }
+
+    /// The API key if one was made (None: no node has served a GUI yet).
+    pub fn read_api_key(&self) -> Result<Option<String>> {
+        let p = self.api_key_path();
+        match fs::read_to_string(&p) {
+            Ok(k) if k.trim().len() == 64 && k.trim().bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Ok(Some(k.trim().to_string()))
+            }
+            Ok(_) => Err(DataDirError::BadApiKey { path: p }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&p)(e)),
+        }
     }
 
     /// Checks the format marker without changing anything.

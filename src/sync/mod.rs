@@ -741,7 +741,12 @@ impl Engine {
         let repo = self.repo.clone();
         Answer::Now(match req.body {
             Request::Vector { vector } => {
-                self.table.lock().peers.entry(peer).or_default().vector = vector.iter().copied().collect();
+                {
+                    let mut t = self.table.lock();
+                    let p = t.peers.entry(peer).or_default();
+                    p.vector = vector.iter().copied().collect();
+                    p.vector_known = true;
+                }
                 self.pull(peer, &vector);
                 Response::Vector {
                     vector: self.our_vector(),
@@ -801,7 +806,12 @@ impl Engine {
         }
         match body {
             Response::Vector { vector, peers } => {
-                self.table.lock().peers.entry(peer).or_default().vector = vector.iter().copied().collect();
+                {
+                    let mut t = self.table.lock();
+                    let p = t.peers.entry(peer).or_default();
+                    p.vector = vector.iter().copied().collect();
+                    p.vector_known = true;
+                }
                 self.pull(peer, &vector);
                 let mut new = Vec::new();
                 let room = MAX_KNOWN_PEERS.saturating_sub(self.table.lock().peers.len());

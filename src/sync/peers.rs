@@ -22,6 +22,9 @@ pub struct PeerInfo {
     /// last vector exchange); both 0 = in sync.
     pub missing_here: u64,
     pub missing_there: u64,
+    /// The counts above come from a vector it sent (false: not compared yet).
+    #[serde(default)]
+    pub vector_known: bool,
 }
 
 #[derive(Default)]
@@ -31,6 +34,8 @@ pub struct Peer {
     pub last_seen: Option<SystemTime>,
     pub rtt: Option<Duration>,
     pub vector: HashMap<crate::model::NodeId, u64>,
+    /// A vector came from it (an empty one is a valid answer: it holds nothing).
+    pub vector_known: bool,
     /// Redial schedule while offline.
     pub next_dial: Option<Instant>,
     pub backoff: Duration,
@@ -48,6 +53,27 @@ pub struct PeerTable {
     received_at: std::collections::VecDeque<(Instant, u64)>,
 }
 
+/// Bytes per second in `samples` ((when, cumulative bytes), oldest first) over
+/// the RATE_WINDOW before `now`.
+fn rate(samples: &std::collections::VecDeque<(Instant, u64)>, now: Instant) -> u64 {
+    let Some(&(_, last)) = samples.back() else {
+        return 0;
+    };
+    let start = now.checked_sub(RATE_WINDOW).unwrap_or(now);
+    // Baseline: the newest sample at or before the window's start, else the first.
+    let (t0, b0) = samples
+        .iter()
+        .rev()
+        .find(|(t, _)| *t <= start)
+        .copied()
+        .unwrap_or(samples[0]);
+    if last == b0 {
+        return 0;
+    }
+    let secs = now.duration_since(t0.max(start)).as_secs_f64().max(1.0);
+    ((last - b0) as f64 / secs) as u64
+}
+
 /// How far back the receive rate looks: long enough to smooth batch arrivals,
 /// short enough that a stalled transfer shows 0 soon.
 const RATE_WINDOW: Duration = Duration::from_secs(10);
@@ -55,6 +81,9 @@ const RATE_WINDOW: Duration = Duration::from_secs(10);
 impl PeerTable {
     /// Counts received chunk bytes (for `status`: total and rate).
     pub fn received(&mut self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
         let now = Instant::now();
         if self.received_at.is_empty() {
             self.received_at.push_back((now, self.bytes_received));
@@ -67,21 +96,11 @@ impl PeerTable {
         }
     }
 
-    /// Bytes per second received over about the last RATE_WINDOW (0 when nothing
-    /// came in that time).
+    /// Bytes per second received over the last RATE_WINDOW (0 when nothing came
+    /// in that time): bytes since the last sample before the window's start,
+    /// over the time since then (at most the window).
     pub fn rate_bps(&self) -> u64 {
-        let (Some(&(t0, b0)), Some(&(t1, b1))) = (self.received_at.front(), self.received_at.back()) else {
-            return 0;
-        };
-        let now = Instant::now();
-        if now.duration_since(t1) > RATE_WINDOW {
-            return 0;
-        }
-        let secs = now
-            .duration_since(t0)
-            .as_secs_f64()
-            .clamp(1.0, RATE_WINDOW.as_secs_f64());
-        ((b1 - b0) as f64 / secs) as u64
+        rate(&self.received_at, Instant::now())
     }
 
     pub fn add_addr(&mut self, peer: PeerId, addr: Multiaddr) -> bool {
@@ -102,7 +121,7 @@ impl PeerTable {
             .iter()
             .map(|(id, p)| {
                 let (mut here, mut there) = (0u64, 0u64);
-                if !p.vector.is_empty() {
+                if p.vector_known {
                     for (a, s) in &p.vector {
                         here += s.saturating_sub(ours.get(a).copied().unwrap_or(0));
                     }
@@ -122,6 +141,7 @@ impl PeerTable {
                     rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
                     missing_here: here,
                     missing_there: there,
+                    vector_known: p.vector_known,
                 }
             })
             .collect();
@@ -210,5 +230,23 @@ mod tests {
         let peer = crate::net::keypair(secret).public().to_peer_id();
         assert_eq!(node_of(&peer), Some(node));
         assert_eq!(crate::net::peer_of(&node), Some(peer));
+    }
+
+    #[test]
+    fn rate_counts_only_the_window() {
+        let t = Instant::now();
+        let at = |s: u64| t + Duration::from_secs(s);
+        let mut v = std::collections::VecDeque::new();
+        assert_eq!(rate(&v, at(0)), 0);
+        // 0 before, then 10 MB over 5 s.
+        v.push_back((at(0), 0));
+        for i in 1..=5 {
+            v.push_back((at(i), i * 2_000_000));
+        }
+        assert_eq!(rate(&v, at(5)), 2_000_000);
+        // 20 s later nothing arrived: 0, not an average over old bytes.
+        assert_eq!(rate(&v, at(25)), 0);
+        // At 12 s the window is 2..12: 6 MB (samples 3, 4, 5) over 10 s.
+        assert_eq!(rate(&v, at(12)), 600_000);
     }
 }

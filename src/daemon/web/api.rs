@@ -2,8 +2,9 @@
 //! uses the same queries as the CLI (`daemon::query`), so both say the same thing.
 
 use super::Web;
+use crate::chunking::ChunkList;
 use crate::daemon::query::{self, LogFilter, QueryError, Readable};
-use axum::body::Body;
+use crate::repo::Repo;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -11,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use std::convert::Infallible;
+use std::sync::Arc;
 
 /// An error answer: a status and one line, as `{"error": "..."}`.
 pub struct ApiError(pub StatusCode, pub String);
@@ -34,6 +36,38 @@ impl From<QueryError> for ApiError {
 }
 
 type ApiResult<T> = Result<T, ApiError>;
+
+/// Query parameters, with a bad one answered as `{"error"}` like every error.
+pub struct Params<T>(T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> ApiResult<Self> {
+        Query::<T>::try_from_uri(&parts.uri)
+            .map(|Query(v)| Params(v))
+            .map_err(|e| {
+                ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!("bad query parameters: {}", e.body_text()),
+                )
+            })
+    }
+}
+
+/// A JSON body; anything else (a form post from another site) is refused with 415.
+pub struct Body<T>(T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> ApiResult<Self> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(e) => Err(ApiError(e.status(), format!("bad request body: {}", e.body_text()))),
+        }
+    }
+}
 
 /// Runs a blocking repo call on the blocking pool.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, QueryError> + Send + 'static) -> ApiResult<T> {
@@ -69,7 +103,7 @@ pub async fn not_found() -> ApiError {
 
 pub async fn status(State(w): State<Web>) -> ApiResult<Json<crate::daemon::control::StatusInfo>> {
     let ctl = w.ctl.clone();
-    Ok(Json(blocking(move || Ok(ctl.lock().status())).await?))
+    Ok(Json(blocking(move || Ok(crate::daemon::status_of(&ctl))).await?))
 }
 
 pub async fn peers(State(w): State<Web>) -> ApiResult<Json<Vec<crate::sync::peers::PeerInfo>>> {
@@ -81,10 +115,10 @@ pub async fn peers(State(w): State<Web>) -> ApiResult<Json<Vec<crate::sync::peer
 
 pub async fn transfers(State(w): State<Web>) -> ApiResult<Json<crate::daemon::control::TransfersInfo>> {
     let ctl = w.ctl.clone();
-    Ok(Json(blocking(move || ctl.lock().transfers()).await?))
+    Ok(Json(blocking(move || crate::daemon::transfers_of(&ctl)).await?))
 }
 
-pub async fn tree(State(w): State<Web>, Query(q): Query<PathQuery>) -> ApiResult<Json<serde_json::Value>> {
+pub async fn tree(State(w): State<Web>, Params(q): Params<PathQuery>) -> ApiResult<Json<serde_json::Value>> {
     let rel = folder_path(&q.path)?;
     let repo = w.repo.clone();
     let r = rel.clone();
@@ -94,7 +128,7 @@ pub async fn tree(State(w): State<Web>, Query(q): Query<PathQuery>) -> ApiResult
 
 pub async fn versions(
     State(w): State<Web>,
-    Query(q): Query<PathQuery>,
+    Params(q): Params<PathQuery>,
 ) -> ApiResult<Json<Vec<crate::daemon::control::VersionNode>>> {
     let rel = folder_path(&q.path)?;
     let repo = w.repo.clone();
@@ -138,7 +172,7 @@ fn parse_since(s: &str) -> ApiResult<i64> {
 
 pub async fn log(
     State(w): State<Web>,
-    Query(q): Query<LogQuery>,
+    Params(q): Params<LogQuery>,
 ) -> ApiResult<Json<Vec<crate::daemon::control::LogLine>>> {
     let filter = LogFilter {
         path: q.path.as_deref().map(folder_path).transpose()?,
@@ -164,7 +198,7 @@ pub struct ResolveBody {
     keep: String,
 }
 
-pub async fn resolve(State(w): State<Web>, Json(b): Json<ResolveBody>) -> ApiResult<Json<serde_json::Value>> {
+pub async fn resolve(State(w): State<Web>, Body(b): Body<ResolveBody>) -> ApiResult<Json<serde_json::Value>> {
     let rel = folder_path(&b.path)?;
     let repo = w.repo.clone();
     let message = blocking(move || query::resolve_conflict(&repo, &rel, &b.keep)).await?;
@@ -178,7 +212,7 @@ pub struct RestoreBody {
     path: String,
 }
 
-pub async fn restore(State(w): State<Web>, Json(b): Json<RestoreBody>) -> ApiResult<Json<serde_json::Value>> {
+pub async fn restore(State(w): State<Web>, Body(b): Body<RestoreBody>) -> ApiResult<Json<serde_json::Value>> {
     let rel = folder_path(&b.path)?;
     let repo = w.repo.clone();
     let message = blocking(move || query::restore_version(&repo, &rel)).await?;
@@ -189,73 +223,139 @@ pub async fn restore(State(w): State<Web>, Json(b): Json<RestoreBody>) -> ApiRes
 /// Bytes read per step of a download (bounded memory whatever the file's size).
 const PIECE: u64 = 1 << 20;
 
+/// Reads one piece of a download on the blocking pool (one short task per piece,
+/// so a slow client holds no thread while it is not reading).
+async fn read_piece(repo: Arc<Repo>, chunks: Arc<ChunkList>, off: u64, n: u64) -> Result<Vec<u8>, String> {
+    let r = tokio::task::spawn_blocking(move || {
+        let mut buf = Vec::with_capacity(n as usize);
+        repo.read_chunks(&chunks, off, n, &mut buf).map_err(|e| e.to_string())?;
+        if buf.len() as u64 != n {
+            return Err(format!(
+                "{} bytes where {n} were expected (damaged manifest?)",
+                buf.len()
+            ));
+        }
+        Ok(buf)
+    })
+    .await;
+    r.unwrap_or_else(|e| Err(e.to_string()))
+}
+
+/// `Content-Disposition` naming the file as its plain name (without `@vN`), in
+/// ASCII for old clients and in UTF-8 (RFC 6266) for the rest.
+fn disposition(kind: &str, rel: &str) -> HeaderValue {
+    let last = rel.rsplit('/').next().unwrap_or(rel);
+    let base = crate::model::names::parse_version_name(last.as_bytes())
+        .and_then(|(b, _)| std::str::from_utf8(b).ok())
+        .unwrap_or(last);
+    let ascii: String = base
+        .chars()
+        .map(|c| {
+            if (c.is_ascii_graphic() && c != '"' && c != '\\') || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let encoded: String = base
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    HeaderValue::from_str(&format!("{kind}; filename=\"{ascii}\"; filename*=UTF-8''{encoded}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
+}
+
 /// The content of a file or of any version (`path=notes.txt@v2`), streamed.
-pub async fn content(State(w): State<Web>, Query(q): Query<PathQuery>) -> ApiResult<Response> {
+pub async fn content(State(w): State<Web>, Params(q): Params<PathQuery>) -> ApiResult<Response> {
     let rel = folder_path(&q.path)?;
+    let kind = if q.download.is_some() { "attachment" } else { "inline" };
+    serve_content(&w, rel, kind).await
+}
+
+#[derive(Deserialize)]
+pub struct DownloadBody {
+    path: String,
+}
+
+/// How long a download link works (once).
+const LINK_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A one-time link for a browser download (`<a href>` cannot send the key, and
+/// fetching into memory first would not do for a large file).
+pub async fn download_link(State(w): State<Web>, Body(b): Body<DownloadBody>) -> ApiResult<Json<serde_json::Value>> {
+    let rel = folder_path(&b.path)?;
+    let repo = w.repo.clone();
+    let r = rel.clone();
+    // Refuse now what the link could not serve.
+    blocking(move || query::open_content(&repo, &r).map(|_| ())).await?;
+    let token = hex::encode(rand::random::<[u8; 16]>());
+    let mut links = w.links.lock();
+    links.retain(|_, (_, made)| made.elapsed() < LINK_TTL);
+    links.insert(token.clone(), (rel, std::time::Instant::now()));
+    Ok(Json(serde_json::json!({ "url": format!("/download/{token}") })))
+}
+
+/// `GET /download/TOKEN`: the file a `download_link` named, once, within a minute.
+pub async fn download(
+    State(w): State<Web>,
+    axum::extract::Path(token): axum::extract::Path<String>,
+) -> ApiResult<Response> {
+    let found = w.links.lock().remove(&token);
+    match found {
+        Some((rel, made)) if made.elapsed() < LINK_TTL => serve_content(&w, rel, "attachment").await,
+        _ => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "no such download link (they work once, for a minute)".into(),
+        )),
+    }
+}
+
+async fn serve_content(w: &Web, rel: String, kind: &str) -> ApiResult<Response> {
     let repo = w.repo.clone();
     let r = rel.clone();
     let readable = blocking(move || query::open_content(&repo, &r)).await?;
-    let name = rel
-        .rsplit('/')
-        .next()
-        .unwrap_or("download")
-        .replace(['"', '\\', '\r', '\n'], "_");
-    let disposition = if q.download.is_some() { "attachment" } else { "inline" };
     let (len, body) = match readable {
-        Readable::Symlink(target) => (target.len() as u64, Body::from(target)),
+        Readable::Symlink(target) => (target.len() as u64, axum::body::Body::from(target)),
         Readable::File { size, chunks } => {
-            // Read the first piece before answering, so a corrupt or missing chunk
-            // is a clean error status instead of a cut-off download.
-            let repo = w.repo.clone();
-            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
-            let (first_tx, first_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
-            tokio::task::spawn_blocking(move || {
-                let mut first = Some(first_tx);
-                let mut off = 0u64;
-                while off < size {
-                    let n = PIECE.min(size - off);
-                    let mut buf = Vec::with_capacity(n as usize);
-                    if let Err(e) = repo.read_chunks(&chunks, off, n, &mut buf) {
-                        tracing::error!(error = %e, offset = off, "download: reading failed");
-                        match first.take() {
-                            Some(f) => {
-                                let _ = f.send(Err(e.to_string()));
-                            }
-                            None => {
-                                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
-                            }
-                        }
-                        return;
-                    }
-                    off += n;
-                    if let Some(f) = first.take() {
-                        let _ = f.send(Ok(()));
-                    }
-                    if tx.blocking_send(Ok(buf)).is_err() {
-                        return; // the client went away
-                    }
-                }
-                if let Some(f) = first.take() {
-                    let _ = f.send(Ok(()));
-                }
-            });
-            match first_rx.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    return Err(ApiError(
+            // The first piece is read before answering, so a corrupt or missing
+            // chunk there is a clean error status; a later one cuts the body short
+            // of its Content-Length, which every client reports as an error.
+            let first_n = PIECE.min(size);
+            let first = read_piece(w.repo.clone(), chunks.clone(), 0, first_n)
+                .await
+                .map_err(|e| {
+                    ApiError(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         format!("{rel}: cannot read its data ({e})"),
-                    ))
+                    )
+                })?;
+            let repo = w.repo.clone();
+            let rest = futures::stream::unfold(first_n, move |off| {
+                let (repo, chunks) = (repo.clone(), chunks.clone());
+                async move {
+                    if off >= size {
+                        return None;
+                    }
+                    let n = PIECE.min(size - off);
+                    match read_piece(repo, chunks, off, n).await {
+                        Ok(buf) => Some((Ok(buf), off + n)),
+                        Err(e) => {
+                            tracing::error!(error = %e, offset = off, "download: reading failed");
+                            Some((Err(std::io::Error::other(e)), size))
+                        }
+                    }
                 }
-                Err(_) => {
-                    return Err(ApiError(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("{rel}: read failed"),
-                    ))
-                }
-            }
-            let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-            (size, Body::from_stream(stream))
+            });
+            use futures::StreamExt;
+            let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(rest);
+            (size, axum::body::Body::from_stream(stream))
         }
     };
     let mut resp = Response::new(body);
@@ -265,9 +365,7 @@ pub async fn content(State(w): State<Web>, Query(q): Query<PathQuery>) -> ApiRes
         HeaderValue::from_static("application/octet-stream"),
     );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    if let Ok(v) = HeaderValue::from_str(&format!("{disposition}; filename=\"{name}\"")) {
-        h.insert(header::CONTENT_DISPOSITION, v);
-    }
+    h.insert(header::CONTENT_DISPOSITION, disposition(kind, &rel));
     Ok(resp)
 }
 

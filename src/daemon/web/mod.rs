@@ -15,6 +15,7 @@
 
 mod api;
 mod assets;
+mod limits;
 
 use super::NodeCtl;
 use crate::repo::Repo;
@@ -81,6 +82,8 @@ struct Web {
     key: Arc<str>,
     /// Changes as JSON lines, fanned out to every event stream.
     events: tokio::sync::broadcast::Sender<Arc<str>>,
+    /// One-time download links: token → (folder path, when made).
+    links: Arc<Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>>,
 }
 
 /// A running web server; `stop` ends it.
@@ -106,10 +109,12 @@ impl WebHandle {
 pub struct Bound {
     listener: std::net::TcpListener,
     addr: SocketAddr,
+    key: Arc<str>,
 }
 
-/// Binds the GUI's address. Ok(None): off, or the default address was taken.
-pub fn bind(listen: &GuiListen) -> Result<Option<Bound>, WebError> {
+/// Binds the GUI's address and loads (or makes) the API key. Ok(None): off, or
+/// the default address was taken.
+pub fn bind(listen: &GuiListen, data_dir: &crate::store::DataDir) -> Result<Option<Bound>, WebError> {
     let addr = match listen {
         GuiListen::Off => return Ok(None),
         GuiListen::Default(a) | GuiListen::Explicit(a) => *a,
@@ -124,46 +129,46 @@ pub fn bind(listen: &GuiListen) -> Result<Option<Bound>, WebError> {
     };
     listener.set_nonblocking(true).map_err(WebError::Start)?;
     let addr = listener.local_addr().map_err(WebError::Start)?;
-    Ok(Some(Bound { listener, addr }))
+    let key = data_dir.api_key()?.into();
+    Ok(Some(Bound { listener, addr, key }))
 }
 
 impl Bound {
     /// Serves the GUI and API from a thread of its own.
     pub(super) fn serve(self, ctl: Arc<Mutex<NodeCtl>>) -> Result<WebHandle, WebError> {
-        let Bound { listener, addr } = self;
+        let Bound { listener, addr, key } = self;
         if !addr.ip().is_loopback() {
             tracing::warn!(addr = %addr, "the web GUI and REST API listen on a non-loopback address: anyone who can reach it and holds the API key can read and change the folder");
         }
+        // Everything that can fail happens before we say the GUI runs (status
+        // names its address, and `distribox gui` hands out the key for it).
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(8)
+            .thread_name("web-worker")
+            .enable_all()
+            .build()
+            .map_err(WebError::Start)?;
+        let listener = {
+            let _in_rt = rt.enter();
+            tokio::net::TcpListener::from_std(listener).map_err(WebError::Start)?
+        };
         let repo = ctl.lock().repo.clone();
-        let key: Arc<str> = repo.data_dir().api_key()?.into();
         let (events, _) = tokio::sync::broadcast::channel(256);
         spawn_event_feed(repo.clone(), events.clone())?;
-        let web = Web { repo, ctl, key, events };
+        let web = Web {
+            repo,
+            ctl,
+            key,
+            events,
+            links: Default::default(),
+        };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("web".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .max_blocking_threads(8)
-                    .thread_name("web-worker")
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        tracing::error!(error = %e, "web GUI: cannot start its runtime");
-                        return;
-                    }
-                };
                 rt.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            tracing::error!(error = %e, "web GUI: cannot use its listener");
-                            return;
-                        }
-                    };
+                    let listener = limits::Limited::new(listener);
                     // Not a graceful shutdown: event streams never end by
                     // themselves, and the node must not wait on a browser to exit.
                     tokio::select! {
@@ -187,6 +192,8 @@ impl Bound {
     }
 }
 
+const MAX_EVENT_PATHS: usize = 100;
+
 /// Turns the repo's change batches into one JSON line each for the event streams
 /// (in a thread: naming a changed path reads the store).
 fn spawn_event_feed(repo: Arc<Repo>, events: tokio::sync::broadcast::Sender<Arc<str>>) -> Result<(), WebError> {
@@ -197,11 +204,19 @@ fn spawn_event_feed(repo: Arc<Repo>, events: tokio::sync::broadcast::Sender<Arc<
         .name("web-events".into())
         .spawn(move || {
             while let Some(batch) = changes.blocking_recv() {
+                if events.receiver_count() == 0 {
+                    continue; // nobody watching: skip naming the paths
+                }
                 let Some(repo) = weak.upgrade() else { return };
                 let mut paths: Vec<String> = batch.changes.iter().filter_map(|c| repo.path_of(c.entry)).collect();
                 paths.sort();
                 paths.dedup();
-                let line = serde_json::json!({ "remote": batch.remote, "paths": paths }).to_string();
+                // A batch can touch thousands of entries (a big move); the event
+                // only needs to say "reload", with some names.
+                let truncated = paths.len() > MAX_EVENT_PATHS;
+                paths.truncate(MAX_EVENT_PATHS);
+                let line =
+                    serde_json::json!({ "remote": batch.remote, "paths": paths, "truncated": truncated }).to_string();
                 // No receiver is fine: nobody is watching.
                 let _ = events.send(line.into());
             }
@@ -224,14 +239,18 @@ fn router(web: Web) -> axum::Router {
         .route("/events", get(api::events))
         .route("/resolve", post(api::resolve))
         .route("/restore", post(api::restore))
+        .route("/download", post(api::download_link))
         .fallback(api::not_found)
         .layer(axum::middleware::from_fn_with_state(web.clone(), require_key))
-        .with_state(web);
+        .with_state(web.clone());
     axum::Router::new()
         .nest("/api/v1", api)
         .route("/", get(assets::index))
         .route("/app.js", get(assets::script))
         .route("/style.css", get(assets::style))
+        // The token is the credential here (see `api::download_link`).
+        .route("/download/{token}", get(api::download))
+        .with_state(web)
         .fallback(assets::not_found)
         .layer(axum::middleware::from_fn(security_headers))
 }
@@ -241,10 +260,9 @@ fn presented_key(h: &HeaderMap) -> Option<&str> {
     if let Some(k) = h.get("x-api-key").and_then(|v| v.to_str().ok()) {
         return Some(k.trim());
     }
-    h.get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+    let auth = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())?;
+    let (scheme, key) = auth.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
 }
 
 /// Compares in time independent of where the first difference is.
@@ -307,6 +325,8 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic k1"));
         assert_eq!(presented_key(&h), None);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer k3"));
+        assert_eq!(presented_key(&h), Some("k3"));
     }
 
     #[test]

@@ -5,7 +5,9 @@
 "use strict";
 
 const KEY_STORE = "distribox-api-key";
-let apiKey = localStorage.getItem(KEY_STORE) || "";
+// sessionStorage, not localStorage: the key lives as long as the tab, so a page
+// served later from this address by someone else finds nothing to steal.
+let apiKey = sessionStorage.getItem(KEY_STORE) || "";
 let renderSeq = 0;
 
 // ---------------------------------------------------------------- helpers
@@ -67,7 +69,7 @@ async function api(path, opts) {
   const r = await fetch("/api/v1" + path, o);
   if (r.status === 401) {
     apiKey = "";
-    localStorage.removeItem(KEY_STORE);
+    sessionStorage.removeItem(KEY_STORE);
     throw new ApiError(401, "the API key was refused");
   }
   if (!r.ok) {
@@ -174,8 +176,8 @@ const views = {
       const readable = (v.kind === "file" || v.kind === "symlink") && !v.purged;
       const actions = [];
       if (readable) {
-        actions.push(h("button", { class: "open", onclick: () => openVersion(named, viewer) }, "Open"));
-        actions.push(h("button", { class: "download", onclick: () => download(named, base) }, "Download"));
+        actions.push(h("button", { class: "open", onclick: () => openVersion(named) }, "Open"));
+        actions.push(h("button", { class: "download", onclick: () => download(named) }, "Download"));
       }
       if (v.conflict) {
         actions.push(h("button", { class: "keep primary", onclick: () => act("/resolve", { path, keep: v.name },
@@ -338,13 +340,33 @@ function logFilter() {
 }
 
 // ---------------------------------------------------------------- actions
-async function openVersion(path, viewer) {
+const VIEW_LIMIT = 1 << 20;
+
+// Shows the first MiB of a version as text (reads no more than that).
+async function openVersion(path) {
   try {
     const r = await api("/content?path=" + q(path), { raw: true });
-    const buf = await r.arrayBuffer();
+    const reader = r.body.getReader();
+    const parts = [];
+    let got = 0;
+    while (got < VIEW_LIMIT) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      parts.push(value);
+      got += value.length;
+    }
+    reader.cancel().catch(() => {});
+    const total = Number(r.headers.get("Content-Length") || got);
+    const buf = new Uint8Array(Math.min(got, VIEW_LIMIT));
+    let off = 0;
+    for (const p of parts) { const n = Math.min(p.length, buf.length - off); buf.set(p.subarray(0, n), off); off += n; }
     let text;
-    try { text = new TextDecoder("utf-8", { fatal: true }).decode(buf.slice(0, 1 << 20)); }
-    catch (_) { text = `(${bytes(buf.byteLength)} of binary data: use Download)`; }
+    try { text = new TextDecoder("utf-8", { fatal: true }).decode(buf, { stream: total > buf.length }); }
+    catch (_) { text = `(${bytes(total)} of binary data: use Download)`; }
+    if (total > buf.length) text += `\n… (${bytes(total - buf.length)} more: use Download)`;
+    // Look the viewer up now: a live re-render may have replaced the page meanwhile.
+    const viewer = document.getElementById("viewer");
+    if (!viewer) return;
     viewer.textContent = text;
     viewer.dataset.path = path;
     viewer.hidden = false;
@@ -352,14 +374,15 @@ async function openVersion(path, viewer) {
   } catch (e) { flash(e.message, true); }
 }
 
-async function download(path, base) {
+// Downloads go to disk as the browser streams them: the API hands out a
+// one-time link (a plain link cannot carry the key header).
+async function download(path) {
   try {
-    const r = await api("/content?download=1&path=" + q(path), { raw: true });
-    const blob = await r.blob();
-    const a = h("a", { href: URL.createObjectURL(blob), download: path.split("/").pop() || base });
+    const r = await api("/download", { method: "POST", body: { path } });
+    const a = h("a", { href: r.url, download: "" });
     document.body.append(a);
     a.click();
-    setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
+    a.remove();
   } catch (e) { flash(e.message, true); }
 }
 
@@ -374,7 +397,8 @@ async function act(endpoint, body, question) {
 
 // ---------------------------------------------------------------- routing
 function route() {
-  const hash = decodeURI(location.hash.replace(/^#/, "")) || "/";
+  // Each segment is decoded exactly once: a name with "%2F" in it stays that name.
+  const hash = location.hash.replace(/^#/, "") || "/";
   const path = hash.split("?")[0];
   const rest = (prefix) => path.slice(prefix.length).split("/").filter(Boolean)
     .map((s) => { try { return decodeURIComponent(s); } catch (_) { return s; } }).join("/");
@@ -392,7 +416,7 @@ function askForKey() {
   document.getElementById("key-form").addEventListener("submit", (e) => {
     e.preventDefault();
     apiKey = document.getElementById("key-input").value.trim();
-    localStorage.setItem(KEY_STORE, apiKey);
+    sessionStorage.setItem(KEY_STORE, apiKey);
     start();
   });
 }
@@ -433,7 +457,13 @@ async function refreshBadges() {
 let pending = null;
 function soon() {
   if (pending) return;
-  pending = setTimeout(() => { pending = null; if (!document.querySelector("pre#viewer:not([hidden])")) render(); else refreshBadges(); }, 300);
+  pending = setTimeout(() => {
+    pending = null;
+    // Keep what the user is reading or typing: refresh only the badges then.
+    const busy = document.querySelector("pre#viewer:not([hidden])") ||
+      (document.activeElement && document.activeElement.tagName === "INPUT");
+    if (busy) refreshBadges(); else render();
+  }, 300);
 }
 
 let listening = false;
@@ -473,7 +503,7 @@ function start() {
 
 window.addEventListener("hashchange", () => {
   const m = location.hash.match(/^#key=([0-9a-fA-F]+)/);
-  if (m) { apiKey = m[1]; localStorage.setItem(KEY_STORE, apiKey); location.replace("#/"); start(); return; }
+  if (m) { apiKey = m[1]; sessionStorage.setItem(KEY_STORE, apiKey); location.replace("#/"); start(); return; }
   render();
 });
 
@@ -481,7 +511,7 @@ window.addEventListener("hashchange", () => {
   const m = location.hash.match(/^#key=([0-9a-fA-F]+)/);
   if (m) {
     apiKey = m[1];
-    localStorage.setItem(KEY_STORE, apiKey);
+    sessionStorage.setItem(KEY_STORE, apiKey);
     history.replaceState(null, "", location.pathname + "#/");
   }
   start();
