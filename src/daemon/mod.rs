@@ -428,48 +428,48 @@ fn answer_control(ctl: &Mutex<NodeCtl>, req: ControlRequest) -> ControlResponse 
 /// The node's status. The control lock is held only to read the cheap parts;
 /// what is still to arrive is computed after (it reads pending manifests).
 fn status_of(ctl: &Mutex<NodeCtl>) -> StatusInfo {
-    let (mut info, repo) = {
+    let (repo, mountpoint, data_dir, uptime_secs, gui, listen, peers, (chunks_wanted, bytes_received, rate_bps)) = {
         let c = ctl.lock();
-        let repo = c.repo.clone();
-        let (chunks_wanted, bytes_received, rate_bps) = c.sync.as_ref().map(|s| s.transfers()).unwrap_or_default();
-        let peers = c.sync.as_ref().map(|s| s.peers()).unwrap_or_default();
-        let info = StatusInfo {
-            node: repo.node().to_hex(),
-            pid: std::process::id(),
-            mountpoint: c.mountpoint.as_ref().map(|p| p.display().to_string()),
-            data_dir: c.data_dir.display().to_string(),
-            local_versions: 0,
-            store_bytes: 0,
-            chunks: 0,
-            chunk_bytes: 0,
-            uptime_secs: c.started.elapsed().as_secs(),
-            group: hex::encode(repo.group().id),
-            listen: c.sync.as_ref().map(|s| s.listen_addrs()).unwrap_or_default(),
-            peers_online: peers.iter().filter(|p| p.online).count(),
-            peers_known: peers.len(),
-            versions_pending: 0,
-            chunks_wanted,
-            bytes_received,
-            bytes_missing: 0,
-            rate_bps,
-            eta_secs: None,
-            gui: c.gui.clone(),
-        };
-        (info, repo)
+        (
+            c.repo.clone(),
+            c.mountpoint.as_ref().map(|p| p.display().to_string()),
+            c.data_dir.display().to_string(),
+            c.started.elapsed().as_secs(),
+            c.gui.clone(),
+            c.sync.as_ref().map(|s| s.listen_addrs()).unwrap_or_default(),
+            c.sync.as_ref().map(|s| s.peers()).unwrap_or_default(),
+            c.sync.as_ref().map(|s| s.transfers()).unwrap_or_default(),
+        )
     };
     let (chunks, chunk_bytes) = repo.store().chunk_stats().unwrap_or((0, 0));
-    info.chunks = chunks;
-    info.chunk_bytes = chunk_bytes;
-    info.local_versions = repo.store().last_seq(repo.node()).unwrap_or(0);
-    info.store_bytes = repo.store().disk_usage();
-    info.versions_pending = repo.pending_ids().len();
-    if info.versions_pending > 0 {
-        info.bytes_missing = query::transfers(&repo, usize::MAX)
-            .map(|t| t.iter().map(|i| i.bytes_missing).sum())
-            .unwrap_or(0);
+    let versions_pending = repo.pending_ids().len();
+    let bytes_missing = if versions_pending > 0 {
+        query::bytes_missing(&repo).unwrap_or(0)
+    } else {
+        0
+    };
+    StatusInfo {
+        node: repo.node().to_hex(),
+        pid: std::process::id(),
+        mountpoint,
+        data_dir,
+        local_versions: repo.store().last_seq(repo.node()).unwrap_or(0),
+        store_bytes: repo.store().disk_usage(),
+        chunks,
+        chunk_bytes,
+        uptime_secs,
+        group: hex::encode(repo.group().id),
+        listen,
+        peers_online: peers.iter().filter(|p| p.online).count(),
+        peers_known: peers.len(),
+        versions_pending,
+        chunks_wanted,
+        bytes_received,
+        bytes_missing,
+        rate_bps,
+        eta_secs: eta(bytes_missing, rate_bps),
+        gui,
     }
-    info.eta_secs = eta(info.bytes_missing, info.rate_bps);
-    info
 }
 
 /// What is arriving from peers (see `status_of` for the locking).
@@ -542,10 +542,7 @@ fn spawn_gc(repo: std::sync::Weak<Repo>, fs: Option<DistriboxFs>, every: std::ti
 }
 
 fn done(r: Result<String, query::QueryError>) -> ControlResponse {
-    match r {
-        Ok(message) => ControlResponse::Done { message },
-        Err(e) => ControlResponse::Error { message: e.to_string() },
-    }
+    answer(r, |message| ControlResponse::Done { message })
 }
 
 fn answer<T>(r: Result<T, query::QueryError>, ok: impl FnOnce(T) -> ControlResponse) -> ControlResponse {

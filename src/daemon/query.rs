@@ -347,6 +347,18 @@ pub fn conflicts(repo: &Repo) -> Result<Vec<ConflictInfo>> {
     Ok(out)
 }
 
+/// Bytes of received versions' data not here yet (what `transfers` sums, without
+/// naming where each will appear).
+pub fn bytes_missing(repo: &Repo) -> Result<u64> {
+    let mut sum = 0;
+    for v in repo.pending_ids() {
+        if let Some((_, missing)) = repo.pending_progress(v)? {
+            sum += missing;
+        }
+    }
+    Ok(sum)
+}
+
 /// Received versions still waiting for data: where each will appear and how much
 /// of it is still to come (at most `limit`, largest remainder first).
 pub fn transfers(repo: &Repo, limit: usize) -> Result<Vec<TransferItem>> {

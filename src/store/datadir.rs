@@ -46,6 +46,18 @@ pub enum DataDirError {
 
 type Result<T> = std::result::Result<T, DataDirError>;
 
+/// Creates `path` (it must not exist) readable only by the owner, with `bytes`,
+/// synced: node, group and API keys.
+fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(path))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io_err(path))
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
     move |source| DataDirError::Io {
         path: path.to_path_buf(),
@@ -134,15 +146,7 @@ impl DataDir {
         let tmp = self.root.join(format!("api.key.{}.tmp", std::process::id()));
         let key = hex::encode(rand::random::<[u8; 32]>());
         let _ = fs::remove_file(&tmp);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        f.write_all(format!("{key}\n").as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(io_err(&tmp))?;
+        write_secret(&tmp, format!("{key}\n").as_bytes())?;
         let linked = fs::hard_link(&tmp, &p);
         let _ = fs::remove_file(&tmp);
         match linked {
@@ -224,27 +228,11 @@ impl DataDir {
         fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
         fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700)).map_err(io_err(&self.root))?;
         let key = SigningKey::from_bytes(&rand::random());
-        let kp = self.key_path();
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&kp)
-            .map_err(io_err(&kp))?;
-        f.write_all(&key.to_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(io_err(&kp))?;
+        write_secret(&self.key_path(), &key.to_bytes())?;
         let group = group.unwrap_or_else(GroupKey::generate);
-        let gp = self.group_path();
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&gp)
-            .map_err(io_err(&gp))?;
         let mut bytes = group.id.to_vec();
         bytes.extend_from_slice(&group.secret);
-        f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(io_err(&gp))?;
+        write_secret(&self.group_path(), &bytes)?;
         // FORMAT last: its presence means "fully initialised".
         let fp = self.format_path();
         fs::write(&fp, format!("{FORMAT_MAGIC} {FORMAT_VERSION}\n")).map_err(io_err(&fp))?;

@@ -69,7 +69,16 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
     }
 }
 
-/// Runs a blocking repo call on the blocking pool.
+/// Runs a query on this node's repo on the blocking pool.
+async fn on_repo<T: Send + 'static>(
+    w: &Web,
+    f: impl FnOnce(&Repo) -> Result<T, QueryError> + Send + 'static,
+) -> ApiResult<T> {
+    let repo = w.repo.clone();
+    blocking(move || f(&repo)).await
+}
+
+/// Runs a blocking call on the blocking pool.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, QueryError> + Send + 'static) -> ApiResult<T> {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r.map_err(ApiError::from),
@@ -120,9 +129,8 @@ pub async fn transfers(State(w): State<Web>) -> ApiResult<Json<crate::daemon::co
 
 pub async fn tree(State(w): State<Web>, Params(q): Params<PathQuery>) -> ApiResult<Json<serde_json::Value>> {
     let rel = folder_path(&q.path)?;
-    let repo = w.repo.clone();
     let r = rel.clone();
-    let items = blocking(move || query::list_dir(&repo, &r)).await?;
+    let items = on_repo(&w, move |repo| query::list_dir(repo, &r)).await?;
     Ok(Json(serde_json::json!({ "path": rel, "items": items })))
 }
 
@@ -131,13 +139,11 @@ pub async fn versions(
     Params(q): Params<PathQuery>,
 ) -> ApiResult<Json<Vec<crate::daemon::control::VersionNode>>> {
     let rel = folder_path(&q.path)?;
-    let repo = w.repo.clone();
-    Ok(Json(blocking(move || query::versions_of(&repo, &rel)).await?))
+    Ok(Json(on_repo(&w, move |repo| query::versions_of(repo, &rel)).await?))
 }
 
 pub async fn conflicts(State(w): State<Web>) -> ApiResult<Json<Vec<crate::daemon::control::ConflictInfo>>> {
-    let repo = w.repo.clone();
-    Ok(Json(blocking(move || query::conflicts(&repo)).await?))
+    Ok(Json(on_repo(&w, query::conflicts).await?))
 }
 
 #[derive(Deserialize)]
@@ -186,8 +192,7 @@ pub async fn log(
             .map(parse_since)
             .transpose()?,
     };
-    let repo = w.repo.clone();
-    Ok(Json(blocking(move || query::log_lines(&repo, &filter)).await?))
+    Ok(Json(on_repo(&w, move |repo| query::log_lines(repo, &filter)).await?))
 }
 
 #[derive(Deserialize)]
@@ -200,8 +205,7 @@ pub struct ResolveBody {
 
 pub async fn resolve(State(w): State<Web>, Body(b): Body<ResolveBody>) -> ApiResult<Json<serde_json::Value>> {
     let rel = folder_path(&b.path)?;
-    let repo = w.repo.clone();
-    let message = blocking(move || query::resolve_conflict(&repo, &rel, &b.keep)).await?;
+    let message = on_repo(&w, move |repo| query::resolve_conflict(repo, &rel, &b.keep)).await?;
     tracing::info!(message = %message, "resolved through the web API");
     Ok(Json(serde_json::json!({ "message": message })))
 }
@@ -214,8 +218,7 @@ pub struct RestoreBody {
 
 pub async fn restore(State(w): State<Web>, Body(b): Body<RestoreBody>) -> ApiResult<Json<serde_json::Value>> {
     let rel = folder_path(&b.path)?;
-    let repo = w.repo.clone();
-    let message = blocking(move || query::restore_version(&repo, &rel)).await?;
+    let message = on_repo(&w, move |repo| query::restore_version(repo, &rel)).await?;
     tracing::info!(message = %message, "restored through the web API");
     Ok(Json(serde_json::json!({ "message": message })))
 }
@@ -291,10 +294,9 @@ const LINK_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 /// fetching into memory first would not do for a large file).
 pub async fn download_link(State(w): State<Web>, Body(b): Body<DownloadBody>) -> ApiResult<Json<serde_json::Value>> {
     let rel = folder_path(&b.path)?;
-    let repo = w.repo.clone();
     let r = rel.clone();
     // Refuse now what the link could not serve.
-    blocking(move || query::open_content(&repo, &r).map(|_| ())).await?;
+    on_repo(&w, move |repo| query::open_content(repo, &r).map(|_| ())).await?;
     let token = hex::encode(rand::random::<[u8; 16]>());
     let mut links = w.links.lock();
     links.retain(|_, (_, made)| made.elapsed() < LINK_TTL);
@@ -318,9 +320,8 @@ pub async fn download(
 }
 
 async fn serve_content(w: &Web, rel: String, kind: &str) -> ApiResult<Response> {
-    let repo = w.repo.clone();
     let r = rel.clone();
-    let readable = blocking(move || query::open_content(&repo, &r)).await?;
+    let readable = on_repo(w, move |repo| query::open_content(repo, &r)).await?;
     let (len, body) = match readable {
         Readable::Symlink(target) => (target.len() as u64, axum::body::Body::from(target)),
         Readable::File { size, chunks } => {
