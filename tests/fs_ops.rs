@@ -112,6 +112,53 @@ fn rename_noreplace_and_over_existing() {
     assert!(!n.path("x").exists());
 }
 
+/// The kernel sends a file's RELEASE without waiting for it, so a truncate by path
+/// right after close() can reach the node while the release is still being handled.
+/// That race once dropped the truncate (found by the conformance stress test). It is
+/// rare, so four threads hammer it; each round checks the size the truncate set.
+#[test]
+fn truncate_by_path_right_after_close_sticks() {
+    let n = Node::start();
+    let lost: usize = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..4)
+            .map(|t| {
+                let p = n.path(&format!("f{t}"));
+                s.spawn(move || {
+                    let mut lost = 0;
+                    for round in 0..3000u64 {
+                        fs::write(&p, vec![b'x'; 1000]).unwrap();
+                        let mut f = fs::OpenOptions::new().append(true).open(&p).unwrap();
+                        f.write_all(&[b'y'; 100]).unwrap();
+                        drop(f);
+                        let want = 2000 + round % 3000;
+                        truncate_path(&p, want);
+                        let got = fs::read(&p).unwrap();
+                        if got.len() as u64 != want || got[..1000] != [b'x'; 1000][..] {
+                            eprintln!("thread {t} round {round}: {} bytes, truncated to {want}", got.len());
+                            lost += 1;
+                        }
+                    }
+                    lost
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    });
+    assert_eq!(lost, 0, "truncates lost (see stderr)");
+}
+
+/// truncate(2) by path, not through an open descriptor (that is a different
+/// request: SETATTR without a file handle).
+fn truncate_path(p: &std::path::Path, len: u64) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    assert_eq!(
+        unsafe { libc::truncate(c.as_ptr(), len as libc::off_t) },
+        0,
+        "truncate {p:?}"
+    );
+}
+
 #[test]
 fn special_files() {
     let n = Node::start();

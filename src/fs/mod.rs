@@ -100,6 +100,9 @@ struct DirtyEntry {
     /// When the pending data last changed: the file's ctime until it is committed
     /// (write, truncate and fallocate change ctime at once, as on ext4).
     changed: SystemTime,
+    /// Taken out of `Inner::dirty` (see `retire_dirty`): changes made here would be
+    /// seen by no commit, so a writer holding it fetches a fresh state instead.
+    retired: bool,
 }
 
 impl DirtyEntry {
@@ -605,9 +608,32 @@ impl DistriboxFs {
             fork_from: None,
             last_write: Instant::now(),
             changed: SystemTime::UNIX_EPOCH,
+            retired: false,
         }));
         map.insert(entry, d.clone());
         Ok(d)
+    }
+
+    /// Runs `f` on the entry's write-back state, under its lock, and returns that
+    /// state too. A state retired between fetching and locking it is fetched again:
+    /// a truncate by path racing with the asynchronous release of the file's last
+    /// handle once landed in a state the release had just dropped, and was lost.
+    fn with_dirty<R>(
+        &self,
+        entry: EntryId,
+        fallback: Option<(&Arc<ChunkList>, u64)>,
+        f: impl FnOnce(&mut DirtyEntry) -> FsResult<R>,
+    ) -> FsResult<(Arc<Mutex<DirtyEntry>>, R)> {
+        loop {
+            let d = self.dirty_entry(entry, fallback)?;
+            let mut g = d.lock();
+            if g.retired {
+                continue;
+            }
+            let r = f(&mut g)?;
+            drop(g);
+            return Ok((d, r));
+        }
     }
 
     /// Commits an entry's pending writes (if any) plus `edit` as one version.
@@ -671,9 +697,8 @@ impl DistriboxFs {
     /// from after the entry's content changed by other means (a rename over it).
     fn drop_clean_dirty(&self, entry: EntryId) {
         let mut dirty = self.inner.dirty.lock();
-        let clean = dirty.get(&entry).map(|d| !d.lock().file.is_dirty()).unwrap_or(false);
-        if clean && !self.inner.open_count.lock().contains_key(&entry) {
-            dirty.remove(&entry);
+        if !self.inner.open_count.lock().contains_key(&entry) {
+            retire_dirty(&mut dirty, entry, |f| !f.is_dirty());
         }
     }
 
@@ -731,10 +756,11 @@ impl DistriboxFs {
         let fh = self.inner.next_fh.fetch_add(1, Ordering::Relaxed);
         if writable && flags.0 & libc::O_TRUNC != 0 {
             let entry = self.entry_of(ino)?;
-            let d = self.dirty_entry(entry, Some((&snapshot, size)))?;
-            let mut g = d.lock();
-            e(g.file.truncate(0))?;
-            g.touch();
+            self.with_dirty(entry, Some((&snapshot, size)), |g| {
+                e(g.file.truncate(0))?;
+                g.touch();
+                Ok(())
+            })?;
         }
         self.inner.handles.lock().insert(
             fh,
@@ -787,12 +813,13 @@ impl DistriboxFs {
             Some(_) => return Err(Errno::EBADF),
             None => return Err(Errno::EBADF),
         };
-        let d = self.dirty_entry(entry, Some((&snapshot, snap_size)))?;
-        let mut g = d.lock();
-        e(g.file.write(self.repo(), offset, data))?;
-        g.touch();
-        if let Some(plan) = g.file.prechunk_plan() {
-            self.start_prechunk(entry, d.clone(), plan);
+        let (d, plan) = self.with_dirty(entry, Some((&snapshot, snap_size)), |g| {
+            e(g.file.write(self.repo(), offset, data))?;
+            g.touch();
+            Ok(g.file.prechunk_plan())
+        })?;
+        if let Some(plan) = plan {
+            self.start_prechunk(entry, d, plan);
         }
         Ok(data.len() as u32)
     }
@@ -823,10 +850,11 @@ impl DistriboxFs {
                 }) => Some((snapshot.clone(), *size)),
                 _ => None,
             });
-            let d = self.dirty_entry(entry, snap.as_ref().map(|(l, s)| (l, *s)))?;
-            let mut g = d.lock();
-            e(g.file.truncate(size))?;
-            g.touch();
+            self.with_dirty(entry, snap.as_ref().map(|(l, s)| (l, *s)), |g| {
+                e(g.file.truncate(size))?;
+                g.touch();
+                Ok(())
+            })?;
         }
         let attrs_change = mode.is_some() || uid.is_some() || gid.is_some() || atime.is_some() || mtime.is_some();
         if attrs_change || (size.is_some() && fh.is_none()) {
@@ -896,7 +924,7 @@ impl DistriboxFs {
         if without_link(&s, &link).content.is_tombstone() && !self.inner.open_count.lock().contains_key(&child) {
             // Uncommitted writes of a closed file being deleted (left behind when the
             // disk filled up) go with it; dropping them first frees their spill space.
-            self.inner.dirty.lock().remove(&child);
+            retire_dirty(&mut self.inner.dirty.lock(), child, |_| true);
         }
         {
             // From the state as it is now: a close may have committed new content
@@ -994,9 +1022,13 @@ impl DistriboxFs {
             // target's own (committed above) was made from the content it just lost.
             let mut dirty = self.inner.dirty.lock();
             match dirty.remove(&src) {
-                Some(d) => dirty.insert(dst, d),
-                None => dirty.remove(&dst),
-            };
+                Some(d) => {
+                    if let Some(old) = dirty.insert(dst, d) {
+                        old.lock().retired = true;
+                    }
+                }
+                None => retire_dirty(&mut dirty, dst, |_| true),
+            }
             let mut oc = self.inner.open_count.lock();
             if let Some(n) = oc.remove(&src) {
                 *oc.entry(dst).or_default() += n;
@@ -1085,17 +1117,27 @@ impl DistriboxFs {
                 // Drop write-back state once nothing is pending — or nothing can be
                 // (the file was deleted while open: its data goes with it, as POSIX says).
                 let deleted = self.repo().get(entry).map(|s| !s.is_alive()).unwrap_or(true);
-                let mut dirty = self.inner.dirty.lock();
-                let drop_it = dirty
-                    .get(&entry)
-                    .map(|d| deleted || !d.lock().file.is_dirty())
-                    .unwrap_or(false);
-                if drop_it {
-                    dirty.remove(&entry);
-                }
+                retire_dirty(&mut self.inner.dirty.lock(), entry, |f| deleted || !f.is_dirty());
             }
         }
         result
+    }
+}
+
+/// Takes `entry`'s write-back state out of the map if `drop_it` says so, deciding
+/// and marking it under the state's lock: a writer that fetched it just before then
+/// sees it retired and starts over instead of writing where no commit looks.
+fn retire_dirty(
+    map: &mut HashMap<EntryId, Arc<Mutex<DirtyEntry>>>,
+    entry: EntryId,
+    drop_it: impl FnOnce(&DirtyFile) -> bool,
+) {
+    let Some(d) = map.get(&entry) else { return };
+    let mut g = d.lock();
+    if drop_it(&g.file) {
+        g.retired = true;
+        drop(g);
+        map.remove(&entry);
     }
 }
 
