@@ -438,8 +438,16 @@ impl DistriboxFs {
         Some(((g.file.size, g.file.mtime), g.changed))
     }
 
-    /// Attributes of a live or open-but-deleted entry.
-    fn entry_attr(&self, ino: u64, state: &EntryState) -> FsResult<FileAttr> {
+    /// Attributes of a live or open-but-deleted entry, as they are now.
+    ///
+    /// Pending writes are looked at before the committed state, never after: a
+    /// close commits them and then drops them, so whichever moment this runs at, one
+    /// of the two holds the latest content. Read the other way round, a getattr
+    /// racing with the release that commits could see neither (pjdfstest's
+    /// open_trunc saw the times from before `open(O_TRUNC)` now and then).
+    fn entry_attr(&self, ino: u64, entry: EntryId) -> FsResult<FileAttr> {
+        let dirty = self.dirty_size(entry);
+        let state = e(self.repo().get(entry))?;
         let ctime = state.record().hlc.system_time();
         if !state.is_alive() {
             // Deleted but still open: show the last live version with no links.
@@ -448,7 +456,6 @@ impl DistriboxFs {
                 None => None,
             };
             let rec = prev.map(|p| p.record).unwrap_or_else(|| state.record().clone());
-            let dirty = self.dirty_size(state.id);
             let ctime = dirty.map_or(ctime, |(_, c)| ctime.max(c));
             return Ok(self.attr_from(ino, &rec, ctime, 0, dirty.map(|(o, _)| o)));
         }
@@ -459,7 +466,7 @@ impl DistriboxFs {
         };
         let mut ctime = ctime;
         let over = match rec.content {
-            Content::File { .. } => self.dirty_size(state.id).map(|(o, changed)| {
+            Content::File { .. } => dirty.map(|(o, changed)| {
                 ctime = ctime.max(changed);
                 o
             }),
@@ -485,10 +492,7 @@ impl DistriboxFs {
 
     fn attr(&self, ino: INodeNo) -> FsResult<FileAttr> {
         match self.target(ino)? {
-            Target::Entry(entry) => {
-                let s = e(self.repo().get(entry))?;
-                self.entry_attr(ino.0, &s)
-            }
+            Target::Entry(entry) => self.entry_attr(ino.0, entry),
             Target::Version(_, v) => {
                 let r = e(self.repo().record(v))?;
                 Ok(self.version_attr(ino.0, &r))
@@ -511,9 +515,9 @@ impl DistriboxFs {
         let name = name_bytes(name)?;
         match self.child_target(dir, &name)?.ok_or(Errno::ENOENT)? {
             Target::Entry(child) => {
-                let s = self.live(child)?;
+                self.live(child)?;
                 let ino = self.inner.inodes.lock().entry_ino(child);
-                self.entry_attr(ino, &s)
+                self.entry_attr(ino, child)
             }
             Target::Version(child, v) => {
                 let rec = e(self.repo().record(v))?;
@@ -578,12 +582,12 @@ impl DistriboxFs {
             attrs,
             content,
         };
-        let st = e(self.repo().commit(vec![(id, draft)]))?.remove(0);
+        e(self.repo().commit(vec![(id, draft)]))?;
         if is_dir {
             self.forget_subdirs(&[dir]);
         }
         let ino = self.inner.inodes.lock().entry_ino(id);
-        self.entry_attr(ino, &st)
+        self.entry_attr(ino, id)
     }
 
     fn dirty_entry(
@@ -859,7 +863,7 @@ impl DistriboxFs {
         let attrs_change = mode.is_some() || uid.is_some() || gid.is_some() || atime.is_some() || mtime.is_some();
         if attrs_change || (size.is_some() && fh.is_none()) {
             let (atime, mtime) = (time_of(atime), time_of(mtime));
-            let st = self.commit_entry(entry, |d| {
+            self.commit_entry(entry, |d| {
                 if let Some(m) = mode {
                     d.attrs.mode = m & 0o7777;
                 }
@@ -888,7 +892,7 @@ impl DistriboxFs {
             // truncate(2) by path on a file nobody has open: its write-back state
             // has served its purpose.
             self.drop_clean_dirty(entry);
-            return self.entry_attr(ino.0, &st);
+            return self.entry_attr(ino.0, entry);
         }
         self.attr(ino)
     }
@@ -1054,13 +1058,13 @@ impl DistriboxFs {
         if e(self.repo().lookup(dir, &newname))?.is_some() {
             return Err(Errno::EEXIST);
         }
-        let st = self.commit_entry(entry, |d| {
+        self.commit_entry(entry, |d| {
             d.location.push(Link {
                 parent: dir,
                 name: newname,
             })
         })?;
-        self.entry_attr(ino.0, &st)
+        self.entry_attr(ino.0, entry)
     }
 
     fn do_opendir(&self, ino: INodeNo) -> FsResult<u64> {
