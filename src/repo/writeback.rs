@@ -43,9 +43,13 @@ pub struct DirtyFile {
     /// Chunks already cut and stored, in the background, for a file being written
     /// from scratch (see `prechunk_plan`).
     pre: PreChunked,
-    /// Bumped by every write or truncate that lands below `pre.upto`, so a background
-    /// pass that raced with it throws its result away.
+    /// Bumped by every write or truncate that lands below `pre.upto` or inside a
+    /// range handed to a background pass, so a pass that raced with it throws its
+    /// result away.
     generation: u64,
+    /// End of the furthest range handed to a background pass since the last
+    /// invalidation: the pass may still be reading below it.
+    planned_to: u64,
 }
 
 /// Chunks of bytes `[0, upto)` of a file written from empty; `upto` is a final cut
@@ -128,6 +132,11 @@ impl Read for SpillReader<'_> {
             return Ok(0);
         }
         let got = self.file.read_at(&mut out[..n], self.pos)?;
+        if got == 0 {
+            // Truncated under the pass: a cut made at this early end would store a
+            // chunk the file never has.
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
         self.pos += got as u64;
         Ok(got)
     }
@@ -147,6 +156,7 @@ impl DirtyFile {
             pending: false,
             pre: PreChunked::default(),
             generation: 0,
+            planned_to: 0,
         }
     }
 
@@ -156,16 +166,19 @@ impl DirtyFile {
         self.base_valid == 0
     }
 
-    /// Forgets pre-chunked data at or past `offset` (it is being changed).
+    /// Forgets pre-chunked data at or past `offset` (it is being changed), and the
+    /// result of any pass still reading there. Checking only `pre.upto` let a pass
+    /// that had not reported yet install chunks of bytes rewritten meanwhile.
     fn invalidate_pre(&mut self, offset: u64) {
-        if offset < self.pre.upto {
+        if offset < self.pre.upto.max(self.planned_to) {
             self.pre = PreChunked::default();
+            self.planned_to = 0;
             self.generation += 1;
         }
     }
 
     /// A background chunking pass worth running now, if any.
-    pub fn prechunk_plan(&self) -> Option<PrechunkPlan> {
+    pub fn prechunk_plan(&mut self) -> Option<PrechunkPlan> {
         if !self.fresh() || self.size < self.pre.upto + PRECHUNK_AFTER {
             return None;
         }
@@ -176,6 +189,7 @@ impl DirtyFile {
         }
         let Spill::File(f) = &self.spill else { return None };
         let spill = f.try_clone().ok()?;
+        self.planned_to = self.planned_to.max(e);
         Some(PrechunkPlan {
             spill,
             from: self.pre.upto,
@@ -434,6 +448,7 @@ impl DirtyFile {
         self.base_valid = self.size;
         self.ranges.clear();
         self.pre = PreChunked::default();
+        self.planned_to = 0;
         self.generation += 1;
         self.pending = true;
         self.drop_spill();
@@ -495,5 +510,58 @@ impl Read for LogicalReader<'_> {
         out[..n].copy_from_slice(&self.buf[self.buf_pos..self.buf_pos + n]);
         self.buf_pos += n;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::DataDir;
+
+    fn repo(dir: &std::path::Path) -> Repo {
+        let dd = DataDir::new(dir);
+        dd.init(None).unwrap();
+        Repo::open(&dd).unwrap()
+    }
+
+    fn bytes(len: usize, seed: u8) -> Vec<u8> {
+        let mut x = seed as u64 | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// A background pass planned before a truncate and rewrite, reporting after
+    /// them, must not have its chunks (of the old bytes) committed.
+    #[test]
+    fn a_pass_that_raced_with_a_rewrite_is_ignored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = repo(tmp.path());
+        let mut f = DirtyFile::new(
+            Arc::new(ChunkList::default()),
+            0,
+            repo.data_dir().spill_dir().join("f"),
+            Timestamp::now(),
+        );
+        let old = bytes(10 << 20, 1);
+        f.write(&repo, 0, &old).unwrap();
+        let plan = f.prechunk_plan().expect("10 MiB written from scratch");
+        let done = plan.run(&repo).unwrap();
+        // Meanwhile the writer starts over with other bytes.
+        f.truncate(0).unwrap();
+        let new = bytes(10 << 20, 2);
+        f.write(&repo, 0, &new).unwrap();
+        f.prechunk_apply(done);
+        let (size, root) = f.commit_content(&repo).unwrap();
+        assert_eq!(size, new.len() as u64);
+        let list = repo.chunk_list(root).unwrap();
+        let mut got = Vec::new();
+        repo.read_chunks(&list, 0, size, &mut got).unwrap();
+        assert!(got == new, "committed content is the rewrite, not the old bytes");
     }
 }
