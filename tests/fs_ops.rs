@@ -147,6 +147,57 @@ fn truncate_by_path_right_after_close_sticks() {
     assert_eq!(lost, 0, "truncates lost (see stderr)");
 }
 
+/// A running program's file cannot be truncated or opened for writing (ETXTBSY, as
+/// on ext4), the program keeps running, and its bytes stay. The kernel lets an
+/// `open(O_RDONLY|O_TRUNC)` reach the filesystem before it checks, and used to set
+/// the size to 0 meanwhile: the program died of SIGSEGV (pjdfstest open::etxtbsy
+/// flaked). A truncating open of a file nobody runs still empties it.
+#[test]
+fn running_program_is_text_busy_and_keeps_running() {
+    let mut n = Node::start();
+    let prog = n.path("sleep-copy");
+    let orig = fs::read("/bin/sleep").unwrap();
+    fs::write(&prog, &orig).unwrap();
+    fs::set_permissions(&prog, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut child = std::process::Command::new(&prog).arg("30").spawn().unwrap();
+    let open = |flags: libc::c_int| {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(prog.as_os_str().as_bytes()).unwrap();
+        let fd = unsafe { libc::open(c.as_ptr(), flags) };
+        if fd >= 0 {
+            unsafe { libc::close(fd) };
+            return 0;
+        }
+        std::io::Error::last_os_error().raw_os_error().unwrap()
+    };
+    for flags in [
+        libc::O_WRONLY,
+        libc::O_RDWR,
+        libc::O_RDONLY | libc::O_TRUNC,
+        libc::O_WRONLY | libc::O_TRUNC,
+    ] {
+        assert_eq!(open(flags), libc::ETXTBSY, "open flags {flags:#o} of a running program");
+    }
+    // Give a program that was hit time to die (it faults on its next page).
+    let mut still = None;
+    for _ in 0..10 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        still = child.try_wait().unwrap();
+        if still.is_some() {
+            break;
+        }
+    }
+    let _ = child.kill();
+    child.wait().unwrap();
+    assert_eq!(still, None, "the program died after the refused opens");
+    assert!(fs::read(&prog).unwrap() == orig, "the program's bytes changed");
+    // Nobody runs it now: a truncating read-only open empties it, as on ext4.
+    assert_eq!(open(libc::O_RDONLY | libc::O_TRUNC), 0);
+    assert_eq!(fs::metadata(&prog).unwrap().len(), 0);
+    n.remount();
+    assert!(fs::read(&prog).unwrap().is_empty(), "the truncation was recorded");
+}
+
 /// truncate(2) by path, not through an open descriptor (that is a different
 /// request: SETATTR without a file handle).
 fn truncate_path(p: &std::path::Path, len: u64) {

@@ -86,6 +86,10 @@ fn errno(e: RepoError) -> Errno {
     }
 }
 
+/// `file->f_flags` bit of an open made by execve(2) (`__FMODE_EXEC` in the kernel;
+/// FUSE passes it on in OPEN's flags, libc has no name for it).
+const FMODE_EXEC: i32 = 0x20;
+
 fn e<T>(r: Result<T, RepoError>) -> FsResult<T> {
     r.map_err(errno)
 }
@@ -119,6 +123,8 @@ enum HandleKind {
         snapshot: Arc<ChunkList>,
         size: u64,
         writable: bool,
+        /// Opened by execve(2): the file is a running program's text.
+        exec: bool,
     },
     Dir {
         listing: Vec<(Vec<u8>, u64, FileType)>,
@@ -139,6 +145,8 @@ struct Inner {
     dirty: Mutex<HashMap<EntryId, Arc<Mutex<DirtyEntry>>>>,
     /// Open file handles per entry, so write-back state is dropped with the last one.
     open_count: Mutex<HashMap<EntryId, u32>>,
+    /// Handles per entry opened by execve(2) (see `open_handle`).
+    exec_count: Mutex<HashMap<EntryId, u32>>,
     /// Cached subdirectory counts (for a directory's nlink).
     subdirs: Mutex<HashMap<EntryId, u32>>,
     stop: AtomicBool,
@@ -198,6 +206,7 @@ impl DistriboxFs {
                 next_fh: AtomicU64::new(1),
                 dirty: Mutex::new(HashMap::new()),
                 open_count: Mutex::new(HashMap::new()),
+                exec_count: Mutex::new(HashMap::new()),
                 subdirs: Mutex::new(HashMap::new()),
                 stop: AtomicBool::new(false),
                 prechunking: AtomicBool::new(false),
@@ -732,6 +741,8 @@ impl DistriboxFs {
 
     fn open_handle(&self, ino: INodeNo, flags: OpenFlags) -> FsResult<u64> {
         let writable = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
+        let trunc = flags.0 & libc::O_TRUNC != 0;
+        let exec = flags.0 & FMODE_EXEC != 0;
         let (snapshot, size) = match self.target(ino)? {
             Target::Version(entry, v) => {
                 if writable {
@@ -753,19 +764,29 @@ impl DistriboxFs {
                     Content::Dir => return Err(Errno::EISDIR),
                     _ => (Arc::new(ChunkList::default()), 0),
                 };
+                // The kernel refuses to write a running program, but with atomic
+                // O_TRUNC it lets a truncating open through to us first and only then
+                // says ETXTBSY (for O_RDONLY|O_TRUNC) — after it has set the size to
+                // 0 and the program faulted on its next page. Refuse here instead.
+                if (trunc || writable) && self.inner.exec_count.lock().contains_key(&entry) {
+                    return Err(Errno::ETXTBSY);
+                }
+                if trunc {
+                    // Any access mode: the kernel takes the file to be empty now.
+                    self.with_dirty(entry, Some((&list, size)), |g| {
+                        e(g.file.truncate(0))?;
+                        g.touch();
+                        Ok(())
+                    })?;
+                }
                 *self.inner.open_count.lock().entry(entry).or_default() += 1;
+                if exec {
+                    *self.inner.exec_count.lock().entry(entry).or_default() += 1;
+                }
                 (list, size)
             }
         };
         let fh = self.inner.next_fh.fetch_add(1, Ordering::Relaxed);
-        if writable && flags.0 & libc::O_TRUNC != 0 {
-            let entry = self.entry_of(ino)?;
-            self.with_dirty(entry, Some((&snapshot, size)), |g| {
-                e(g.file.truncate(0))?;
-                g.touch();
-                Ok(())
-            })?;
-        }
         self.inner.handles.lock().insert(
             fh,
             Handle {
@@ -774,6 +795,7 @@ impl DistriboxFs {
                     snapshot,
                     size,
                     writable,
+                    exec,
                 },
             },
         );
@@ -811,6 +833,7 @@ impl DistriboxFs {
                         snapshot,
                         size,
                         writable: true,
+                        ..
                     },
                 ..
             }) => (snapshot.clone(), *size),
@@ -1033,9 +1056,11 @@ impl DistriboxFs {
                 }
                 None => retire_dirty(&mut dirty, dst, |_| true),
             }
-            let mut oc = self.inner.open_count.lock();
-            if let Some(n) = oc.remove(&src) {
-                *oc.entry(dst).or_default() += n;
+            for counts in [&self.inner.open_count, &self.inner.exec_count] {
+                let mut c = counts.lock();
+                if let Some(n) = c.remove(&src) {
+                    *c.entry(dst).or_default() += n;
+                }
             }
         }
         self.forget_subdirs(&[sdir, ddir]);
@@ -1106,18 +1131,11 @@ impl DistriboxFs {
         let Some(h) = h else { return Ok(()) };
         let result = self.handle_commit(INodeNo(h.ino));
         let target = self.inner.inodes.lock().get(h.ino);
-        if let (HandleKind::File { .. }, Some(Target::Entry(entry))) = (&h.kind, target) {
-            let last = {
-                let mut oc = self.inner.open_count.lock();
-                let n = oc.entry(entry).or_insert(1);
-                *n -= 1;
-                let last = *n == 0;
-                if last {
-                    oc.remove(&entry);
-                }
-                last
-            };
-            if last {
+        if let (HandleKind::File { exec, .. }, Some(Target::Entry(entry))) = (&h.kind, target) {
+            if *exec {
+                count_down(&mut self.inner.exec_count.lock(), entry);
+            }
+            if count_down(&mut self.inner.open_count.lock(), entry) {
                 // Drop write-back state once nothing is pending — or nothing can be
                 // (the file was deleted while open: its data goes with it, as POSIX says).
                 let deleted = self.repo().get(entry).map(|s| !s.is_alive()).unwrap_or(true);
@@ -1143,6 +1161,17 @@ fn retire_dirty(
         drop(g);
         map.remove(&entry);
     }
+}
+
+/// Takes one off `entry`'s count; true if that was the last.
+fn count_down(counts: &mut HashMap<EntryId, u32>, entry: EntryId) -> bool {
+    let n = counts.entry(entry).or_insert(1);
+    *n -= 1;
+    let last = *n == 0;
+    if last {
+        counts.remove(&entry);
+    }
+    last
 }
 
 fn without_link(s: &EntryState, link: &Link) -> Draft {
