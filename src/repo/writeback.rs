@@ -73,6 +73,8 @@ pub struct PrechunkPlan {
 /// Result of a pass, applied under the lock if nothing raced with it.
 pub struct PrechunkDone {
     refs: Vec<chunking::ChunkRef>,
+    /// Where the pass started: it only extends pre-chunked data ending there.
+    from: u64,
     upto: u64,
     generation: u64,
 }
@@ -89,6 +91,7 @@ impl PrechunkPlan {
         if !repo.store().room_for(4 * (self.to - self.from)) {
             return Ok(PrechunkDone {
                 refs: Vec::new(),
+                from: self.from,
                 upto: self.from,
                 generation: self.generation,
             });
@@ -113,6 +116,7 @@ impl PrechunkPlan {
         }
         Ok(PrechunkDone {
             refs,
+            from: self.from,
             upto: pos,
             generation: self.generation,
         })
@@ -198,9 +202,12 @@ impl DirtyFile {
         })
     }
 
-    /// Records a finished pass unless a write below its range raced with it.
+    /// Records a finished pass unless a write below its range raced with it, or it
+    /// does not start where the pre-chunked data ends (two passes planned from the
+    /// same point, the second started after the first reported: appending its
+    /// chunks would repeat bytes).
     pub fn prechunk_apply(&mut self, done: PrechunkDone) {
-        if done.generation != self.generation || !self.fresh() {
+        if done.generation != self.generation || !self.fresh() || done.from != self.pre.upto {
             return;
         }
         self.pre.refs.extend(done.refs);
@@ -441,9 +448,21 @@ impl DirtyFile {
                 }
             }
         }
-        let root = repo.store_manifest(&refs)?;
         let list = ChunkList::new(refs);
-        debug_assert_eq!(list.len_bytes(), self.size);
+        if list.len_bytes() != self.size {
+            // A bookkeeping bug must cost this commit (EIO; the next commit point
+            // chunks everything afresh), never record a version with the wrong bytes.
+            self.pre = PreChunked::default();
+            self.planned_to = 0;
+            self.generation += 1;
+            return Err(std::io::Error::other(format!(
+                "chunked {} bytes of a {}-byte file; not committing",
+                list.len_bytes(),
+                self.size
+            ))
+            .into());
+        }
+        let root = repo.store_manifest(list.refs())?;
         self.base = Arc::new(list);
         self.base_valid = self.size;
         self.ranges.clear();
@@ -563,5 +582,32 @@ mod tests {
         let mut got = Vec::new();
         repo.read_chunks(&list, 0, size, &mut got).unwrap();
         assert!(got == new, "committed content is the rewrite, not the old bytes");
+    }
+
+    /// Two passes planned from the same point, the second run after the first
+    /// reported: the second's chunks must not be appended again.
+    #[test]
+    fn a_second_pass_from_the_same_start_is_ignored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = repo(tmp.path());
+        let mut f = DirtyFile::new(
+            Arc::new(ChunkList::default()),
+            0,
+            repo.data_dir().spill_dir().join("f"),
+            Timestamp::now(),
+        );
+        let data = bytes(20 << 20, 3);
+        f.write(&repo, 0, &data[..10 << 20]).unwrap();
+        let first = f.prechunk_plan().unwrap();
+        let second = f.prechunk_plan().unwrap();
+        f.prechunk_apply(first.run(&repo).unwrap());
+        f.write(&repo, 10 << 20, &data[10 << 20..]).unwrap();
+        f.prechunk_apply(second.run(&repo).unwrap());
+        let (size, root) = f.commit_content(&repo).unwrap();
+        let list = repo.chunk_list(root).unwrap();
+        assert_eq!(list.len_bytes(), size);
+        let mut got = Vec::new();
+        repo.read_chunks(&list, 0, size, &mut got).unwrap();
+        assert!(got == data);
     }
 }
