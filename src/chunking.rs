@@ -227,12 +227,13 @@ pub fn chunk_ids_of(root: ChunkId, mut get: impl FnMut(ChunkId) -> Option<Vec<u8
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::HashMap;
 
-    fn data(len: usize, seed: u64) -> Vec<u8> {
+    /// Deterministic pseudo-random bytes (xorshift), for tests here and elsewhere.
+    pub(crate) fn data(len: usize, seed: u64) -> Vec<u8> {
         let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
         (0..len)
             .map(|_| {

@@ -543,16 +543,16 @@ mod tests {
         Repo::open(&dd).unwrap()
     }
 
-    fn bytes(len: usize, seed: u8) -> Vec<u8> {
-        let mut x = seed as u64 | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+    use crate::chunking::tests::data as bytes;
+
+    /// Write-back state of a file being written from empty.
+    fn fresh_file(repo: &Repo) -> DirtyFile {
+        DirtyFile::new(
+            Arc::new(ChunkList::default()),
+            0,
+            repo.data_dir().spill_dir().join("f"),
+            Timestamp::now(),
+        )
     }
 
     /// A background pass planned before a truncate and rewrite, reporting after
@@ -561,12 +561,7 @@ mod tests {
     fn a_pass_that_raced_with_a_rewrite_is_ignored() {
         let tmp = tempfile::tempdir().unwrap();
         let repo = repo(tmp.path());
-        let mut f = DirtyFile::new(
-            Arc::new(ChunkList::default()),
-            0,
-            repo.data_dir().spill_dir().join("f"),
-            Timestamp::now(),
-        );
+        let mut f = fresh_file(&repo);
         let old = bytes(10 << 20, 1);
         f.write(&repo, 0, &old).unwrap();
         let plan = f.prechunk_plan().expect("10 MiB written from scratch");
@@ -590,12 +585,7 @@ mod tests {
     fn a_second_pass_from_the_same_start_is_ignored() {
         let tmp = tempfile::tempdir().unwrap();
         let repo = repo(tmp.path());
-        let mut f = DirtyFile::new(
-            Arc::new(ChunkList::default()),
-            0,
-            repo.data_dir().spill_dir().join("f"),
-            Timestamp::now(),
-        );
+        let mut f = fresh_file(&repo);
         let data = bytes(20 << 20, 3);
         f.write(&repo, 0, &data[..10 << 20]).unwrap();
         let first = f.prechunk_plan().unwrap();
