@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
 
 fn log_of(n: &Node, rel: &str) -> String {
     let out = cli(&n.data, &["log", n.path(rel).to_str().unwrap()]);
@@ -39,6 +40,14 @@ fn old_versions_are_readable_and_read_only() {
     assert_eq!(listed, vec!["notes.txt"], "history is not listed");
     let err = fs::OpenOptions::new().write(true).open(n.path(&name)).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    // A truncating read-only open too (the kernel would show it empty otherwise).
+    let err = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_TRUNC)
+        .open(n.path(&name))
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    assert_eq!(fs::read(n.path(&name)).unwrap(), b"first");
     assert_eq!(
         fs::read(n.path("notes.txt@v999")).unwrap_err().raw_os_error(),
         Some(libc::ENOENT)

@@ -745,7 +745,7 @@ impl DistriboxFs {
         let exec = flags.0 & FMODE_EXEC != 0;
         let (snapshot, size) = match self.target(ino)? {
             Target::Version(entry, v) => {
-                if writable {
+                if writable || trunc {
                     return Err(Errno::EROFS);
                 }
                 if e(self.repo().is_purged(v))? {
