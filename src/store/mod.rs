@@ -128,6 +128,44 @@ fn decode_value<T: for<'de> Deserialize<'de>>(what: &'static str, b: &[u8]) -> R
     }
 }
 
+/// One key and its value, as RocksDB's iterators hand them out.
+type KeyValue = (Box<[u8]>, Box<[u8]>);
+
+/// How a scan's prefix relates to the column family's prefix extractor.
+#[derive(Clone, Copy)]
+enum Prefix {
+    /// The prefix is what the extractor returns for every key scanned.
+    Extracted,
+    /// Anything else (or no extractor).
+    Any,
+}
+
+/// The least key greater than every key starting with `prefix` (None: no such key,
+/// the prefix is all 0xff).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// The (parent, name) part of a `children` key (parent id, name, NUL, child id):
+/// the prefix extractor of that column family. Names never hold a NUL.
+fn child_name_prefix(key: &[u8]) -> &[u8] {
+    match key.get(16..).and_then(|rest| rest.iter().position(|&b| b == 0)) {
+        Some(i) => &key[..16 + i + 1],
+        None => key,
+    }
+}
+
+fn child_name_in_domain(key: &[u8]) -> bool {
+    key.get(16..).is_some_and(|rest| rest.contains(&0))
+}
+
 fn child_prefix(parent: EntryId, name: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(16 + name.len() + 17);
     k.extend_from_slice(parent.as_bytes());
@@ -269,8 +307,30 @@ impl Store {
         // index entry ("we have it") for a chunk whose bytes were still in the
         // other CF's memtable — a version would then land with data missing.
         opts.set_atomic_flush(true);
+        // One block cache for every column family (each would otherwise get its
+        // own 32 MiB one), and Bloom filters: without them every lookup of a key
+        // that is not there (a new chunk's dedup check, a new file's name) read an
+        // index and a data block of every table file.
+        let cache = rocksdb::Cache::new_lru_cache(32 << 20);
         let cfs = ALL_CFS.iter().map(|name| {
             let mut o = Options::default();
+            let mut table = rocksdb::BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            table.set_bloom_filter(10.0, false);
+            o.set_memtable_prefix_bloom_ratio(0.05);
+            if *name == CF_CHILDREN {
+                // Filters by (parent, name): `get_children_named` is a seek, and
+                // a whole-key filter cannot answer a seek.
+                table.set_whole_key_filtering(false);
+                o.set_prefix_extractor(rocksdb::SliceTransform::create(
+                    "distribox.parent-name",
+                    child_name_prefix,
+                    Some(child_name_in_domain),
+                ));
+            } else {
+                o.set_memtable_whole_key_filtering(true);
+            }
+            o.set_block_based_table_factory(&table);
             if *name == CF_CHUNKS {
                 o.set_enable_blob_files(true);
                 o.set_min_blob_size(4096);
@@ -296,6 +356,29 @@ impl Store {
 
     fn cf(&self, name: &str) -> &ColumnFamily {
         self.db.cf_handle(name).expect("every column family is created at open")
+    }
+
+    /// Keys (and values) of `cf` that start with `prefix`, in key order. The upper
+    /// bound stops RocksDB at the end of the prefix: without it a lookup of a name
+    /// that is not there (every create) skipped the delete markers of whatever
+    /// followed the prefix, e.g. a directory just emptied by `rm -r`.
+    ///
+    /// ``Prefix::Extracted` says `prefix` is exactly what the column family's prefix
+    /// extractor returns for its keys, so the prefix Bloom filters may skip files
+    /// and memtables; otherwise the scan ignores them (total order).
+    fn scan<'a>(&'a self, cf: &str, prefix: &'a [u8], whole: Prefix) -> impl Iterator<Item = Result<KeyValue>> + 'a {
+        let mut ro = rocksdb::ReadOptions::default();
+        if let Some(end) = prefix_end(prefix) {
+            ro.set_iterate_upper_bound(end);
+        }
+        match whole {
+            Prefix::Extracted => ro.set_prefix_same_as_start(true),
+            Prefix::Any => ro.set_total_order_seek(true),
+        }
+        self.db
+            .iterator_cf_opt(self.cf(cf), ro, IteratorMode::From(prefix, Direction::Forward))
+            .map(|item| item.map_err(db_err("scan")))
+            .take_while(move |item| item.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
     }
 
     pub fn batch(&self) -> Batch<'_> {
@@ -459,63 +542,33 @@ impl Store {
     /// creates on different nodes), in entry id order.
     pub fn get_children_named(&self, parent: EntryId, name: &[u8]) -> Result<Vec<EntryId>> {
         let prefix = child_prefix(parent, name);
-        let mut out = Vec::new();
-        let it = self
-            .db
-            .iterator_cf(self.cf(CF_CHILDREN), IteratorMode::From(&prefix, Direction::Forward));
-        for item in it {
-            let (k, _) = item.map_err(db_err("lookup"))?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            out.push(split_child_key(&k)?.1);
-        }
-        Ok(out)
+        self.scan(CF_CHILDREN, &prefix, Prefix::Extracted)
+            .map(|item| Ok(split_child_key(&item?.0)?.1))
+            .collect()
     }
 
     /// Children of a directory in name order (a name held by several entries appears
     /// once per entry).
     pub fn list_children(&self, parent: EntryId) -> Result<Vec<(Vec<u8>, EntryId)>> {
-        let mut out = Vec::new();
-        let prefix = parent.as_bytes();
-        let it = self
-            .db
-            .iterator_cf(self.cf(CF_CHILDREN), IteratorMode::From(prefix, Direction::Forward));
-        for item in it {
-            let (k, _) = item.map_err(db_err("readdir"))?;
-            if !k.starts_with(prefix) {
-                break;
-            }
-            out.push(split_child_key(&k)?);
-        }
-        Ok(out)
+        self.scan(CF_CHILDREN, parent.as_bytes(), Prefix::Any)
+            .map(|item| split_child_key(&item?.0))
+            .collect()
     }
 
     /// True if the directory has at least one child (cheaper than listing it).
     pub fn has_children(&self, parent: EntryId) -> Result<bool> {
-        let prefix = parent.as_bytes();
-        let mut it = self
-            .db
-            .iterator_cf(self.cf(CF_CHILDREN), IteratorMode::From(prefix, Direction::Forward));
-        match it.next() {
-            Some(item) => Ok(item.map_err(db_err("readdir"))?.0.starts_with(prefix)),
-            None => Ok(false),
-        }
+        Ok(self
+            .scan(CF_CHILDREN, parent.as_bytes(), Prefix::Any)
+            .next()
+            .transpose()?
+            .is_some())
     }
 
     /// All (generation, version) pairs recorded for an entry, oldest generation first.
     pub fn entry_versions(&self, entry: EntryId) -> Result<Vec<(u64, VersionId)>> {
         let mut out = Vec::new();
-        let prefix = entry.as_bytes();
-        let it = self.db.iterator_cf(
-            self.cf(CF_ENTRY_VERSIONS),
-            IteratorMode::From(prefix, Direction::Forward),
-        );
-        for item in it {
-            let (k, _) = item.map_err(db_err("history"))?;
-            if !k.starts_with(prefix) {
-                break;
-            }
+        for item in self.scan(CF_ENTRY_VERSIONS, entry.as_bytes(), Prefix::Any) {
+            let (k, _) = item?;
             let bad = || StoreError::CorruptValue {
                 what: "entry_versions",
                 detail: "bad key".into(),
@@ -637,16 +690,12 @@ impl Store {
 
     /// Every `meta` entry whose key starts with `prefix` (key without the prefix).
     pub fn meta_with_prefix(&self, prefix: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut out = Vec::new();
-        let mode = IteratorMode::From(prefix.as_bytes(), Direction::Forward);
-        for item in self.db.iterator_cf(self.cf(CF_META), mode) {
-            let (k, v) = item.map_err(db_err("meta scan"))?;
-            let Some(rest) = k.strip_prefix(prefix.as_bytes()) else {
-                break;
-            };
-            out.push((rest.to_vec(), v.to_vec()));
-        }
-        Ok(out)
+        self.scan(CF_META, prefix.as_bytes(), Prefix::Any)
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((k[prefix.len()..].to_vec(), v.to_vec()))
+            })
+            .collect()
     }
 
     pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<()> {
@@ -685,5 +734,63 @@ impl Store {
             self.db.flush_cf(self.cf(name)).map_err(db_err("flush"))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_the_least_key_past_the_prefix() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xff, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+    }
+
+    #[test]
+    fn child_key_prefix_is_parent_and_name() {
+        let (p, c) = (EntryId::random(), EntryId::random());
+        let key = child_key(p, b"notes.txt", c);
+        assert_eq!(child_name_prefix(&key), &child_prefix(p, b"notes.txt")[..]);
+        assert!(child_name_in_domain(&key));
+        assert!(child_name_in_domain(&child_prefix(p, b"x")));
+        assert!(!child_name_in_domain(p.as_bytes()));
+    }
+
+    /// Name lookups go through the prefix Bloom filters, listings ignore them: both
+    /// must see every child, whether it sits in a memtable or in table files, and
+    /// not see a removed one.
+    #[test]
+    fn children_are_found_in_memtables_and_table_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (root, sub) = (EntryId::random(), EntryId::random());
+        let kids: Vec<EntryId> = (0..3).map(|_| EntryId::random()).collect();
+        let mut b = store.batch();
+        b.put_child(root, b"a", kids[0]);
+        b.put_child(root, b"ab", kids[1]);
+        b.put_child(sub, b"a", kids[2]);
+        store.write(b).unwrap();
+        let check = |stage: &str| {
+            assert_eq!(store.get_children_named(root, b"a").unwrap(), vec![kids[0]], "{stage}");
+            assert_eq!(store.get_children_named(root, b"ab").unwrap(), vec![kids[1]], "{stage}");
+            assert!(store.get_children_named(root, b"b").unwrap().is_empty(), "{stage}");
+            assert_eq!(store.list_children(root).unwrap().len(), 2, "{stage}");
+            assert!(store.has_children(sub).unwrap(), "{stage}");
+        };
+        check("memtable");
+        store.flush().unwrap();
+        check("table files");
+        let mut b = store.batch();
+        b.delete_child(sub, b"a", kids[2]);
+        store.write(b).unwrap();
+        store.flush().unwrap();
+        assert!(store.get_children_named(sub, b"a").unwrap().is_empty());
+        assert!(!store.has_children(sub).unwrap());
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.get_children_named(root, b"a").unwrap(), vec![kids[0]], "reopened");
+        assert_eq!(store.list_children(root).unwrap().len(), 2, "reopened");
     }
 }
