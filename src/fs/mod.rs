@@ -573,7 +573,9 @@ impl DistriboxFs {
     fn create_entry(&self, parent: INodeNo, name: &OsStr, attrs: Attrs, content: Content) -> FsResult<FileAttr> {
         let (dir, dstate) = self.dir(parent)?;
         let name = name_bytes(name)?;
-        if e(self.repo().lookup(dir, &name))?.is_some() {
+        // `commit` refuses a name held by another entry (EEXIST); only the alias
+        // of an entry that shares its name (`name@1a2b3c4d`) needs a look first.
+        if crate::model::names::parse_entry_suffix(&name).is_some() && e(self.repo().lookup(dir, &name))?.is_some() {
             return Err(Errno::EEXIST);
         }
         let mut attrs = attrs;
