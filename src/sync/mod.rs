@@ -37,6 +37,11 @@ const FLUSH_EVERY: u64 = 32 << 20;
 /// Members learned from other members' lists (a small group; a bound against a
 /// member that sends endless lists).
 const MAX_KNOWN_PEERS: usize = 256;
+/// Least time between two announcements of our records. Each one signs and syncs
+/// the records committed since the last and publishes a signed gossip message; a
+/// burst of creates (thousands per second) would otherwise pay that per commit.
+/// The first commit after a quiet spell is announced at once.
+const ANNOUNCE_GAP: Duration = Duration::from_millis(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -229,6 +234,8 @@ struct Engine {
     parked: Vec<ChunkId>,
     next_peer: usize,
     announce: bool,
+    /// When the last announcement went out (see `ANNOUNCE_GAP`).
+    announced_at: Option<Instant>,
     /// Test hook (`DISTRIBOX_TEST_CORRUPT_SENT_CHUNKS=1`): play a lying peer that
     /// flips a byte in every chunk it serves, so tests can check that receivers
     /// catch it. Logged loudly at start.
@@ -318,6 +325,7 @@ impl Engine {
             parked: Vec::new(),
             next_peer: 0,
             announce: true,
+            announced_at: None,
             corrupt_sends: std::env::var_os("DISTRIBOX_TEST_CORRUPT_SENT_CHUNKS").is_some(),
             unflushed: 0,
             ready: Vec::new(),
@@ -338,6 +346,7 @@ impl Engine {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut last_round = Instant::now();
         loop {
+            let due = self.announce_due();
             tokio::select! {
                 ev = self.swarm.select_next_some() => self.on_swarm(ev),
                 Some(batch) = self.changes.recv() => {
@@ -365,9 +374,10 @@ impl Engine {
                     );
                 }
                 Some(st) = self.stored_rx.recv() => self.on_stored(st),
+                _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => {}
                 _ = &mut stop => break,
             }
-            if self.announce {
+            if self.announce && self.announce_due().is_none() {
                 self.announce_local();
             }
             self.schedule_chunks();
@@ -605,9 +615,23 @@ impl Engine {
         self.pull(from, &[(a.author, a.seq)]);
     }
 
+    /// When a pending announcement is held back by `ANNOUNCE_GAP` (None: send it now,
+    /// or nothing to send).
+    fn announce_due(&self) -> Option<Instant> {
+        let due = self.announced_at? + ANNOUNCE_GAP;
+        (self.announce && due > Instant::now()).then_some(due)
+    }
+
     /// Publishes "our records go up to seq N" after making them durable and signed.
+    /// With nobody connected there is no one to tell: a member that connects later
+    /// compares version vectors and fetches (signing and syncing them first, see
+    /// `Repo::records_of`).
     fn announce_local(&mut self) {
         self.announce = false;
+        if self.swarm.connected_peers().next().is_none() {
+            return;
+        }
+        self.announced_at = Some(Instant::now());
         let repo = self.repo.clone();
         if let Err(e) = blocking(|| repo.sign_pending().and_then(|_| repo.sync())) {
             tracing::warn!(error = %e, "could not sign/sync records before announcing; retrying");
