@@ -363,7 +363,7 @@ impl Store {
     /// that is not there (every create) skipped the delete markers of whatever
     /// followed the prefix, e.g. a directory just emptied by `rm -r`.
     ///
-    /// ``Prefix::Extracted` says `prefix` is exactly what the column family's prefix
+    /// `Prefix::Extracted` says `prefix` is exactly what the column family's prefix
     /// extractor returns for its keys, so the prefix Bloom filters may skip files
     /// and memtables; otherwise the scan ignores them (total order).
     fn scan<'a>(&'a self, cf: &str, prefix: &'a [u8], whole: Prefix) -> impl Iterator<Item = Result<KeyValue>> + 'a {
