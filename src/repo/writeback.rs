@@ -555,6 +555,17 @@ mod tests {
         )
     }
 
+    /// Commits the file and reads back the version's bytes; its chunk list must
+    /// cover exactly the committed size.
+    fn commit_and_read(repo: &Repo, f: &mut DirtyFile) -> Vec<u8> {
+        let (size, root) = f.commit_content(repo).unwrap();
+        let list = repo.chunk_list(root).unwrap();
+        assert_eq!(list.len_bytes(), size);
+        let mut got = Vec::new();
+        repo.read_chunks(&list, 0, size, &mut got).unwrap();
+        got
+    }
+
     /// A background pass planned before a truncate and rewrite, reporting after
     /// them, must not have its chunks (of the old bytes) committed.
     #[test]
@@ -571,11 +582,8 @@ mod tests {
         let new = bytes(10 << 20, 2);
         f.write(&repo, 0, &new).unwrap();
         f.prechunk_apply(done);
-        let (size, root) = f.commit_content(&repo).unwrap();
-        assert_eq!(size, new.len() as u64);
-        let list = repo.chunk_list(root).unwrap();
-        let mut got = Vec::new();
-        repo.read_chunks(&list, 0, size, &mut got).unwrap();
+        let got = commit_and_read(&repo, &mut f);
+        assert_eq!(got.len(), new.len());
         assert!(got == new, "committed content is the rewrite, not the old bytes");
     }
 
@@ -593,11 +601,6 @@ mod tests {
         f.prechunk_apply(first.run(&repo).unwrap());
         f.write(&repo, 10 << 20, &data[10 << 20..]).unwrap();
         f.prechunk_apply(second.run(&repo).unwrap());
-        let (size, root) = f.commit_content(&repo).unwrap();
-        let list = repo.chunk_list(root).unwrap();
-        assert_eq!(list.len_bytes(), size);
-        let mut got = Vec::new();
-        repo.read_chunks(&list, 0, size, &mut got).unwrap();
-        assert!(got == data);
+        assert!(commit_and_read(&repo, &mut f) == data);
     }
 }
