@@ -41,6 +41,8 @@ fn no_key_no_data() {
     assert!(addr.starts_with("127.0.0.1:"), "GUI not on loopback: {addr}");
     let key = n.api_key();
     assert_eq!(key.len(), 64);
+    // Two versions, so restoring v1 would change what the file holds.
+    fs::write(n.path("secret.txt"), b"old secret\n").unwrap();
     fs::write(n.path("secret.txt"), b"top secret\n").unwrap();
     let node_id = n.status()["node"].as_str().unwrap().to_string();
 
@@ -229,7 +231,7 @@ fn browse_read_log_restore_and_follow_changes() {
         .clone();
     assert_eq!(notes["kind"], "file");
     assert_eq!(notes["size"], 13);
-    assert_eq!(notes["version"], "v3");
+    assert_eq!(notes["version"], "v2");
     assert_eq!(get(&addr, &key, "/api/v1/tree?path=notes.txt").status, 400);
     assert_eq!(get(&addr, &key, "/api/v1/tree?path=nope").status, 404);
 
@@ -240,13 +242,13 @@ fn browse_read_log_restore_and_follow_changes() {
         .iter()
         .map(|v| v["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names_v, ["v3", "v2", "v1"]);
+    assert_eq!(names_v, ["v2", "v1"]);
     assert_eq!(versions[0]["shown"], true);
     assert_eq!(versions[0]["parents"][0], versions[1]["version"]);
 
     // Any version's content; downloads say so; a big file streams whole.
     assert_eq!(
-        get(&addr, &key, "/api/v1/content?path=notes.txt@v2").body,
+        get(&addr, &key, "/api/v1/content?path=notes.txt@v1").body,
         b"first draft\n"
     );
     let cur = get(&addr, &key, "/api/v1/content?path=notes.txt&download=1");
@@ -259,7 +261,7 @@ fn browse_read_log_restore_and_follow_changes() {
         cur.header("content-disposition")
     );
     // A version downloads under its file's name; a one-time link works once.
-    let old = get(&addr, &key, "/api/v1/content?path=notes.txt@v2&download=1");
+    let old = get(&addr, &key, "/api/v1/content?path=notes.txt@v1&download=1");
     assert!(old
         .header("content-disposition")
         .unwrap()
@@ -268,7 +270,7 @@ fn browse_read_log_restore_and_follow_changes() {
         &addr,
         &key,
         "/api/v1/download",
-        serde_json::json!({ "path": "notes.txt@v2" }),
+        serde_json::json!({ "path": "notes.txt@v1" }),
     );
     assert_eq!(link.status, 200, "{}", link.text());
     let url = link.json()["url"].as_str().unwrap().to_string();
@@ -290,7 +292,7 @@ fn browse_read_log_restore_and_follow_changes() {
 
     // The log, filtered by path, place, author and time.
     let hist = get(&addr, &key, "/api/v1/log?path=notes.txt").json();
-    assert_eq!(hist.as_array().unwrap().len(), 3);
+    assert_eq!(hist.as_array().unwrap().len(), 2);
     let under = get(&addr, &key, "/api/v1/log?under=docs").json();
     assert!(!under.as_array().unwrap().is_empty());
     assert!(under
@@ -327,10 +329,10 @@ fn browse_read_log_restore_and_follow_changes() {
         &addr,
         &key,
         "/api/v1/restore",
-        serde_json::json!({ "path": "notes.txt@v2" }),
+        serde_json::json!({ "path": "notes.txt@v1" }),
     );
     assert_eq!(r.status, 200, "{}", r.text());
-    assert!(r.json()["message"].as_str().unwrap().contains("v4"));
+    assert!(r.json()["message"].as_str().unwrap().contains("v3"));
     assert_eq!(fs::read(n.path("notes.txt")).unwrap(), b"first draft\n");
     let r = post(
         &addr,

@@ -180,7 +180,7 @@ fn conflicts_are_dismissed_and_resolved_everywhere() {
     }
 
     // Restore: an old content comes back as a new version.
-    let out = cli(&b.data, &["restore", b.path("r.txt@v2").to_str().unwrap()]);
+    let out = cli(&b.data, &["restore", b.path("r.txt@v1").to_str().unwrap()]);
     assert!(
         out.status.success(),
         "restore: {}",

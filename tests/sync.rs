@@ -114,7 +114,8 @@ fn partitioned_node_catches_up_and_nothing_is_lost() {
             "both edits should be heads of shared.txt on {}: {log:#?}",
             n.mnt.display()
         );
-        assert!(log.len() >= 4, "history of shared.txt on {}: {log:#?}", n.mnt.display());
+        // v1, A's edit, B's edit.
+        assert!(log.len() >= 3, "history of shared.txt on {}: {log:#?}", n.mnt.display());
     }
     let shown = read(&a, "shared.txt").unwrap();
     assert!(shown == b"A's edit\n" || shown == b"B's edit\n", "{shown:?}");

@@ -248,7 +248,8 @@ pub fn run_mount(cfg: MountConfig, ready: &mut dyn Ready) -> Result<(), DaemonEr
     raise_readahead(&mountpoint);
     // Remote versions: drop the kernel's cached pages and names (from a thread of
     // its own, never inside a FUSE callback).
-    let _invalidator = fs.spawn_invalidator(session.notifier(), repo.subscribe());
+    // Only peers' changes need the kernel's caches dropped.
+    let _invalidator = fs.spawn_invalidator(session.notifier(), repo.subscribe_if(|b| b.remote));
     let sync = match &cfg.net {
         Some(net) => Some(crate::sync::start(repo.clone(), net.clone())?),
         None => None,

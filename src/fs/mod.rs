@@ -8,16 +8,15 @@
 //! operations (chmod, rename, mkdir, ...) commit at once. A file unlinked while open
 //! stays deleted: commits from its handles are skipped once its head is a tombstone.
 //!
-//! Locking: `dirty` map lock → one file's `DirtyEntry` lock → `Inner::commit` → the
-//! repo's commit lock; never in the other order, and never the map lock across I/O.
-//! Nothing that holds `Inner::commit` takes a `DirtyEntry` lock or the `dirty` map.
+//! Locking: `dirty` map lock → one file's `DirtyEntry` lock → `Inner::commit` →
+//! `Inner::fresh` → the repo's commit lock; never in the other order, and never the
+//! map lock across I/O. Nothing that holds `Inner::commit` takes a `DirtyEntry` lock
+//! or the `dirty` map.
 
 mod inodes;
 
 use crate::chunking::ChunkList;
-use crate::model::{
-    names, Attrs, Content, EntryId, Link, SignedRecord, SpecialKind, Timestamp, VersionId, VersionRecord,
-};
+use crate::model::{names, Attrs, Content, EntryId, Link, SignedRecord, SpecialKind, Timestamp, VersionId};
 use crate::repo::{Base, DirtyFile, Draft, EntryState, Repo, RepoError};
 use crate::store::StoreError;
 use fuser::{
@@ -136,6 +135,47 @@ struct Handle {
     kind: HandleKind,
 }
 
+/// A regular file created here that has no version yet: its first one is made at
+/// its first commit point (close, fsync, idle), with whatever was written by then,
+/// so `create + write + close` is one version (one record to store, sign and send)
+/// instead of an empty one followed by the content. Until then the entry exists
+/// only here; anything but lookups, attributes, reads and writes of it first
+/// commits it as the empty file it is (`settle`).
+struct NewFile {
+    link: Link,
+    attrs: Attrs,
+    created: SystemTime,
+    since: Instant,
+}
+
+/// What a new file holds before its first write.
+const EMPTY_FILE: Content = Content::File {
+    size: 0,
+    manifest: None,
+};
+
+impl NewFile {
+    fn draft(&self) -> Draft {
+        Draft {
+            location: vec![self.link.clone()],
+            attrs: self.attrs,
+            content: EMPTY_FILE,
+        }
+    }
+}
+
+/// setgid directories pass their group on, and to subdirectories the bit too, as
+/// on ext4.
+fn inherit_group(dir: &EntryState, mut attrs: Attrs, is_dir: bool) -> Attrs {
+    if dir.record().attrs.mode & 0o2000 != 0 {
+        attrs.gid = dir.record().attrs.gid;
+        if is_dir {
+            attrs.mode |= 0o2000;
+        }
+    }
+    attrs
+}
+
 struct Inner {
     repo: Arc<Repo>,
     opts: FsOptions,
@@ -143,6 +183,12 @@ struct Inner {
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     dirty: Mutex<HashMap<EntryId, Arc<Mutex<DirtyEntry>>>>,
+    /// Files created here that have no version yet (see `NewFile`). Held while one
+    /// of them is committed, so a lookup never finds it in neither place.
+    fresh: Mutex<HashMap<EntryId, NewFile>>,
+    /// The last name a lookup found free, with the repo's epoch from before it
+    /// looked: the create that follows the kernel's lookup need not look again.
+    last_miss: Mutex<Option<(EntryId, Vec<u8>, u64)>>,
     /// Open file handles per entry, so write-back state is dropped with the last one.
     open_count: Mutex<HashMap<EntryId, u32>>,
     /// Handles per entry opened by execve(2) (see `open_handle`).
@@ -205,6 +251,8 @@ impl DistriboxFs {
                 handles: Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
                 dirty: Mutex::new(HashMap::new()),
+                fresh: Mutex::new(HashMap::new()),
+                last_miss: Mutex::new(None),
                 open_count: Mutex::new(HashMap::new()),
                 exec_count: Mutex::new(HashMap::new()),
                 subdirs: Mutex::new(HashMap::new()),
@@ -266,6 +314,28 @@ impl DistriboxFs {
                 }
             }
         }
+        // New files kept open without writes get their (empty) first version too;
+        // those being written wait for their writes to go idle, above.
+        let idle = self.inner.opts.idle_commit;
+        let old: Vec<EntryId> = self
+            .inner
+            .fresh
+            .lock()
+            .iter()
+            .filter(|(_, f)| f.since.elapsed() >= idle)
+            .map(|(id, _)| *id)
+            .collect();
+        if !old.is_empty() {
+            let unwritten: Vec<EntryId> = {
+                let dirty = self.inner.dirty.lock();
+                old.into_iter()
+                    .filter(|id| dirty.get(id).is_none_or(|d| !d.lock().file.is_dirty()))
+                    .collect()
+            };
+            if let Err(err) = self.settle(|id, _| unwritten.contains(&id)) {
+                tracing::warn!(error = ?err, "idle commit of new files failed; will retry");
+            }
+        }
     }
 
     /// Commits every pending write and syncs the store (unmount, shutdown).
@@ -276,6 +346,9 @@ impl DistriboxFs {
             if let Err(err) = self.commit_entry(entry, |_| {}) {
                 tracing::error!(entry = %entry, error = ?err, "commit at unmount failed");
             }
+        }
+        if let Err(err) = self.settle(|_, _| true) {
+            tracing::error!(error = ?err, "commit of new files at unmount failed");
         }
         if let Err(err) = self.inner.repo.sync() {
             tracing::error!(error = %err, "sync at unmount failed");
@@ -411,29 +484,30 @@ impl DistriboxFs {
     fn attr_from(
         &self,
         ino: u64,
-        record: &VersionRecord,
+        record: (&Attrs, &Content),
         ctime: SystemTime,
         nlink: u32,
         size_override: Option<(u64, Timestamp)>,
     ) -> FileAttr {
-        let (size, mtime) = size_override.unwrap_or((record.content.size(), record.attrs.mtime));
-        let rdev = match record.content {
-            Content::Special { rdev, .. } => rdev as u32,
+        let (attrs, content) = record;
+        let (size, mtime) = size_override.unwrap_or((content.size(), attrs.mtime));
+        let rdev = match content {
+            Content::Special { rdev, .. } => *rdev as u32,
             _ => 0,
         };
         FileAttr {
             ino: INodeNo(ino),
             size,
             blocks: size.div_ceil(512),
-            atime: record.attrs.atime.to_system(),
+            atime: attrs.atime.to_system(),
             mtime: mtime.to_system(),
             ctime,
             crtime: ctime,
-            kind: file_type(&record.content),
-            perm: (record.attrs.mode & 0o7777) as u16,
+            kind: file_type(content),
+            perm: (attrs.mode & 0o7777) as u16,
             nlink,
-            uid: record.attrs.uid,
-            gid: record.attrs.gid,
+            uid: attrs.uid,
+            gid: attrs.gid,
             rdev,
             blksize: 65536,
             flags: 0,
@@ -456,6 +530,10 @@ impl DistriboxFs {
     /// open_trunc saw the times from before `open(O_TRUNC)` now and then).
     fn entry_attr(&self, ino: u64, entry: EntryId) -> FsResult<FileAttr> {
         let dirty = self.dirty_size(entry);
+        if let Some((attrs, created)) = self.fresh_attrs(entry) {
+            let ctime = dirty.map_or(created, |(_, c)| created.max(c));
+            return Ok(self.attr_from(ino, (&attrs, &EMPTY_FILE), ctime, 1, dirty.map(|(o, _)| o)));
+        }
         let state = e(self.repo().get(entry))?;
         let ctime = state.record().hlc.system_time();
         if !state.is_alive() {
@@ -466,7 +544,7 @@ impl DistriboxFs {
             };
             let rec = prev.map(|p| p.record).unwrap_or_else(|| state.record().clone());
             let ctime = dirty.map_or(ctime, |(_, c)| ctime.max(c));
-            return Ok(self.attr_from(ino, &rec, ctime, 0, dirty.map(|(o, _)| o)));
+            return Ok(self.attr_from(ino, (&rec.attrs, &rec.content), ctime, 0, dirty.map(|(o, _)| o)));
         }
         let rec = state.record();
         let nlink = match rec.content {
@@ -490,11 +568,12 @@ impl DistriboxFs {
             },
             _ => None,
         };
-        Ok(self.attr_from(ino, rec, ctime, nlink, over))
+        Ok(self.attr_from(ino, (&rec.attrs, &rec.content), ctime, nlink, over))
     }
 
     fn version_attr(&self, ino: u64, record: &SignedRecord) -> FileAttr {
-        let mut a = self.attr_from(ino, &record.record, record.record.hlc.system_time(), 1, None);
+        let r = &record.record;
+        let mut a = self.attr_from(ino, (&r.attrs, &r.content), r.hlc.system_time(), 1, None);
         a.perm &= !0o222;
         a
     }
@@ -522,9 +601,16 @@ impl DistriboxFs {
     fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> FsResult<FileAttr> {
         let (dir, _) = self.dir(parent)?;
         let name = name_bytes(name)?;
-        match self.child_target(dir, &name)?.ok_or(Errno::ENOENT)? {
+        let epoch = self.repo().epoch();
+        let Some(target) = self.child_target(dir, &name)? else {
+            *self.inner.last_miss.lock() = Some((dir, name, epoch));
+            return Err(Errno::ENOENT);
+        };
+        match target {
             Target::Entry(child) => {
-                self.live(child)?;
+                if !self.is_fresh(child) {
+                    self.live(child)?;
+                }
                 let ino = self.inner.inodes.lock().entry_ino(child);
                 self.entry_attr(ino, child)
             }
@@ -540,6 +626,9 @@ impl DistriboxFs {
     /// name — a version of one as `name@vN` (history, or a conflict listed by
     /// readdir; read-only either way).
     fn child_target(&self, dir: EntryId, name: &[u8]) -> FsResult<Option<Target>> {
+        if let Some(child) = self.fresh_named(dir, name) {
+            return Ok(Some(Target::Entry(child)));
+        }
         if let Some(child) = e(self.repo().lookup(dir, name))? {
             return Ok(Some(Target::Entry(child)));
         }
@@ -575,17 +664,12 @@ impl DistriboxFs {
         let name = name_bytes(name)?;
         // `commit` refuses a name held by another entry (EEXIST); only the alias
         // of an entry that shares its name (`name@1a2b3c4d`) needs a look first.
-        if crate::model::names::parse_entry_suffix(&name).is_some() && e(self.repo().lookup(dir, &name))?.is_some() {
+        if self.fresh_named(dir, &name).is_some()
+            || (names::parse_entry_suffix(&name).is_some() && e(self.repo().lookup(dir, &name))?.is_some())
+        {
             return Err(Errno::EEXIST);
         }
-        let mut attrs = attrs;
-        // setgid directories pass their group on, as on ext4.
-        if dstate.record().attrs.mode & 0o2000 != 0 {
-            attrs.gid = dstate.record().attrs.gid;
-            if content.is_dir() {
-                attrs.mode |= 0o2000;
-            }
-        }
+        let attrs = inherit_group(&dstate, attrs, content.is_dir());
         let is_dir = content.is_dir();
         let id = EntryId::random();
         let draft = Draft {
@@ -601,6 +685,91 @@ impl DistriboxFs {
         self.entry_attr(ino, id)
     }
 
+    /// Creates a regular file under `parent` with no version yet (see `NewFile`).
+    fn create_file(&self, parent: INodeNo, name: &OsStr, attrs: Attrs) -> FsResult<FileAttr> {
+        let (dir, dstate) = self.dir(parent)?;
+        let name = name_bytes(name)?;
+        let attrs = inherit_group(&dstate, attrs, false);
+        let id = EntryId::random();
+        {
+            // Checked and reserved under one lock: the name's commit will not
+            // check it again (`Base::Reserved`).
+            let mut fresh = self.inner.fresh.lock();
+            let taken = fresh.values().any(|f| f.link.parent == dir && f.link.name == name);
+            let known_free = self
+                .inner
+                .last_miss
+                .lock()
+                .as_ref()
+                .is_some_and(|(d, n, epoch)| *d == dir && *n == name && *epoch == self.repo().epoch());
+            if taken || (!known_free && e(self.repo().lookup(dir, &name))?.is_some()) {
+                return Err(Errno::EEXIST);
+            }
+            let link = Link { parent: dir, name };
+            let (created, since) = (SystemTime::now(), Instant::now());
+            fresh.insert(
+                id,
+                NewFile {
+                    link,
+                    attrs,
+                    created,
+                    since,
+                },
+            );
+        }
+        let ino = self.inner.inodes.lock().entry_ino(id);
+        self.entry_attr(ino, id)
+    }
+
+    fn is_fresh(&self, entry: EntryId) -> bool {
+        self.inner.fresh.lock().contains_key(&entry)
+    }
+
+    fn fresh_attrs(&self, entry: EntryId) -> Option<(Attrs, SystemTime)> {
+        self.inner.fresh.lock().get(&entry).map(|f| (f.attrs, f.created))
+    }
+
+    fn fresh_named(&self, dir: EntryId, name: &[u8]) -> Option<EntryId> {
+        let fresh = self.inner.fresh.lock();
+        fresh
+            .iter()
+            .find(|(_, f)| f.link.parent == dir && f.link.name == name)
+            .map(|(id, _)| *id)
+    }
+
+    /// Commits the first version of the new files `which` picks, as the empty
+    /// files they are so far (their pending writes commit later, as for any file):
+    /// before an operation that needs them in the repo, such as a rename, a
+    /// listing of their directory or a chmod.
+    fn settle(&self, which: impl Fn(EntryId, &NewFile) -> bool) -> FsResult<()> {
+        let mut fresh = self.inner.fresh.lock();
+        let picked: Vec<EntryId> = fresh
+            .iter()
+            .filter(|(id, f)| which(**id, f))
+            .map(|(id, _)| *id)
+            .collect();
+        if picked.is_empty() {
+            return Ok(());
+        }
+        let changes = picked
+            .iter()
+            .map(|id| (*id, fresh[id].draft(), Base::Reserved))
+            .collect();
+        e(self.repo().commit_based(changes))?;
+        for id in picked {
+            fresh.remove(&id);
+        }
+        Ok(())
+    }
+
+    fn settle_entry(&self, entry: EntryId) -> FsResult<()> {
+        self.settle(|id, _| id == entry)
+    }
+
+    fn settle_in(&self, dirs: &[EntryId]) -> FsResult<()> {
+        self.settle(|_, f| dirs.contains(&f.link.parent))
+    }
+
     fn dirty_entry(
         &self,
         entry: EntryId,
@@ -610,16 +779,24 @@ impl DistriboxFs {
         if let Some(d) = map.get(&entry) {
             return Ok(d.clone());
         }
-        let s = e(self.repo().get(entry))?;
-        let (list, size) = match (&s.record().content, fallback) {
-            (Content::File { size, manifest }, _) => (e(self.repo().chunk_list(*manifest))?, *size),
-            (Content::Tombstone, Some((l, size))) => (l.clone(), size),
-            (Content::Dir, _) => return Err(Errno::EISDIR),
-            _ => return Err(Errno::EINVAL),
+        // A new file that has no version yet is empty (its first version is made
+        // from this state, or without one only as the empty file).
+        let (list, size, mtime) = match self.fresh_attrs(entry) {
+            Some((attrs, _)) => (Arc::new(ChunkList::default()), 0, attrs.mtime),
+            None => {
+                let s = e(self.repo().get(entry))?;
+                let (list, size) = match (&s.record().content, fallback) {
+                    (Content::File { size, manifest }, _) => (e(self.repo().chunk_list(*manifest))?, *size),
+                    (Content::Tombstone, Some((l, size))) => (l.clone(), size),
+                    (Content::Dir, _) => return Err(Errno::EISDIR),
+                    _ => return Err(Errno::EINVAL),
+                };
+                (list, size, s.record().attrs.mtime)
+            }
         };
         let spill = self.repo().data_dir().spill_dir().join(entry.to_hex());
         let d = Arc::new(Mutex::new(DirtyEntry {
-            file: DirtyFile::new(list, size, spill, s.record().attrs.mtime),
+            file: DirtyFile::new(list, size, spill, mtime),
             fork_from: None,
             last_write: Instant::now(),
             changed: SystemTime::UNIX_EPOCH,
@@ -655,9 +832,11 @@ impl DistriboxFs {
     fn commit_entry(&self, entry: EntryId, edit: impl FnOnce(&mut Draft)) -> FsResult<Arc<EntryState>> {
         let dirty = self.inner.dirty.lock().get(&entry).cloned();
         let mut guard = dirty.as_ref().map(|d| d.lock());
-        let state = e(self.repo().get(entry))?;
-        if !state.is_alive() {
-            return Ok(state); // deleted while open: stays deleted
+        if !self.is_fresh(entry) {
+            let state = e(self.repo().get(entry))?;
+            if !state.is_alive() {
+                return Ok(state); // deleted while open: stays deleted
+            }
         }
         // Chunk the pending writes first: that can take a while, and only this
         // file's lock is held meanwhile.
@@ -672,29 +851,44 @@ impl DistriboxFs {
             // The draft starts from the entry as it is now: an unlink or rename
             // committed while the content was chunked stands.
             let _commit = self.inner.commit.lock();
-            let state = e(self.repo().get(entry))?;
-            if !state.is_alive() {
-                return Ok(state); // deleted meanwhile: stays deleted
-            }
-            let mut draft = state.draft();
-            let mut base = Base::Shown;
-            if let Some((c, mtime)) = &content {
-                let fork = guard.as_ref().and_then(|g| g.fork_from);
-                if let Some(b) = fork.filter(|b| *b != state.head.id) {
-                    // A peer's version landed while we wrote: ours forks from what
-                    // the writer saw instead of replacing theirs.
-                    let r = e(self.repo().record(b))?;
-                    if !r.record.content.is_tombstone() {
-                        draft.location = r.record.location.clone();
-                        draft.attrs = r.record.attrs;
-                    }
-                    base = Base::Version(b);
+            let mut fresh = self.inner.fresh.lock();
+            if let Some(nf) = fresh.get(&entry) {
+                // Its first version: what was written so far, under its name.
+                let mut draft = nf.draft();
+                if let Some((c, mtime)) = &content {
+                    draft.content = c.clone();
+                    draft.attrs.mtime = *mtime;
                 }
-                draft.content = c.clone();
-                draft.attrs.mtime = *mtime;
+                edit(&mut draft);
+                let st = e(self.repo().commit_based(vec![(entry, draft, Base::Reserved)]))?.remove(0);
+                fresh.remove(&entry);
+                st
+            } else {
+                drop(fresh);
+                let state = e(self.repo().get(entry))?;
+                if !state.is_alive() {
+                    return Ok(state); // deleted meanwhile: stays deleted
+                }
+                let mut draft = state.draft();
+                let mut base = Base::Shown;
+                if let Some((c, mtime)) = &content {
+                    let fork = guard.as_ref().and_then(|g| g.fork_from);
+                    if let Some(b) = fork.filter(|b| *b != state.head.id) {
+                        // A peer's version landed while we wrote: ours forks from what
+                        // the writer saw instead of replacing theirs.
+                        let r = e(self.repo().record(b))?;
+                        if !r.record.content.is_tombstone() {
+                            draft.location = r.record.location.clone();
+                            draft.attrs = r.record.attrs;
+                        }
+                        base = Base::Version(b);
+                    }
+                    draft.content = c.clone();
+                    draft.attrs.mtime = *mtime;
+                }
+                edit(&mut draft);
+                e(self.repo().commit_based(vec![(entry, draft, base)]))?.remove(0)
             }
-            edit(&mut draft);
-            e(self.repo().commit_based(vec![(entry, draft, base)]))?.remove(0)
         };
         let (st, _) = st;
         if content.is_some() {
@@ -736,6 +930,10 @@ impl DistriboxFs {
             };
             if has_dirty {
                 self.commit_entry(entry, |_| {})?;
+            } else if !is_flush {
+                // A new file closed or synced without writes: it is an empty file.
+                // (Not on a flush: see above; its release comes.)
+                self.settle_entry(entry)?;
             }
         }
         Ok(())
@@ -760,11 +958,15 @@ impl DistriboxFs {
                 }
             }
             Target::Entry(entry) => {
-                let s = self.live(entry)?;
-                let (list, size) = match &s.record().content {
-                    Content::File { size, manifest } => (e(self.repo().chunk_list(*manifest))?, *size),
-                    Content::Dir => return Err(Errno::EISDIR),
-                    _ => (Arc::new(ChunkList::default()), 0),
+                let (list, size) = if self.is_fresh(entry) {
+                    (Arc::new(ChunkList::default()), 0)
+                } else {
+                    let s = self.live(entry)?;
+                    match &s.record().content {
+                        Content::File { size, manifest } => (e(self.repo().chunk_list(*manifest))?, *size),
+                        Content::Dir => return Err(Errno::EISDIR),
+                        _ => (Arc::new(ChunkList::default()), 0),
+                    }
                 };
                 // The kernel refuses to write a running program, but with atomic
                 // O_TRUNC it lets a truncating open through to us first and only then
@@ -773,7 +975,7 @@ impl DistriboxFs {
                 if (trunc || writable) && self.inner.exec_count.lock().contains_key(&entry) {
                     return Err(Errno::ETXTBSY);
                 }
-                if trunc {
+                if trunc && !self.is_fresh(entry) {
                     // Any access mode: the kernel takes the file to be empty now.
                     self.with_dirty(entry, Some((&list, size)), |g| {
                         e(g.file.truncate(0))?;
@@ -864,6 +1066,7 @@ impl DistriboxFs {
             fh,
         } = a;
         let entry = self.entry_of(ino)?;
+        self.settle_entry(entry)?;
         let s = e(self.repo().get(entry))?;
         if let Some(size) = size {
             if s.record().content.is_dir() {
@@ -924,6 +1127,7 @@ impl DistriboxFs {
 
     fn remove(&self, parent: INodeNo, name: &OsStr, want_dir: bool) -> FsResult<()> {
         let (dir, _) = self.dir(parent)?;
+        self.settle_in(&[dir])?;
         let name = name_bytes(name)?;
         let child = match self.child_target(dir, &name)?.ok_or(Errno::ENOENT)? {
             Target::Entry(child) => child,
@@ -981,6 +1185,7 @@ impl DistriboxFs {
         }
         let (sdir, _) = self.dir(parent)?;
         let (ddir, _) = self.dir(newparent)?;
+        self.settle_in(&[sdir, ddir])?;
         let (name, newname) = (name_bytes(name)?, name_bytes(newname)?);
         let src = e(self.repo().lookup(sdir, &name))?.ok_or(Errno::ENOENT)?;
         let dst = e(self.repo().lookup(ddir, &newname))?;
@@ -1077,6 +1282,7 @@ impl DistriboxFs {
     fn do_link(&self, ino: INodeNo, newparent: INodeNo, newname: &OsStr) -> FsResult<FileAttr> {
         let entry = self.entry_of(ino)?;
         let (dir, _) = self.dir(newparent)?;
+        self.settle(|id, f| id == entry || f.link.parent == dir)?;
         let newname = name_bytes(newname)?;
         let s = self.live(entry)?;
         if s.record().content.is_dir() {
@@ -1096,6 +1302,7 @@ impl DistriboxFs {
 
     fn do_opendir(&self, ino: INodeNo) -> FsResult<u64> {
         let (dir, s) = self.dir(ino)?;
+        self.settle_in(&[dir])?;
         let parent_ino = match s.record().location.first() {
             Some(l) => self.inner.inodes.lock().entry_ino(l.parent),
             None => ROOT_INO,
@@ -1131,7 +1338,14 @@ impl DistriboxFs {
     fn release_handle(&self, fh: FileHandle) -> FsResult<()> {
         let h = self.inner.handles.lock().remove(&fh.0);
         let Some(h) = h else { return Ok(()) };
-        let result = self.handle_commit(INodeNo(h.ino));
+        // With other handles still open, an only-emptied state is theirs to commit:
+        // a file rewritten right after it was closed (open with O_TRUNC, write)
+        // gets the earlier handle's release in between, asynchronously.
+        let others_open = match self.inner.inodes.lock().get(h.ino) {
+            Some(Target::Entry(entry)) => self.inner.open_count.lock().get(&entry).is_some_and(|n| *n > 1),
+            _ => false,
+        };
+        let result = self.commit_pending(INodeNo(h.ino), others_open);
         let target = self.inner.inodes.lock().get(h.ino);
         if let (HandleKind::File { exec, .. }, Some(Target::Entry(entry))) = (&h.kind, target) {
             if *exec {
@@ -1274,7 +1488,10 @@ impl Filesystem for DistriboxFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let r = match self.target(ino) {
-            Ok(Target::Entry(entry)) => self.live(entry).map(|s| s.record().content.clone()),
+            Ok(Target::Entry(entry)) => self
+                .settle_entry(entry)
+                .and_then(|_| self.live(entry))
+                .map(|s| s.record().content.clone()),
             Ok(Target::Version(_, v)) => e(self.repo().record(v)).map(|r| r.record.content),
             Err(err) => Err(err),
         };
@@ -1566,15 +1783,7 @@ impl Filesystem for DistriboxFs {
         reply: ReplyCreate,
     ) {
         let r = self
-            .create_entry(
-                parent,
-                name,
-                Self::new_attrs(req, mode, umask),
-                Content::File {
-                    size: 0,
-                    manifest: None,
-                },
-            )
+            .create_file(parent, name, Self::new_attrs(req, mode, umask))
             .and_then(|attr| Ok((attr, self.open_handle(attr.ino, OpenFlags(flags))?)));
         match r {
             Ok((attr, fh)) => reply.created(

@@ -110,6 +110,17 @@ pub enum Base {
         parents: Vec<VersionId>,
         content_from: Option<VersionId>,
     },
+    /// The first version of an entry whose name the caller reserved when it
+    /// handed the entry out (a file created here, committed at its first close).
+    /// The name is not checked again: an entry of a peer's that took it meanwhile
+    /// is concurrent with ours, and both keep it, as when both had synced.
+    Reserved,
+}
+
+/// One `Repo::subscribe_if` listener.
+struct Subscriber {
+    tx: tokio::sync::mpsc::UnboundedSender<ChangeBatch>,
+    wants: Box<dyn Fn(&ChangeBatch) -> bool + Send + Sync>,
 }
 
 /// Resolved state of one entry (see `merge`): what it shows and what it is made of.
@@ -240,7 +251,9 @@ pub struct Repo {
     /// Versions a purge record let go (version → its entry; see `gc`).
     purged: Mutex<HashMap<VersionId, EntryId>>,
     /// Who hears about changes (the network announcer, the kernel-cache invalidator).
-    subscribers: Mutex<Vec<tokio::sync::mpsc::UnboundedSender<ChangeBatch>>>,
+    subscribers: Mutex<Vec<Subscriber>>,
+    /// Counts published change batches (see `epoch`).
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 /// Chunks read ahead of a sequential reader. Blob reads from RocksDB get no kernel
@@ -325,6 +338,7 @@ impl Repo {
             cycle_breaks: Mutex::new(cycle_breaks),
             purged: Mutex::new(purged),
             subscribers: Mutex::new(Vec::new()),
+            epoch: std::sync::atomic::AtomicU64::new(0),
         };
         repo.queue_unsigned_from_store()?;
         // The root's first version is deterministic (author-independent content is not
@@ -371,16 +385,42 @@ impl Repo {
 
     /// Hears about every change to the tree from now on.
     pub fn subscribe(&self) -> tokio::sync::mpsc::UnboundedReceiver<ChangeBatch> {
+        self.subscribe_if(|_| true)
+    }
+
+    /// Hears about the changes `wants` picks, asked as each one happens. A batch
+    /// nobody wants is not sent: every send wakes the subscriber's thread, and a
+    /// burst of creates made one batch per file for each subscriber.
+    pub fn subscribe_if(
+        &self,
+        wants: impl Fn(&ChangeBatch) -> bool + Send + Sync + 'static,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<ChangeBatch> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        self.subscribers.lock().push(tx);
+        self.subscribers.lock().push(Subscriber {
+            tx,
+            wants: Box::new(wants),
+        });
         rx
     }
 
+    /// Moves on after every stored change to the tree, local or remote. An answer
+    /// read from the store while this stayed the same still holds: the mount
+    /// skips checking a name again that its lookup just found free.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     fn publish(&self, batch: ChangeBatch) {
+        // After the batch is written: a reader that saw the old epoch before its
+        // read and sees it again now read the store without this batch's changes
+        // or with all of them.
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         if batch.changes.is_empty() {
             return;
         }
-        self.subscribers.lock().retain(|s| s.send(batch.clone()).is_ok());
+        self.subscribers
+            .lock()
+            .retain(|s| !(s.wants)(&batch) || s.tx.send(batch.clone()).is_ok());
     }
 
     /// Makes every committed version durable against power loss.
@@ -542,6 +582,8 @@ impl Repo {
         let mut made: Vec<Option<VersionId>> = Vec::new();
         for (entry, draft, base) in changes {
             let prev = tx.current(entry)?;
+            // A reserved first version's name was checked by the caller.
+            let check_names = !(matches!(base, Base::Reserved) && prev.is_none());
             // What the new version supersedes, its generation, the record its
             // fields are compared with for the `*_from` stamps, and those stamps.
             let (parents, generation, reference, mut from) = match (base, &prev) {
@@ -598,7 +640,7 @@ impl Repo {
             hlc = Hlc::tick(hlc, crate::model::hlc::now_ns());
             let old_links = reference.map(|r| r.location).unwrap_or_default();
             for l in &draft.location {
-                if !old_links.contains(l) {
+                if check_names && !old_links.contains(l) {
                     created.push((l.clone(), entry));
                 }
             }

@@ -220,6 +220,8 @@ struct Engine {
     table: Arc<Mutex<PeerTable>>,
     peers_file: PathBuf,
     changes: tokio::sync::mpsc::UnboundedReceiver<ChangeBatch>,
+    /// Members with at least one connection (what `changes` is filtered by).
+    online: Arc<std::sync::atomic::AtomicUsize>,
     /// Outstanding record requests: request → (peer, author). One per author.
     record_reqs: HashMap<OutboundRequestId, (PeerId, NodeId)>,
     asking: HashSet<NodeId>,
@@ -303,7 +305,11 @@ impl Engine {
                 p.backoff = Duration::from_secs(1);
             }
         }
-        let changes = repo.subscribe();
+        // Local changes are announced, and only to someone: with no member
+        // connected, one that connects later compares version vectors.
+        let online = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let anyone = online.clone();
+        let changes = repo.subscribe_if(move |b| !b.remote && anyone.load(std::sync::atomic::Ordering::Relaxed) > 0);
         let me = repo.node();
         let (served_tx, served_rx) = tokio::sync::mpsc::unbounded_channel();
         let (stored_tx, stored_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -315,6 +321,7 @@ impl Engine {
             table,
             peers_file,
             changes,
+            online,
             record_reqs: HashMap::new(),
             asking: HashSet::new(),
             want: HashMap::new(),
@@ -414,6 +421,7 @@ impl Engine {
                     }
                 }
                 if num_established.get() == 1 {
+                    self.online.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::info!(peer = %peer_id, "peer online");
                     self.send_vector(peer_id);
                     // A new source: chunks nobody had may be there.
@@ -432,6 +440,7 @@ impl Engine {
                     p.next_dial = Some(Instant::now() + p.backoff.max(Duration::from_secs(1)));
                 }
                 drop(t);
+                self.online.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(peer = %peer_id, cause = ?cause, "peer offline");
                 self.requeue_from(peer_id);
             }

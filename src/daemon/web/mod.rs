@@ -197,7 +197,8 @@ const MAX_EVENT_PATHS: usize = 100;
 /// Turns the repo's change batches into one JSON line each for the event streams
 /// (in a thread: naming a changed path reads the store).
 fn spawn_event_feed(repo: Arc<Repo>, events: tokio::sync::broadcast::Sender<Arc<str>>) -> Result<(), WebError> {
-    let mut changes = repo.subscribe();
+    let watched = events.clone();
+    let mut changes = repo.subscribe_if(move |_| watched.receiver_count() > 0);
     let weak = Arc::downgrade(&repo);
     drop(repo);
     std::thread::Builder::new()
