@@ -319,3 +319,42 @@ fn a_new_file_kept_open_without_writes_is_committed_when_idle() {
         "closing adds no second empty version"
     );
 }
+
+#[test]
+fn a_new_files_times_do_not_move_when_its_first_version_is_made() {
+    use std::os::unix::fs::MetadataExt;
+    let n = Node::start();
+    fs::create_dir(n.path("d")).unwrap();
+    let before = fs::metadata(n.path("d")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    // Created and closed without a write: its version is made on the release,
+    // which the kernel sends after close() returns.
+    fs::File::create(n.path("d/f")).unwrap();
+    let (f1, d1) = (fs::metadata(n.path("d/f")).unwrap(), fs::metadata(n.path("d")).unwrap());
+    assert!(
+        d1.mtime_nsec() != before.mtime_nsec() || d1.mtime() != before.mtime(),
+        "the create changed d's mtime"
+    );
+    wait_until("f's first version", 10, || {
+        let out = cli(&n.data, &["log", n.path("d/f").to_str().unwrap()]);
+        out.status.success() && String::from_utf8_lossy(&out.stdout).lines().count() == 2
+    });
+    // Past the kernel's 1 s attribute cache, so these come from the node.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let (f2, d2) = (fs::metadata(n.path("d/f")).unwrap(), fs::metadata(n.path("d")).unwrap());
+    assert_eq!(
+        (f1.ctime(), f1.ctime_nsec()),
+        (f2.ctime(), f2.ctime_nsec()),
+        "f's ctime moved"
+    );
+    assert_eq!(
+        (d1.mtime(), d1.mtime_nsec()),
+        (d2.mtime(), d2.mtime_nsec()),
+        "d's mtime moved"
+    );
+    assert_eq!(
+        (d1.ctime(), d1.ctime_nsec()),
+        (d2.ctime(), d2.ctime_nsec()),
+        "d's ctime moved"
+    );
+}

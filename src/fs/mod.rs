@@ -16,7 +16,7 @@
 mod inodes;
 
 use crate::chunking::ChunkList;
-use crate::model::{names, Attrs, Content, EntryId, Link, SignedRecord, SpecialKind, Timestamp, VersionId};
+use crate::model::{names, Attrs, Content, EntryId, Hlc, Link, SignedRecord, SpecialKind, Timestamp, VersionId};
 use crate::repo::{Base, DirtyFile, Draft, EntryState, Repo, RepoError};
 use crate::store::StoreError;
 use fuser::{
@@ -144,7 +144,9 @@ struct Handle {
 struct NewFile {
     link: Link,
     attrs: Attrs,
-    created: SystemTime,
+    /// Its create's clock reading: its ctime, and what its first version carries
+    /// if nothing was written (`Base::Reserved`).
+    created: Hlc,
     since: Instant,
 }
 
@@ -531,6 +533,7 @@ impl DistriboxFs {
     fn entry_attr(&self, ino: u64, entry: EntryId) -> FsResult<FileAttr> {
         let dirty = self.dirty_size(entry);
         if let Some((attrs, created)) = self.fresh_attrs(entry) {
+            let created = created.system_time();
             let ctime = dirty.map_or(created, |(_, c)| created.max(c));
             return Ok(self.attr_from(ino, (&attrs, &EMPTY_FILE), ctime, 1, dirty.map(|(o, _)| o)));
         }
@@ -559,13 +562,28 @@ impl DistriboxFs {
             }),
             // A directory's times follow the names in it without a version of their
             // own: the latest name change or utimens wins (repo::dir_time).
-            Content::Dir => match e(self.repo().dir_time(state.id))? {
-                Some(t) => {
-                    ctime = ctime.max(t.hlc.system_time());
-                    Some((0, t.mtime))
-                }
-                None => None,
-            },
+            Content::Dir => {
+                // New files in it count from their create (their versions carry
+                // that time, see `NewFile::created`).
+                let fresh = self
+                    .inner
+                    .fresh
+                    .lock()
+                    .values()
+                    .filter(|f| f.link.parent == state.id)
+                    .map(|f| f.created)
+                    .max();
+                let repo_t = e(self.repo().dir_time(state.id))?;
+                let latest = match (repo_t, fresh) {
+                    (Some(t), Some(h)) if h > t.hlc => Some((h, Timestamp::from_system(h.system_time()))),
+                    (None, Some(h)) => Some((h, Timestamp::from_system(h.system_time()))),
+                    (t, _) => t.map(|t| (t.hlc, t.mtime)),
+                };
+                latest.map(|(h, mtime)| {
+                    ctime = ctime.max(h.system_time());
+                    (0, mtime)
+                })
+            }
             _ => None,
         };
         Ok(self.attr_from(ino, (&rec.attrs, &rec.content), ctime, nlink, over))
@@ -706,7 +724,7 @@ impl DistriboxFs {
                 return Err(Errno::EEXIST);
             }
             let link = Link { parent: dir, name };
-            let (created, since) = (SystemTime::now(), Instant::now());
+            let (created, since) = (self.repo().reserve_hlc(), Instant::now());
             fresh.insert(
                 id,
                 NewFile {
@@ -725,7 +743,7 @@ impl DistriboxFs {
         self.inner.fresh.lock().contains_key(&entry)
     }
 
-    fn fresh_attrs(&self, entry: EntryId) -> Option<(Attrs, SystemTime)> {
+    fn fresh_attrs(&self, entry: EntryId) -> Option<(Attrs, Hlc)> {
         self.inner.fresh.lock().get(&entry).map(|f| (f.attrs, f.created))
     }
 
@@ -753,7 +771,7 @@ impl DistriboxFs {
         }
         let changes = picked
             .iter()
-            .map(|id| (*id, fresh[id].draft(), Base::Reserved))
+            .map(|id| (*id, fresh[id].draft(), Base::Reserved(Some(fresh[id].created))))
             .collect();
         e(self.repo().commit_based(changes))?;
         for id in picked {
@@ -855,12 +873,15 @@ impl DistriboxFs {
             if let Some(nf) = fresh.get(&entry) {
                 // Its first version: what was written so far, under its name.
                 let mut draft = nf.draft();
+                // Written: a version of now. Not: the empty file of its create.
+                let mut at = Some(nf.created);
                 if let Some((c, mtime)) = &content {
                     draft.content = c.clone();
                     draft.attrs.mtime = *mtime;
+                    at = None;
                 }
                 edit(&mut draft);
-                let st = e(self.repo().commit_based(vec![(entry, draft, Base::Reserved)]))?.remove(0);
+                let st = e(self.repo().commit_based(vec![(entry, draft, Base::Reserved(at))]))?.remove(0);
                 fresh.remove(&entry);
                 st
             } else {

@@ -113,8 +113,10 @@ pub enum Base {
     /// The first version of an entry whose name the caller reserved when it
     /// handed the entry out (a file created here, committed at its first close).
     /// The name is not checked again: an entry of a peer's that took it meanwhile
-    /// is concurrent with ours, and both keep it, as when both had synced.
-    Reserved,
+    /// is concurrent with ours, and both keep it, as when both had synced. With a
+    /// clock reading (`reserve_hlc`, taken at the create), the version carries it:
+    /// the file's ctime and its directory's times stay what the mount showed.
+    Reserved(Option<Hlc>),
 }
 
 /// One `Repo::subscribe_if` listener.
@@ -583,7 +585,11 @@ impl Repo {
         for (entry, draft, base) in changes {
             let prev = tx.current(entry)?;
             // A reserved first version's name was checked by the caller.
-            let check_names = !(matches!(base, Base::Reserved) && prev.is_none());
+            let check_names = !(matches!(base, Base::Reserved(_)) && prev.is_none());
+            let stamp = match base {
+                Base::Reserved(at) if prev.is_none() => at,
+                _ => None,
+            };
             // What the new version supersedes, its generation, the record its
             // fields are compared with for the `*_from` stamps, and those stamps.
             let (parents, generation, reference, mut from) = match (base, &prev) {
@@ -637,7 +643,14 @@ impl Repo {
                     }
                 }
             }
-            hlc = Hlc::tick(hlc, crate::model::hlc::now_ns());
+            // A reserved reading is below `hlc` already (`reserve_hlc` ticked it).
+            let at = match stamp {
+                Some(at) => at,
+                None => {
+                    hlc = Hlc::tick(hlc, crate::model::hlc::now_ns());
+                    hlc
+                }
+            };
             let old_links = reference.map(|r| r.location).unwrap_or_default();
             for l in &draft.location {
                 if check_names && !old_links.contains(l) {
@@ -650,7 +663,7 @@ impl Repo {
                 parents,
                 author: self.node,
                 seq,
-                hlc,
+                hlc: at,
                 location: draft.location,
                 attrs: draft.attrs,
                 content: draft.content,
@@ -683,6 +696,13 @@ impl Repo {
         self.unsigned.lock().extend(made.iter().flatten().copied());
         self.publish(ChangeBatch { remote: false, changes });
         Ok(out.into_iter().zip(made).collect())
+    }
+
+    /// A clock reading for a version committed later (see `Base::Reserved`).
+    pub fn reserve_hlc(&self) -> Hlc {
+        let mut cs = self.commit_state.lock();
+        cs.hlc = Hlc::tick(cs.hlc, crate::model::hlc::now_ns());
+        cs.hlc
     }
 
     /// Generation of one version of an entry (its `@vN`).
