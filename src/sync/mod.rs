@@ -34,6 +34,13 @@ const MAX_CHUNK_REQUESTS: usize = 8;
 const ANTI_ENTROPY_EVERY: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const FLUSH_EVERY: u64 = 32 << 20;
+
+/// Whether a received chunk is stored through the WAL (see `on_chunks`): those no
+/// larger than FastCDC's minimum, i.e. small files' only chunks, a large file's
+/// last one and manifest nodes.
+fn logged_on_receipt(chunk: &[u8]) -> bool {
+    chunk.len() <= crate::chunking::MIN_CHUNK as usize
+}
 /// Members learned from other members' lists (a small group; a bound against a
 /// member that sends endless lists).
 const MAX_KNOWN_PEERS: usize = 256;
@@ -1047,9 +1054,17 @@ impl Engine {
         if chunks.len() != ids.len() {
             tracing::warn!(peer = %peer, asked = ids.len(), got = chunks.len(), "peer answered a chunk request with the wrong number of slots; dropped");
         }
-        let size: u64 = chunks.iter().flatten().map(|b| b.len() as u64).sum();
         // Received chunks skip the WAL (half the disk writes); flushing every
         // FLUSH_EVERY bytes bounds what a crash mid-transfer makes us fetch again.
+        // Small ones (whole small files, manifest nodes) go through the WAL: each
+        // record stored after unlogged chunks first flushes them to table files,
+        // and 10,000 small files arriving made that a flush per answer.
+        let size: u64 = chunks
+            .iter()
+            .flatten()
+            .filter(|b| !logged_on_receipt(b))
+            .map(|b| b.len() as u64)
+            .sum();
         self.unflushed += size;
         let flush = self.unflushed >= FLUSH_EVERY;
         if flush {
@@ -1071,7 +1086,7 @@ impl Engine {
             for id in ids {
                 match slots.next().flatten() {
                     Some(b) if ChunkId::of(&b) == id => {
-                        if let Err(e) = repo.store().put_chunk_opt(id, &b, false) {
+                        if let Err(e) = repo.store().put_chunk_opt(id, &b, logged_on_receipt(&b)) {
                             out.error = Some(e.to_string());
                             out.unstored.push(id);
                         } else {
