@@ -156,6 +156,14 @@ const EMPTY_FILE: Content = Content::File {
     manifest: None,
 };
 
+/// The new file holding `name` in `dir`, if any.
+fn fresh_named_in(fresh: &HashMap<EntryId, NewFile>, dir: EntryId, name: &[u8]) -> Option<EntryId> {
+    fresh
+        .iter()
+        .find(|(_, f)| f.link.parent == dir && f.link.name == name)
+        .map(|(id, _)| *id)
+}
+
 impl NewFile {
     fn draft(&self) -> Draft {
         Draft {
@@ -571,14 +579,11 @@ impl DistriboxFs {
                     .lock()
                     .values()
                     .filter(|f| f.link.parent == state.id)
-                    .map(|f| f.created)
-                    .max();
-                let repo_t = e(self.repo().dir_time(state.id))?;
-                let latest = match (repo_t, fresh) {
-                    (Some(t), Some(h)) if h > t.hlc => Some((h, Timestamp::from_system(h.system_time()))),
-                    (None, Some(h)) => Some((h, Timestamp::from_system(h.system_time()))),
-                    (t, _) => t.map(|t| (t.hlc, t.mtime)),
-                };
+                    .map(|f| (f.created, Timestamp::from_system(f.created.system_time())))
+                    .max_by_key(|(h, _)| *h);
+                let repo_t = e(self.repo().dir_time(state.id))?.map(|t| (t.hlc, t.mtime));
+                // On a tie the stored time wins (`max_by_key` keeps the last).
+                let latest = fresh.into_iter().chain(repo_t).max_by_key(|(h, _)| *h);
                 latest.map(|(h, mtime)| {
                     ctime = ctime.max(h.system_time());
                     (0, mtime)
@@ -713,7 +718,7 @@ impl DistriboxFs {
             // Checked and reserved under one lock: the name's commit will not
             // check it again (`Base::Reserved`).
             let mut fresh = self.inner.fresh.lock();
-            let taken = fresh.values().any(|f| f.link.parent == dir && f.link.name == name);
+            let taken = fresh_named_in(&fresh, dir, &name).is_some();
             let known_free = self
                 .inner
                 .last_miss
@@ -748,11 +753,7 @@ impl DistriboxFs {
     }
 
     fn fresh_named(&self, dir: EntryId, name: &[u8]) -> Option<EntryId> {
-        let fresh = self.inner.fresh.lock();
-        fresh
-            .iter()
-            .find(|(_, f)| f.link.parent == dir && f.link.name == name)
-            .map(|(id, _)| *id)
+        fresh_named_in(&self.inner.fresh.lock(), dir, name)
     }
 
     /// Commits the first version of the new files `which` picks, as the empty
@@ -979,7 +980,8 @@ impl DistriboxFs {
                 }
             }
             Target::Entry(entry) => {
-                let (list, size) = if self.is_fresh(entry) {
+                let fresh = self.is_fresh(entry);
+                let (list, size) = if fresh {
                     (Arc::new(ChunkList::default()), 0)
                 } else {
                     let s = self.live(entry)?;
@@ -996,7 +998,7 @@ impl DistriboxFs {
                 if (trunc || writable) && self.inner.exec_count.lock().contains_key(&entry) {
                     return Err(Errno::ETXTBSY);
                 }
-                if trunc && !self.is_fresh(entry) {
+                if trunc && !fresh {
                     // Any access mode: the kernel takes the file to be empty now.
                     self.with_dirty(entry, Some((&list, size)), |g| {
                         e(g.file.truncate(0))?;

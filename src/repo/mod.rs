@@ -584,12 +584,13 @@ impl Repo {
         let mut made: Vec<Option<VersionId>> = Vec::new();
         for (entry, draft, base) in changes {
             let prev = tx.current(entry)?;
-            // A reserved first version's name was checked by the caller.
-            let check_names = !(matches!(base, Base::Reserved(_)) && prev.is_none());
-            let stamp = match base {
-                Base::Reserved(at) if prev.is_none() => at,
+            // A reserved first version: its name was checked by the caller, and it
+            // may carry a clock reading taken then.
+            let reserved = match base {
+                Base::Reserved(at) if prev.is_none() => Some(at),
                 _ => None,
             };
+            let (check_names, stamp) = (reserved.is_none(), reserved.flatten());
             // What the new version supersedes, its generation, the record its
             // fields are compared with for the `*_from` stamps, and those stamps.
             let (parents, generation, reference, mut from) = match (base, &prev) {

@@ -34,13 +34,6 @@ const MAX_CHUNK_REQUESTS: usize = 8;
 const ANTI_ENTROPY_EVERY: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const FLUSH_EVERY: u64 = 32 << 20;
-
-/// Whether a received chunk is stored through the WAL (see `on_chunks`): those no
-/// larger than FastCDC's minimum, i.e. small files' only chunks, a large file's
-/// last one and manifest nodes.
-fn logged_on_receipt(chunk: &[u8]) -> bool {
-    chunk.len() <= crate::chunking::MIN_CHUNK as usize
-}
 /// Members learned from other members' lists (a small group; a bound against a
 /// member that sends endless lists).
 const MAX_KNOWN_PEERS: usize = 256;
@@ -49,6 +42,13 @@ const MAX_KNOWN_PEERS: usize = 256;
 /// burst of creates (thousands per second) would otherwise pay that per commit.
 /// The first commit after a quiet spell is announced at once.
 const ANNOUNCE_GAP: Duration = Duration::from_millis(10);
+
+/// Whether a received chunk is stored through the WAL (see `on_chunks`): those no
+/// larger than FastCDC's minimum, i.e. small files' only chunks, a large file's
+/// last one and manifest nodes.
+fn logged_on_receipt(chunk: &[u8]) -> bool {
+    chunk.len() <= crate::chunking::MIN_CHUNK as usize
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
