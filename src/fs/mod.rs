@@ -206,8 +206,10 @@ struct Inner {
     /// Cached subdirectory counts (for a directory's nlink).
     subdirs: Mutex<HashMap<EntryId, u32>>,
     stop: AtomicBool,
-    /// A background chunking pass is running (see `start_prechunk`).
-    prechunking: AtomicBool,
+    /// The entry a background chunking pass is running for (see `start_prechunk`),
+    /// and the signal that it finished.
+    prechunk: Mutex<Option<EntryId>>,
+    prechunk_done: parking_lot::Condvar,
     /// Held from reading an entry's state to committing the draft made from it, so
     /// two operations on one entry cannot both start from the same state and the
     /// later commit undo the earlier one (an unlink during a large file's close).
@@ -267,7 +269,8 @@ impl DistriboxFs {
                 exec_count: Mutex::new(HashMap::new()),
                 subdirs: Mutex::new(HashMap::new()),
                 stop: AtomicBool::new(false),
-                prechunking: AtomicBool::new(false),
+                prechunk: Mutex::new(None),
+                prechunk_done: parking_lot::Condvar::new(),
                 commit: Mutex::new(()),
             }),
         }
@@ -291,22 +294,75 @@ impl DistriboxFs {
     /// Cuts and stores the chunks of a file being written from scratch on another
     /// thread while the writer keeps writing, so close/fsync only chunk the tail.
     /// One pass at a time; a write arriving meanwhile simply plans the next one.
-    fn start_prechunk(&self, entry: EntryId, d: Arc<Mutex<DirtyEntry>>, plan: crate::repo::PrechunkPlan) {
-        if self.inner.prechunking.swap(true, Ordering::AcqRel) {
-            return;
+    /// Returns false if the pass did not start (another one is running).
+    fn start_prechunk(&self, entry: EntryId, d: Arc<Mutex<DirtyEntry>>, plan: crate::repo::PrechunkPlan) -> bool {
+        {
+            let mut running = self.inner.prechunk.lock();
+            if running.is_some() {
+                return false;
+            }
+            *running = Some(entry);
         }
         let fs = self.clone();
         let spawned = std::thread::Builder::new().name("prechunk".into()).spawn(move || {
             match plan.run(fs.repo()) {
                 Ok(done) => d.lock().file.prechunk_apply(done),
                 Err(err) => {
-                    tracing::debug!(entry = %entry, error = %err, "background chunking failed; commit will redo it")
+                    tracing::debug!(entry = %entry, error = %err, "background chunking failed; commit will redo it");
+                    d.lock().file.prechunk_failed();
                 }
             }
-            fs.inner.prechunking.store(false, Ordering::Release);
+            fs.prechunk_finished();
         });
         if spawned.is_err() {
-            self.inner.prechunking.store(false, Ordering::Release);
+            self.prechunk_finished();
+            return false;
+        }
+        true
+    }
+
+    fn prechunk_finished(&self) {
+        *self.inner.prechunk.lock() = None;
+        self.inner.prechunk_done.notify_all();
+    }
+
+    /// Waits until no background pass runs for `entry`: a commit that started
+    /// while one did would chunk the same bytes again and throw the pass away.
+    fn await_prechunk(&self, entry: EntryId) {
+        let mut running = self.inner.prechunk.lock();
+        while *running == Some(entry) {
+            self.inner.prechunk_done.wait(&mut running);
+        }
+    }
+
+    /// Holds a writer whose file keeps more unchunked data in memory than allowed
+    /// until a background pass has chunked some of it: writing then goes at the
+    /// speed of chunking, and close/fsync find little left to chunk.
+    fn relieve_tail(&self, entry: EntryId, d: &Arc<Mutex<DirtyEntry>>) -> FsResult<()> {
+        use crate::repo::TailPressure;
+        loop {
+            let plan = {
+                let mut g = d.lock();
+                match g.file.tail_pressure() {
+                    TailPressure::None => return Ok(()),
+                    TailPressure::Stuck => return e(g.file.tail_to_spill()),
+                    TailPressure::Wait => g.file.prechunk_plan(),
+                }
+            };
+            if plan.is_some_and(|p| self.start_prechunk(entry, d.clone(), p)) {
+                continue;
+            }
+            let mut running = self.inner.prechunk.lock();
+            if running.is_some() {
+                let _ = self
+                    .inner
+                    .prechunk_done
+                    .wait_for(&mut running, Duration::from_millis(100));
+            } else {
+                // No pass runs and none could start: nothing would ever shrink it.
+                drop(running);
+                return e(d.lock().file.tail_to_spill());
+            }
         }
     }
 
@@ -849,6 +905,7 @@ impl DistriboxFs {
 
     /// Commits an entry's pending writes (if any) plus `edit` as one version.
     fn commit_entry(&self, entry: EntryId, edit: impl FnOnce(&mut Draft)) -> FsResult<Arc<EntryState>> {
+        self.await_prechunk(entry);
         let dirty = self.inner.dirty.lock().get(&entry).cloned();
         let mut guard = dirty.as_ref().map(|d| d.lock());
         if !self.is_fresh(entry) {
@@ -1073,8 +1130,9 @@ impl DistriboxFs {
             Ok(g.file.prechunk_plan())
         })?;
         if let Some(plan) = plan {
-            self.start_prechunk(entry, d, plan);
+            self.start_prechunk(entry, d.clone(), plan);
         }
+        self.relieve_tail(entry, &d)?;
         Ok(data.len() as u32)
     }
 

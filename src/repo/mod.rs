@@ -23,7 +23,7 @@ pub use apply::{Change, ChangeBatch};
 pub use gc::{GcReport, Policy};
 pub use merge::Conflict;
 pub use remote::{Received, Rejected};
-pub use writeback::{DirtyFile, PrechunkPlan};
+pub use writeback::{DirtyFile, PrechunkPlan, TailPressure};
 
 use crate::chunking::{self, ChunkList, ChunkingError};
 use crate::model::{

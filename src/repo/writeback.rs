@@ -11,11 +11,12 @@
 use super::{Repo, Result};
 use crate::chunking::{self, ChunkList};
 use crate::model::{ChunkId, Timestamp};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// New chunk bytes per commit written through the WAL before switching to
@@ -50,6 +51,8 @@ pub struct DirtyFile {
     /// End of the furthest range handed to a background pass since the last
     /// invalidation: the pass may still be reading below it.
     planned_to: u64,
+    /// A pass over the in-memory tail made no progress (see `tail_pressure`).
+    stuck: bool,
 }
 
 /// Chunks of bytes `[0, upto)` of a file written from empty; `upto` is a final cut
@@ -64,7 +67,7 @@ struct PreChunked {
 /// What a background pre-chunking pass should read (taken under the lock, run
 /// without it).
 pub struct PrechunkPlan {
-    spill: File,
+    source: PlanSource,
     from: u64,
     to: u64,
     generation: u64,
@@ -81,6 +84,9 @@ pub struct PrechunkDone {
 
 /// Start pre-chunking once this much unchunked data has piled up.
 const PRECHUNK_AFTER: u64 = 8 << 20;
+/// A pass reads at most this much (it stores all but its last `MAX_CHUNK` or so,
+/// whose cut may still move).
+const PASS_MAX: u64 = 16 << 20;
 
 impl PrechunkPlan {
     /// Cuts and stores the chunks of the planned range (no lock held).
@@ -97,23 +103,21 @@ impl PrechunkPlan {
             });
         }
         let reader = SpillReader {
-            file: &self.spill,
+            source: &self.source,
             pos: self.from,
             end: self.to,
         };
-        let mut refs = Vec::new();
-        let mut pos = self.from;
-        for c in chunking::split(reader) {
-            let (r, bytes) = c?;
-            // Only cuts that can no longer move: the chunk start is at least
-            // MAX_CHUNK behind the end of what was written when we started.
-            if pos + chunking::MAX_CHUNK as u64 > self.to {
-                break;
+        // Only cuts that can no longer move: the chunk start is at least MAX_CHUNK
+        // behind the end of what was written when we started.
+        let to = self.to;
+        let refs = store_chunks(repo, reader, self.from, self.to - self.from, 0, |start, _| {
+            if start + chunking::MAX_CHUNK as u64 > to {
+                Cut::Stop
+            } else {
+                Cut::Take
             }
-            repo.store().put_chunk_opt(r.id, &bytes, false)?;
-            refs.push(r);
-            pos += r.len as u64;
-        }
+        })?;
+        let pos = self.from + refs.iter().map(|r| r.len as u64).sum::<u64>();
         Ok(PrechunkDone {
             refs,
             from: self.from,
@@ -123,8 +127,114 @@ impl PrechunkPlan {
     }
 }
 
+/// What `store_chunks` does with the chunk just cut.
+enum Cut {
+    Take,
+    /// Store it, then stop.
+    TakeAndStop,
+    /// Stop without it.
+    Stop,
+}
+
+/// Streams of at least this many bytes are cut on one thread and hashed and stored
+/// on another: on two cores FastCDC's gear hash and BLAKE3 plus the memtable copy
+/// take about as long as each other, and a 1 GiB write waited on one thread doing
+/// both. Smaller streams (most files) are not worth a thread.
+const PIPELINE_FROM: u64 = 4 << 20;
+
+/// Cuts `reader` (about `expected` bytes of the file from offset `from`) into
+/// chunks and stores them, asking `decide(start, end)` (file offsets) about each
+/// chunk; returns the stored chunks in order. The first `wal_bytes` of new chunk
+/// bytes go through the WAL.
+fn store_chunks(
+    repo: &Repo,
+    reader: impl Read,
+    from: u64,
+    expected: u64,
+    wal_bytes: u64,
+    mut decide: impl FnMut(u64, u64) -> Cut,
+) -> Result<Vec<chunking::ChunkRef>> {
+    let store = |bytes: Vec<u8>, logged: &mut u64| -> Result<chunking::ChunkRef> {
+        let (r, bytes) = chunking::chunk_of(bytes);
+        let wal = *logged < wal_bytes;
+        if repo.store().put_chunk_opt(r.id, &bytes, wal)? && wal {
+            *logged += bytes.len() as u64;
+        }
+        Ok(r)
+    };
+    let mut pos = from;
+    let mut next = |bytes: &[u8]| -> (bool, bool) {
+        let end = pos + bytes.len() as u64;
+        let (take, go_on) = match decide(pos, end) {
+            Cut::Take => (true, true),
+            Cut::TakeAndStop => (true, false),
+            Cut::Stop => (false, false),
+        };
+        pos = end;
+        (take, go_on)
+    };
+    if expected < PIPELINE_FROM {
+        let mut refs = Vec::new();
+        let mut logged = 0;
+        for c in chunking::cut(reader) {
+            let bytes = c?;
+            let (take, go_on) = next(&bytes);
+            if take {
+                refs.push(store(bytes, &mut logged)?);
+            }
+            if !go_on {
+                break;
+            }
+        }
+        return Ok(refs);
+    }
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        let worker = std::thread::Builder::new().name("chunk-store".into()).spawn_scoped(
+            s,
+            move || -> Result<Vec<chunking::ChunkRef>> {
+                let mut refs = Vec::new();
+                let mut logged = 0;
+                for bytes in rx {
+                    refs.push(store(bytes, &mut logged)?);
+                }
+                Ok(refs)
+            },
+        )?;
+        let mut cut_error = None;
+        for c in chunking::cut(reader) {
+            let bytes = match c {
+                Ok(b) => b,
+                Err(e) => {
+                    cut_error = Some(e);
+                    break;
+                }
+            };
+            let (take, go_on) = next(&bytes);
+            // A failed send means the worker stopped on an error it returns below.
+            if take && tx.send(bytes).is_err() || !go_on {
+                break;
+            }
+        }
+        drop(tx);
+        let refs = worker.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+        match cut_error {
+            Some(e) => Err(e.into()),
+            None => Ok(refs),
+        }
+    })
+}
+
+/// Where a pass reads the bytes it chunks: the spill file, or the in-memory tail's
+/// blocks (shared with the file, which starts a new block rather than append to one
+/// a pass holds).
+enum PlanSource {
+    File(File),
+    Tail(Vec<(u64, Arc<Vec<u8>>)>),
+}
+
 struct SpillReader<'a> {
-    file: &'a File,
+    source: &'a PlanSource,
     pos: u64,
     end: u64,
 }
@@ -135,7 +245,12 @@ impl Read for SpillReader<'_> {
         if n == 0 {
             return Ok(0);
         }
-        let got = self.file.read_at(&mut out[..n], self.pos)?;
+        let got = match self.source {
+            PlanSource::File(f) => f.read_at(&mut out[..n], self.pos)?,
+            PlanSource::Tail(blocks) => {
+                copy_from_blocks(blocks.iter().map(|(o, b)| (*o, &b[..])), self.pos, &mut out[..n])
+            }
+        };
         if got == 0 {
             // Truncated under the pass: a cut made at this early end would store a
             // chunk the file never has.
@@ -161,6 +276,7 @@ impl DirtyFile {
             pre: PreChunked::default(),
             generation: 0,
             planned_to: 0,
+            stuck: false,
         }
     }
 
@@ -191,11 +307,17 @@ impl DirtyFile {
         if s != 0 || e < self.pre.upto + PRECHUNK_AFTER {
             return None;
         }
-        let Spill::File(f) = &self.spill else { return None };
-        let spill = f.try_clone().ok()?;
+        // Short passes: a writer held back by a full tail resumes after one of
+        // them, rather than after the whole backlog is chunked.
+        let e = e.min(self.pre.upto + PASS_MAX);
+        let source = match &self.spill {
+            Spill::File(f) => PlanSource::File(f.try_clone().ok()?),
+            Spill::Tail(t) => PlanSource::Tail(t.blocks_from(self.pre.upto)),
+            _ => return None,
+        };
         self.planned_to = self.planned_to.max(e);
         Some(PrechunkPlan {
-            spill,
+            source,
             from: self.pre.upto,
             to: e,
             generation: self.generation,
@@ -210,8 +332,81 @@ impl DirtyFile {
         if done.generation != self.generation || !self.fresh() || done.from != self.pre.upto {
             return;
         }
+        if done.upto == done.from {
+            // No progress (no room for chunks ahead): a writer waiting for the
+            // in-memory tail to shrink must move it to the spill file instead.
+            self.stuck = true;
+        }
         self.pre.refs.extend(done.refs);
         self.pre.upto = done.upto;
+        if let Spill::Tail(t) = &mut self.spill {
+            t.forget_below(self.pre.upto);
+        }
+    }
+
+    /// A pass failed (e.g. the disk is full): a writer waiting for the in-memory
+    /// tail to shrink must not wait for passes that fail again.
+    pub fn prechunk_failed(&mut self) {
+        self.stuck = true;
+    }
+
+    /// The in-memory tail of a file written from scratch holds more than a file
+    /// may keep there: the writer should wait for a background pass to chunk it
+    /// (or, if passes make no progress, call `tail_to_spill`).
+    pub fn tail_pressure(&self) -> TailPressure {
+        match &self.spill {
+            Spill::Tail(t) if t.bytes > TAIL_MAX_PER_FILE => {
+                if self.stuck {
+                    TailPressure::Stuck
+                } else {
+                    TailPressure::Wait
+                }
+            }
+            _ => TailPressure::None,
+        }
+    }
+
+    /// Leaves the in-memory tail mode: the pre-chunked prefix becomes the base
+    /// (as if committed, but with no version yet: `pending`), and the bytes past it
+    /// move to the spill file. Called before any write that is not an append, any
+    /// truncate, and when memory for tails runs short.
+    pub fn tail_to_spill(&mut self) -> Result<()> {
+        let Spill::Tail(t) = &self.spill else { return Ok(()) };
+        let from = self.pre.upto;
+        tracing::debug!(
+            size = self.size,
+            tail = t.bytes,
+            prechunked = from,
+            "moving a file's in-memory tail to its spill file"
+        );
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&self.spill_path)?;
+        for (off, block) in t.blocks.iter() {
+            let end = off + block.len() as u64;
+            if end > from {
+                let skip = from.saturating_sub(*off) as usize;
+                f.write_all_at(&block[skip..], off + skip as u64)?;
+            }
+        }
+        self.spill = Spill::File(f);
+        self.stuck = false;
+        let pre = std::mem::take(&mut self.pre);
+        self.planned_to = 0;
+        self.generation += 1;
+        if pre.upto > 0 {
+            self.base = Arc::new(ChunkList::new(pre.refs));
+            self.base_valid = pre.upto;
+            self.pending = true;
+            self.ranges.clear();
+            if pre.upto < self.size {
+                self.ranges.insert(pre.upto, self.size);
+            }
+        }
+        Ok(())
     }
 
     /// True if there is anything to commit.
@@ -222,11 +417,43 @@ impl DirtyFile {
             || self.size != self.base.len_bytes()
     }
 
+    /// An append to a file written from scratch and still one range from 0: its
+    /// bytes can go to the in-memory tail.
+    fn is_pure_append(&self, offset: u64) -> bool {
+        let one_range = match self.ranges.len() {
+            0 => self.size == 0,
+            1 => self.ranges.first_key_value() == Some((&0, &self.size)),
+            _ => false,
+        };
+        offset == self.size && self.fresh() && one_range
+    }
+
     /// Stores written bytes at their offset: in memory while the file's written
-    /// extent is small (no spill file to create and delete per small file), in the
-    /// spill file beyond that.
+    /// extent is small (no spill file to create and delete per small file), in an
+    /// in-memory tail while a file is appended from scratch (background passes chunk
+    /// and drop it), in the spill file otherwise.
     fn spill_write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         let end = offset + data.len() as u64;
+        if end > MEM_SPILL_MAX && self.is_pure_append(offset) {
+            if let Spill::Tail(t) = &mut self.spill {
+                if t.admit(data.len() as u64) {
+                    t.append(offset, data);
+                    return Ok(());
+                }
+            } else if !matches!(self.spill, Spill::File(_)) && self.spill_len() == offset {
+                if let Some(mut t) = Tail::admitting(end) {
+                    if let Spill::Mem(v) = std::mem::replace(&mut self.spill, Spill::None) {
+                        t.adopt(v);
+                    }
+                    t.append(offset, data);
+                    self.spill = Spill::Tail(t);
+                    return Ok(());
+                }
+            }
+        }
+        if let Spill::Tail(_) = self.spill {
+            self.tail_to_spill()?;
+        }
         match &mut self.spill {
             Spill::Mem(v) if end <= MEM_SPILL_MAX => {
                 if (v.len() as u64) < end {
@@ -257,10 +484,38 @@ impl DirtyFile {
         Ok(())
     }
 
-    fn spill_read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+    /// Bytes held in memory from offset 0 (`Spill::None` / `Spill::Mem`).
+    fn spill_len(&self) -> u64 {
         match &self.spill {
-            Spill::Mem(v) => buf.copy_from_slice(&v[offset as usize..offset as usize + buf.len()]),
-            Spill::File(f) => f.read_exact_at(buf, offset)?,
+            Spill::Mem(v) => v.len() as u64,
+            _ => 0,
+        }
+    }
+
+    /// Appends `[offset, offset + len)` of the written bytes to `out`.
+    fn spill_read(&self, repo: &Repo, offset: u64, len: u64, out: &mut Vec<u8>) -> Result<()> {
+        let start = out.len();
+        match &self.spill {
+            Spill::Mem(v) => out.extend_from_slice(&v[offset as usize..(offset + len) as usize]),
+            Spill::File(f) => {
+                out.resize(start + len as usize, 0);
+                f.read_exact_at(&mut out[start..], offset)?;
+            }
+            Spill::Tail(t) => {
+                // Below the tail's start the bytes are already chunked and stored.
+                let below = (t.start.saturating_sub(offset)).min(len);
+                if below > 0 {
+                    let pre = ChunkList::new(self.pre.refs.clone());
+                    repo.read_chunks(&pre, offset, below, out)?;
+                }
+                let from = out.len();
+                out.resize(start + len as usize, 0);
+                copy_from_blocks(
+                    t.blocks.iter().map(|(o, b)| (*o, &b[..])),
+                    offset + below,
+                    &mut out[from..],
+                );
+            }
             Spill::None => unreachable!("a dirty range implies spilled bytes"),
         }
         Ok(())
@@ -278,6 +533,11 @@ impl DirtyFile {
         }
         if !repo.store().admit_bytes(data.len() as u64) {
             return Err(std::io::Error::from_raw_os_error(libc::ENOSPC).into());
+        }
+        if matches!(self.spill, Spill::Tail(_)) && !self.is_pure_append(offset) {
+            // Before the pre-chunked prefix is forgotten: it holds bytes the
+            // tail no longer has.
+            self.tail_to_spill()?;
         }
         self.invalidate_pre(offset);
         self.spill_write(offset, data)?;
@@ -306,6 +566,7 @@ impl DirtyFile {
     }
 
     pub fn truncate(&mut self, size: u64) -> Result<()> {
+        self.tail_to_spill()?;
         self.invalidate_pre(size);
         if size < self.size {
             let cut: Vec<(u64, u64)> = self
@@ -324,7 +585,7 @@ impl DirtyFile {
             match &mut self.spill {
                 Spill::File(f) => f.set_len(size)?,
                 Spill::Mem(v) => v.truncate(size as usize),
-                Spill::None => {}
+                Spill::None | Spill::Tail(_) => {}
             }
         }
         self.size = size;
@@ -357,11 +618,7 @@ impl DirtyFile {
             let (seg_end, src) = self.segment(pos);
             let to = seg_end.min(end);
             match src {
-                Source::Spill => {
-                    let start = out.len();
-                    out.resize(start + (to - pos) as usize, 0);
-                    self.spill_read(&mut out[start..], pos)?;
-                }
+                Source::Spill => self.spill_read(repo, pos, to - pos, out)?,
                 Source::Base => repo.read_chunks(&self.base, pos, to - pos, out)?,
                 Source::Zero => out.resize(out.len() + (to - pos) as usize, 0),
             }
@@ -428,31 +685,34 @@ impl DirtyFile {
             buf: Vec::new(),
             buf_pos: 0,
         };
-        let mut pos = restart;
         // The first few MiB of a commit go through the WAL (small files: no flush);
         // past that, chunks skip the WAL and one flush makes them durable before the
-        // record is written.
-        let mut logged = 0u64;
-        for c in chunking::split(reader) {
-            let (r, bytes) = c?;
-            let wal = logged < WAL_BYTES_PER_COMMIT;
-            if repo.store().put_chunk_opt(r.id, &bytes, wal)? && wal {
-                logged += bytes.len() as u64;
+        // record is written. Past the last change, chunking stops where a cut meets
+        // one of the old version's: the rest of its chunks are reused as they are.
+        let size = self.size;
+        let meets_old =
+            |end: u64| end >= last_change_end && end < size && !tail_changed && base.boundary_at(end).is_some();
+        let fresh_refs = store_chunks(repo, reader, restart, size - restart, WAL_BYTES_PER_COMMIT, |_, end| {
+            if meets_old(end) {
+                Cut::TakeAndStop
+            } else {
+                Cut::Take
             }
-            refs.push(r);
-            pos += r.len as u64;
-            if pos >= last_change_end && pos < self.size && !tail_changed {
-                if let Some(j) = base.boundary_at(pos) {
-                    refs.extend_from_slice(&base.refs()[j..]);
-                    break;
-                }
-            }
+        })?;
+        let pos = restart + fresh_refs.iter().map(|r| r.len as u64).sum::<u64>();
+        refs.extend(fresh_refs);
+        if meets_old(pos) {
+            let j = base.boundary_at(pos).expect("checked by meets_old");
+            refs.extend_from_slice(&base.refs()[j..]);
         }
         let list = ChunkList::new(refs);
         if list.len_bytes() != self.size {
             // A bookkeeping bug must cost this commit (EIO; the next commit point
             // chunks everything afresh), never record a version with the wrong bytes.
-            self.pre = PreChunked::default();
+            // An in-memory tail no longer holds the pre-chunked bytes: keep them.
+            if !matches!(self.spill, Spill::Tail(_)) {
+                self.pre = PreChunked::default();
+            }
             self.planned_to = 0;
             self.generation += 1;
             return Err(std::io::Error::other(format!(
@@ -485,7 +745,137 @@ impl Drop for DirtyFile {
 enum Spill {
     None,
     Mem(Vec<u8>),
+    /// Bytes `[start, size)` of a file appended from scratch; the bytes below are
+    /// in the pre-chunked prefix.
+    Tail(Tail),
     File(File),
+}
+
+/// What a writer should do about a file's in-memory tail (see `tail_pressure`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TailPressure {
+    None,
+    /// Wait for a background pass to chunk part of it.
+    Wait,
+    /// Passes make no progress: move it to the spill file.
+    Stuck,
+}
+
+/// One file may keep this much unchunked data in memory before its writer waits
+/// for chunking to catch up; that also bounds what close or fsync still chunk.
+const TAIL_MAX_PER_FILE: u64 = 32 << 20;
+/// All files together keep at most this much in memory tails; past it, files
+/// append through their spill files.
+const TAIL_MAX_TOTAL: u64 = 128 << 20;
+/// Bytes held by all in-memory tails of this process.
+static TAIL_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Appends go into blocks of at least this size.
+const TAIL_BLOCK: usize = 1 << 20;
+
+/// The unchunked end of a file appended from scratch, kept in memory: writing it
+/// to a spill file and reading it back for chunking was a quarter of the node's
+/// CPU while writing a large file.
+struct Tail {
+    /// Offset of the first byte held.
+    start: u64,
+    /// Contiguous blocks (offset, bytes), from `start` to the file's end.
+    blocks: VecDeque<(u64, Arc<Vec<u8>>)>,
+    /// Bytes held (counted in `TAIL_BYTES`).
+    bytes: u64,
+}
+
+impl Tail {
+    /// An empty tail for a file about to put `bytes` there, if memory for tails
+    /// allows.
+    fn admitting(bytes: u64) -> Option<Tail> {
+        let t = Tail {
+            start: 0,
+            blocks: VecDeque::new(),
+            bytes: 0,
+        };
+        t.admit(bytes).then_some(t)
+    }
+
+    fn admit(&self, more: u64) -> bool {
+        TAIL_BYTES.load(Ordering::Acquire) + more <= TAIL_MAX_TOTAL
+    }
+
+    /// Takes over the file's small in-memory bytes (offset 0).
+    fn adopt(&mut self, v: Vec<u8>) {
+        let n = v.len() as u64;
+        if n > 0 {
+            self.blocks.push_back((0, Arc::new(v)));
+            self.bytes += n;
+            TAIL_BYTES.fetch_add(n, Ordering::AcqRel);
+        }
+    }
+
+    fn end(&self) -> u64 {
+        self.blocks.back().map_or(self.start, |(o, b)| o + b.len() as u64)
+    }
+
+    fn append(&mut self, offset: u64, data: &[u8]) {
+        debug_assert_eq!(offset, self.end());
+        let n = data.len() as u64;
+        match self.blocks.back_mut().and_then(|(_, b)| Arc::get_mut(b)) {
+            Some(b) if b.capacity() - b.len() >= data.len() => b.extend_from_slice(data),
+            _ => {
+                let mut b = Vec::with_capacity(TAIL_BLOCK.max(data.len()));
+                b.extend_from_slice(data);
+                self.blocks.push_back((offset, Arc::new(b)));
+            }
+        }
+        self.bytes += n;
+        TAIL_BYTES.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Shared handles on the blocks holding bytes at or past `from`.
+    fn blocks_from(&self, from: u64) -> Vec<(u64, Arc<Vec<u8>>)> {
+        self.blocks
+            .iter()
+            .filter(|(o, b)| o + b.len() as u64 > from)
+            .map(|(o, b)| (*o, b.clone()))
+            .collect()
+    }
+
+    /// Drops the blocks that end at or below `upto` (chunked and stored).
+    fn forget_below(&mut self, upto: u64) {
+        while let Some((o, b)) = self.blocks.front() {
+            let end = o + b.len() as u64;
+            if end > upto {
+                break;
+            }
+            let n = b.len() as u64;
+            self.blocks.pop_front();
+            self.bytes -= n;
+            self.start = end;
+            TAIL_BYTES.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        TAIL_BYTES.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// Copies bytes from contiguous `(offset, bytes)` blocks, starting at `pos`, into
+/// `out` (filled completely: the caller asks only for bytes the blocks hold).
+fn copy_from_blocks<'a>(blocks: impl Iterator<Item = (u64, &'a [u8])>, mut pos: u64, out: &mut [u8]) -> usize {
+    let mut filled = 0;
+    for (o, b) in blocks {
+        let end = o + b.len() as u64;
+        if end <= pos || filled == out.len() {
+            continue;
+        }
+        let from = (pos - o) as usize;
+        let n = (b.len() - from).min(out.len() - filled);
+        out[filled..filled + n].copy_from_slice(&b[from..from + n]);
+        filled += n;
+        pos += n as u64;
+    }
+    filled
 }
 
 /// Written extents up to this size stay in memory.
@@ -563,6 +953,13 @@ mod tests {
         assert_eq!(list.len_bytes(), size);
         let mut got = Vec::new();
         repo.read_chunks(&list, 0, size, &mut got).unwrap();
+        // However it was written, the file is cut as its bytes chunked in one go
+        // would be: that is what makes equal content dedup, here and on peers.
+        let whole: Vec<chunking::ChunkRef> = chunking::split(&got[..]).map(|c| c.unwrap().0).collect();
+        assert!(
+            list.refs() == &whole[..],
+            "cut points differ from chunking the content in one go"
+        );
         got
     }
 
@@ -585,6 +982,81 @@ mod tests {
         let got = commit_and_read(&repo, &mut f);
         assert_eq!(got.len(), new.len());
         assert!(got == new, "committed content is the rewrite, not the old bytes");
+    }
+
+    /// Appends from scratch: the bytes wait in memory, passes chunk and drop them,
+    /// reads see every byte (below the tail from the stored chunks), and a rewrite
+    /// in the middle moves the rest to the spill file with the chunked prefix as
+    /// its base. Nothing is lost on the way.
+    #[test]
+    fn an_appended_file_keeps_its_tail_in_memory_until_a_rewrite() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = repo(tmp.path());
+        let mut f = fresh_file(&repo);
+        let mut data = bytes(40 << 20, 4);
+        for (i, block) in data.chunks(1 << 20).enumerate() {
+            f.write(&repo, (i << 20) as u64, block).unwrap();
+            if let Some(plan) = f.prechunk_plan() {
+                f.prechunk_apply(plan.run(&repo).unwrap());
+            }
+        }
+        let Spill::Tail(t) = &f.spill else {
+            panic!("appends from scratch stay in memory")
+        };
+        assert!(t.start > 0, "passes dropped the chunked blocks");
+        assert!(!f.spill_path.exists(), "no spill file");
+        let mut got = Vec::new();
+        f.read(&repo, 0, data.len() as u64, &mut got).unwrap();
+        assert!(got == data, "reads see chunked and in-memory bytes");
+        // Rewrite 1 MiB in the chunked prefix.
+        let patch = bytes(1 << 20, 5);
+        f.write(&repo, 3 << 20, &patch).unwrap();
+        data[3 << 20..4 << 20].copy_from_slice(&patch);
+        assert!(matches!(f.spill, Spill::File(_)));
+        assert!(commit_and_read(&repo, &mut f) == data);
+    }
+
+    /// Background passes over appends, and a later patch that re-chunks only
+    /// around itself, both leave the cuts of chunking the content in one go.
+    #[test]
+    fn passes_and_patches_cut_as_chunking_in_one_go() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = repo(tmp.path());
+        let mut f = fresh_file(&repo);
+        let mut data = bytes(40 << 20, 8);
+        for (i, block) in data.chunks(1 << 20).enumerate() {
+            f.write(&repo, (i << 20) as u64, block).unwrap();
+            if let Some(plan) = f.prechunk_plan() {
+                f.prechunk_apply(plan.run(&repo).unwrap());
+            }
+        }
+        assert!(f.pre.upto > 16 << 20, "several passes ran");
+        assert!(commit_and_read(&repo, &mut f) == data);
+        f.committed();
+        let patch = bytes(1 << 20, 9);
+        f.write(&repo, 7 << 20, &patch).unwrap();
+        data[7 << 20..8 << 20].copy_from_slice(&patch);
+        assert!(commit_and_read(&repo, &mut f) == data);
+    }
+
+    /// A truncate of an appended file leaves the memory tail; the kept bytes and
+    /// later appends are all there.
+    #[test]
+    fn a_truncate_keeps_the_bytes_below_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = repo(tmp.path());
+        let mut f = fresh_file(&repo);
+        let mut data = bytes(30 << 20, 6);
+        f.write(&repo, 0, &data[..1 << 20]).unwrap();
+        f.write(&repo, 1 << 20, &data[1 << 20..]).unwrap();
+        let plan = f.prechunk_plan().unwrap();
+        f.prechunk_apply(plan.run(&repo).unwrap());
+        f.truncate(20 << 20).unwrap();
+        data.truncate(20 << 20);
+        let more = bytes(2 << 20, 7);
+        f.write(&repo, 20 << 20, &more).unwrap();
+        data.extend_from_slice(&more);
+        assert!(commit_and_read(&repo, &mut f) == data);
     }
 
     /// Two passes planned from the same point, the second run after the first
