@@ -230,6 +230,11 @@ pub struct Repo {
     /// Recently read chunks (verified), so sequential 4 KiB reads do not re-read and
     /// re-hash a 64 KiB chunk sixteen times.
     chunks: Mutex<Lru<ChunkId, Arc<Vec<u8>>>>,
+    /// Chunks being read from the store right now, and the signal that one is done:
+    /// a reader that finds its chunk here waits for it instead of reading and
+    /// hashing it a second time next to the read-ahead worker that got there first.
+    loading: Mutex<std::collections::HashSet<ChunkId>>,
+    loaded: parking_lot::Condvar,
     /// Recently loaded chunk lists by manifest root.
     manifests: Mutex<Lru<ChunkId, Arc<ChunkList>>>,
     /// Directory mtime events (cache of the `dir_times` index; None = none recorded).
@@ -261,7 +266,12 @@ pub struct Repo {
 /// Chunks read ahead of a sequential reader. Blob reads from RocksDB get no kernel
 /// read-ahead (each is its own small pread), so without this a cold sequential read
 /// waits for one 64 KiB disk read at a time.
-const PREFETCH_CHUNKS: usize = 8;
+/// Kernel read-ahead asks for up to 1 MiB per read, several reads at a time: with
+/// less than that ahead, readers fetched most chunks themselves.
+const PREFETCH_CHUNKS: usize = 32;
+/// Verified chunks kept (≈ 8 MiB at the average chunk size): what the read-ahead
+/// holds plus the reads in flight.
+const CACHED_CHUNKS: usize = 128;
 
 const META_GROUP: &str = "group";
 const META_HLC: &str = "hlc";
@@ -328,7 +338,9 @@ impl Repo {
             root,
             commit_state: Mutex::new(CommitState { next_seq, hlc }),
             entries: Mutex::new(HashMap::new()),
-            chunks: Mutex::new(Lru::new(64)),
+            chunks: Mutex::new(Lru::new(CACHED_CHUNKS)),
+            loading: Mutex::new(std::collections::HashSet::new()),
+            loaded: parking_lot::Condvar::new(),
             manifests: Mutex::new(Lru::new(16)),
             dir_times: Mutex::new(HashMap::new()),
             unsigned: Mutex::new(Vec::new()),
@@ -796,7 +808,7 @@ impl Repo {
         let Some(tx) = self.prefetch.get() else { return };
         let end = (idx + 1 + PREFETCH_CHUNKS).min(list.refs().len());
         for r in &list.refs()[(idx + 1).min(end)..end] {
-            if self.chunks.lock().contains(&r.id) {
+            if self.chunks.lock().contains(&r.id) || self.loading.lock().contains(&r.id) {
                 continue;
             }
             if tx.try_send(r.id).is_err() {
@@ -807,12 +819,26 @@ impl Repo {
 
     /// Reads a chunk (verified against its hash; cached).
     pub fn chunk(&self, id: ChunkId) -> Result<Arc<Vec<u8>>> {
-        if let Some(c) = self.chunks.lock().get(&id) {
-            return Ok(c.clone());
+        loop {
+            if let Some(c) = self.chunks.lock().get(&id) {
+                return Ok(c.clone());
+            }
+            let mut loading = self.loading.lock();
+            if !loading.contains(&id) {
+                loading.insert(id);
+                break;
+            }
+            // Another thread is reading it; look again once it is done (if it
+            // failed, we read it ourselves and see the error too).
+            self.loaded.wait(&mut loading);
         }
-        let data = Arc::new(self.store.get_chunk(id)?);
-        self.chunks.lock().put(id, data.clone());
-        Ok(data)
+        let data = self.store.get_chunk(id).map(Arc::new);
+        if let Ok(d) = &data {
+            self.chunks.lock().put(id, d.clone());
+        }
+        self.loading.lock().remove(&id);
+        self.loaded.notify_all();
+        Ok(data?)
     }
 
     /// The chunk list behind a manifest root (cached).
