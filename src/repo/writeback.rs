@@ -945,6 +945,25 @@ mod tests {
         )
     }
 
+    /// Appends `data` in 1 MiB writes, running each background pass a write plans
+    /// right away.
+    fn append_with_passes(repo: &Repo, f: &mut DirtyFile, data: &[u8]) {
+        for (i, block) in data.chunks(1 << 20).enumerate() {
+            f.write(repo, (i << 20) as u64, block).unwrap();
+            if let Some(plan) = f.prechunk_plan() {
+                f.prechunk_apply(plan.run(repo).unwrap());
+            }
+        }
+    }
+
+    /// Overwrites MiB number `mib` of the file (and of `data`, its expected bytes)
+    /// with new bytes.
+    fn patch_mib(repo: &Repo, f: &mut DirtyFile, data: &mut [u8], mib: usize, seed: u64) {
+        let patch = bytes(1 << 20, seed);
+        f.write(repo, (mib << 20) as u64, &patch).unwrap();
+        data[mib << 20..(mib + 1) << 20].copy_from_slice(&patch);
+    }
+
     /// Commits the file and reads back the version's bytes; its chunk list must
     /// cover exactly the committed size.
     fn commit_and_read(repo: &Repo, f: &mut DirtyFile) -> Vec<u8> {
@@ -994,12 +1013,7 @@ mod tests {
         let repo = repo(tmp.path());
         let mut f = fresh_file(&repo);
         let mut data = bytes(40 << 20, 4);
-        for (i, block) in data.chunks(1 << 20).enumerate() {
-            f.write(&repo, (i << 20) as u64, block).unwrap();
-            if let Some(plan) = f.prechunk_plan() {
-                f.prechunk_apply(plan.run(&repo).unwrap());
-            }
-        }
+        append_with_passes(&repo, &mut f, &data);
         let Spill::Tail(t) = &f.spill else {
             panic!("appends from scratch stay in memory")
         };
@@ -1009,9 +1023,7 @@ mod tests {
         f.read(&repo, 0, data.len() as u64, &mut got).unwrap();
         assert!(got == data, "reads see chunked and in-memory bytes");
         // Rewrite 1 MiB in the chunked prefix.
-        let patch = bytes(1 << 20, 5);
-        f.write(&repo, 3 << 20, &patch).unwrap();
-        data[3 << 20..4 << 20].copy_from_slice(&patch);
+        patch_mib(&repo, &mut f, &mut data, 3, 5);
         assert!(matches!(f.spill, Spill::File(_)));
         assert!(commit_and_read(&repo, &mut f) == data);
     }
@@ -1024,18 +1036,11 @@ mod tests {
         let repo = repo(tmp.path());
         let mut f = fresh_file(&repo);
         let mut data = bytes(40 << 20, 8);
-        for (i, block) in data.chunks(1 << 20).enumerate() {
-            f.write(&repo, (i << 20) as u64, block).unwrap();
-            if let Some(plan) = f.prechunk_plan() {
-                f.prechunk_apply(plan.run(&repo).unwrap());
-            }
-        }
+        append_with_passes(&repo, &mut f, &data);
         assert!(f.pre.upto > 16 << 20, "several passes ran");
         assert!(commit_and_read(&repo, &mut f) == data);
         f.committed();
-        let patch = bytes(1 << 20, 9);
-        f.write(&repo, 7 << 20, &patch).unwrap();
-        data[7 << 20..8 << 20].copy_from_slice(&patch);
+        patch_mib(&repo, &mut f, &mut data, 7, 9);
         assert!(commit_and_read(&repo, &mut f) == data);
     }
 
