@@ -806,6 +806,12 @@ impl Repo {
 
     fn prefetch_after(&self, list: &ChunkList, idx: usize) {
         let Some(tx) = self.prefetch.get() else { return };
+        // Only for a reader that looks sequential (it read the chunk before this
+        // one): for random reads, 32 chunks ahead are 2 MiB read and hashed for
+        // nothing.
+        if idx > 0 && !self.chunks.lock().contains(&list.refs()[idx - 1].id) {
+            return;
+        }
         let end = (idx + 1 + PREFETCH_CHUNKS).min(list.refs().len());
         for r in &list.refs()[(idx + 1).min(end)..end] {
             if self.chunks.lock().contains(&r.id) || self.loading.lock().contains(&r.id) {
