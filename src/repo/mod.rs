@@ -806,11 +806,14 @@ impl Repo {
 
     fn prefetch_after(&self, list: &ChunkList, idx: usize) {
         let Some(tx) = self.prefetch.get() else { return };
-        // Only for a reader that looks sequential (it read the chunk before this
-        // one): for random reads, 32 chunks ahead are 2 MiB read and hashed for
-        // nothing.
-        if idx > 0 && !self.chunks.lock().contains(&list.refs()[idx - 1].id) {
-            return;
+        // Only for a reader that looks sequential (the chunk before this one is
+        // cached or being read: kernel read-ahead sends several reads at once): for
+        // random reads, 32 chunks ahead are 2 MiB read and hashed for nothing.
+        if idx > 0 {
+            let prev = list.refs()[idx - 1].id;
+            if !self.chunks.lock().contains(&prev) && !self.loading.lock().contains(&prev) {
+                return;
+            }
         }
         let end = (idx + 1 + PREFETCH_CHUNKS).min(list.refs().len());
         for r in &list.refs()[(idx + 1).min(end)..end] {
