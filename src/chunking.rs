@@ -132,6 +132,11 @@ fn cdc<R: Read>(reader: R) -> impl Iterator<Item = Result<Vec<u8>, ChunkingError
 /// than one chunk's worth of leftover bytes to the front.
 const CUTTER_BUFFER: usize = 4 << 20;
 
+/// FastCDC's masks for `AVG_CHUNK` at normalization level 1, as `StreamCDC::new`
+/// uses.
+const MASK_S: u64 = fastcdc::v2020::MASKS[AVG_CHUNK.ilog2() as usize + 1];
+const MASK_L: u64 = fastcdc::v2020::MASKS[AVG_CHUNK.ilog2() as usize - 1];
+
 struct Cutter<R> {
     reader: R,
     buf: Vec<u8>,
@@ -174,18 +179,15 @@ impl<R: Read> Iterator for Cutter<R> {
         if window == 0 {
             return None;
         }
-        // Normalization level 1, as StreamCDC::new uses.
-        let mask_s = fastcdc::v2020::MASKS[AVG_CHUNK.ilog2() as usize + 1];
-        let mask_l = fastcdc::v2020::MASKS[AVG_CHUNK.ilog2() as usize - 1];
         let (_, n) = fastcdc::v2020::cut(
             &self.buf[self.pos..self.pos + window],
             MIN_CHUNK as usize,
             AVG_CHUNK as usize,
             MAX_CHUNK as usize,
-            mask_s,
-            mask_l,
-            mask_s << 1,
-            mask_l << 1,
+            MASK_S,
+            MASK_L,
+            MASK_S << 1,
+            MASK_L << 1,
         );
         let chunk = self.buf[self.pos..self.pos + n].to_vec();
         self.pos += n;

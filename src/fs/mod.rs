@@ -1124,15 +1124,18 @@ impl DistriboxFs {
             Some(_) => return Err(Errno::EBADF),
             None => return Err(Errno::EBADF),
         };
-        let (d, plan) = self.with_dirty(entry, Some((&snapshot, snap_size)), |g| {
+        let (d, (plan, pressed)) = self.with_dirty(entry, Some((&snapshot, snap_size)), |g| {
             e(g.file.write(self.repo(), offset, data))?;
             g.touch();
-            Ok(g.file.prechunk_plan())
+            let pressed = g.file.tail_pressure() != crate::repo::TailPressure::None;
+            Ok((g.file.prechunk_plan(), pressed))
         })?;
         if let Some(plan) = plan {
             self.start_prechunk(entry, d.clone(), plan);
         }
-        self.relieve_tail(entry, &d)?;
+        if pressed {
+            self.relieve_tail(entry, &d)?;
+        }
         Ok(data.len() as u32)
     }
 

@@ -247,9 +247,7 @@ impl Read for SpillReader<'_> {
         }
         let got = match self.source {
             PlanSource::File(f) => f.read_at(&mut out[..n], self.pos)?,
-            PlanSource::Tail(blocks) => {
-                copy_from_blocks(blocks.iter().map(|(o, b)| (*o, &b[..])), self.pos, &mut out[..n])
-            }
+            PlanSource::Tail(blocks) => copy_from_blocks(blocks, self.pos, &mut out[..n]),
         };
         if got == 0 {
             // Truncated under the pass: a cut made at this early end would store a
@@ -379,12 +377,7 @@ impl DirtyFile {
             prechunked = from,
             "moving a file's in-memory tail to its spill file"
         );
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&self.spill_path)?;
+        let f = self.new_spill_file()?;
         for (off, block) in t.blocks.iter() {
             let end = off + block.len() as u64;
             if end > from {
@@ -468,12 +461,7 @@ impl DirtyFile {
             }
             Spill::File(f) => f.write_all_at(data, offset)?,
             _ => {
-                let f = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(&self.spill_path)?;
+                let f = self.new_spill_file()?;
                 if let Spill::Mem(v) = &self.spill {
                     f.write_all_at(v, 0)?;
                 }
@@ -482,6 +470,16 @@ impl DirtyFile {
             }
         }
         Ok(())
+    }
+
+    /// The spill file, created empty (or emptied).
+    fn new_spill_file(&self) -> std::io::Result<File> {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&self.spill_path)
     }
 
     /// Bytes held in memory from offset 0 (`Spill::None` / `Spill::Mem`).
@@ -510,11 +508,7 @@ impl DirtyFile {
                 }
                 let from = out.len();
                 out.resize(start + len as usize, 0);
-                copy_from_blocks(
-                    t.blocks.iter().map(|(o, b)| (*o, &b[..])),
-                    offset + below,
-                    &mut out[from..],
-                );
+                copy_from_blocks(&t.blocks, offset + below, &mut out[from..]);
             }
             Spill::None => unreachable!("a dirty range implies spilled bytes"),
         }
@@ -862,9 +856,14 @@ impl Drop for Tail {
 
 /// Copies bytes from contiguous `(offset, bytes)` blocks, starting at `pos`, into
 /// `out` (filled completely: the caller asks only for bytes the blocks hold).
-fn copy_from_blocks<'a>(blocks: impl Iterator<Item = (u64, &'a [u8])>, mut pos: u64, out: &mut [u8]) -> usize {
+fn copy_from_blocks<'a>(
+    blocks: impl IntoIterator<Item = &'a (u64, Arc<Vec<u8>>)>,
+    mut pos: u64,
+    out: &mut [u8],
+) -> usize {
     let mut filled = 0;
     for (o, b) in blocks {
+        let o = *o;
         let end = o + b.len() as u64;
         if end <= pos || filled == out.len() {
             continue;

@@ -298,7 +298,7 @@ fn direct_io_works(dir: &Path) -> bool {
         return false;
     }
     let probe = dir.join("direct-io-probe");
-    let mut buf = vec![0u8; 2 * 4096];
+    let buf = vec![0u8; 2 * 4096];
     let at = buf.as_ptr().align_offset(4096);
     let written = std::fs::OpenOptions::new()
         .write(true)
@@ -307,7 +307,6 @@ fn direct_io_works(dir: &Path) -> bool {
         .custom_flags(libc::O_DIRECT)
         .open(&probe)
         .and_then(|mut f| f.write_all(&buf[at..at + 4096]));
-    buf.clear();
     let _ = std::fs::remove_file(&probe);
     written.is_ok()
 }
