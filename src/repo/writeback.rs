@@ -9,7 +9,7 @@
 //! from the previous cut, so past that point the old chunks are reused as they are).
 
 use super::{Repo, Result};
-use crate::chunking::{self, ChunkList};
+use crate::chunking::{self, ChunkBytes, ChunkList};
 use crate::model::{ChunkId, Timestamp};
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
@@ -102,21 +102,32 @@ impl PrechunkPlan {
                 generation: self.generation,
             });
         }
-        let reader = SpillReader {
-            source: &self.source,
-            pos: self.from,
-            end: self.to,
-        };
         // Only cuts that can no longer move: the chunk start is at least MAX_CHUNK
         // behind the end of what was written when we started.
         let to = self.to;
-        let refs = store_chunks(repo, reader, self.from, self.to - self.from, 0, |start, _| {
+        let decide = |start, _| {
             if start + chunking::MAX_CHUNK as u64 > to {
                 Cut::Stop
             } else {
                 Cut::Take
             }
-        })?;
+        };
+        let expected = self.to - self.from;
+        let refs = match &self.source {
+            PlanSource::File(file) => {
+                let reader = SpillReader {
+                    file,
+                    pos: self.from,
+                    end: self.to,
+                };
+                let chunks = chunking::cut(reader).map(|c| c.map(ChunkBytes::Owned));
+                store_chunks(repo, chunks, self.from, expected, 0, decide)?
+            }
+            PlanSource::Tail(blocks) => {
+                let chunks = chunking::cut_blocks(blocks, self.from, self.to);
+                store_chunks(repo, chunks, self.from, expected, 0, decide)?
+            }
+        };
         let pos = self.from + refs.iter().map(|r| r.len as u64).sum::<u64>();
         Ok(PrechunkDone {
             refs,
@@ -142,20 +153,23 @@ enum Cut {
 /// both. Smaller streams (most files) are not worth a thread.
 const PIPELINE_FROM: u64 = 4 << 20;
 
-/// Cuts `reader` (about `expected` bytes of the file from offset `from`) into
-/// chunks and stores them, asking `decide(start, end)` (file offsets) about each
-/// chunk; returns the stored chunks in order. The first `wal_bytes` of new chunk
-/// bytes go through the WAL.
+/// Stores the chunks `chunks` cuts (about `expected` bytes of the file from offset
+/// `from`), asking `decide(start, end)` (file offsets) about each chunk; returns
+/// the stored chunks in order. The first `wal_bytes` of new chunk bytes go through
+/// the WAL.
 fn store_chunks(
     repo: &Repo,
-    reader: impl Read,
+    chunks: impl Iterator<Item = std::result::Result<ChunkBytes, chunking::ChunkingError>>,
     from: u64,
     expected: u64,
     wal_bytes: u64,
     mut decide: impl FnMut(u64, u64) -> Cut,
 ) -> Result<Vec<chunking::ChunkRef>> {
-    let store = |bytes: Vec<u8>, logged: &mut u64| -> Result<chunking::ChunkRef> {
-        let (r, bytes) = chunking::chunk_of(bytes);
+    let store = |bytes: ChunkBytes, logged: &mut u64| -> Result<chunking::ChunkRef> {
+        let r = chunking::ChunkRef {
+            id: ChunkId::of(&bytes),
+            len: bytes.len() as u32,
+        };
         let wal = *logged < wal_bytes;
         if repo.store().put_chunk_opt(r.id, &bytes, wal)? && wal {
             *logged += bytes.len() as u64;
@@ -176,7 +190,7 @@ fn store_chunks(
     if expected < PIPELINE_FROM {
         let mut refs = Vec::new();
         let mut logged = 0;
-        for c in chunking::cut(reader) {
+        for c in chunks {
             let bytes = c?;
             let (take, go_on) = next(&bytes);
             if take {
@@ -189,7 +203,7 @@ fn store_chunks(
         return Ok(refs);
     }
     std::thread::scope(|s| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<ChunkBytes>(8);
         let worker = std::thread::Builder::new().name("chunk-store".into()).spawn_scoped(
             s,
             move || -> Result<Vec<chunking::ChunkRef>> {
@@ -202,7 +216,7 @@ fn store_chunks(
             },
         )?;
         let mut cut_error = None;
-        for c in chunking::cut(reader) {
+        for c in chunks {
             let bytes = match c {
                 Ok(b) => b,
                 Err(e) => {
@@ -233,8 +247,9 @@ enum PlanSource {
     Tail(Vec<(u64, Arc<Vec<u8>>)>),
 }
 
+/// Reads `[pos, end)` of a spill file for a pass.
 struct SpillReader<'a> {
-    source: &'a PlanSource,
+    file: &'a File,
     pos: u64,
     end: u64,
 }
@@ -245,10 +260,7 @@ impl Read for SpillReader<'_> {
         if n == 0 {
             return Ok(0);
         }
-        let got = match self.source {
-            PlanSource::File(f) => f.read_at(&mut out[..n], self.pos)?,
-            PlanSource::Tail(blocks) => copy_from_blocks(blocks, self.pos, &mut out[..n]),
-        };
+        let got = self.file.read_at(&mut out[..n], self.pos)?;
         if got == 0 {
             // Truncated under the pass: a cut made at this early end would store a
             // chunk the file never has.
@@ -508,7 +520,7 @@ impl DirtyFile {
                 }
                 let from = out.len();
                 out.resize(start + len as usize, 0);
-                copy_from_blocks(&t.blocks, offset + below, &mut out[from..]);
+                chunking::copy_blocks(&t.blocks, offset + below, &mut out[from..]);
             }
             Spill::None => unreachable!("a dirty range implies spilled bytes"),
         }
@@ -686,7 +698,8 @@ impl DirtyFile {
         let size = self.size;
         let meets_old =
             |end: u64| end >= last_change_end && end < size && !tail_changed && base.boundary_at(end).is_some();
-        let fresh_refs = store_chunks(repo, reader, restart, size - restart, WAL_BYTES_PER_COMMIT, |_, end| {
+        let chunks = chunking::cut(reader).map(|c| c.map(ChunkBytes::Owned));
+        let fresh_refs = store_chunks(repo, chunks, restart, size - restart, WAL_BYTES_PER_COMMIT, |_, end| {
             if meets_old(end) {
                 Cut::TakeAndStop
             } else {
@@ -852,29 +865,6 @@ impl Drop for Tail {
     fn drop(&mut self) {
         TAIL_BYTES.fetch_sub(self.bytes, Ordering::AcqRel);
     }
-}
-
-/// Copies bytes from contiguous `(offset, bytes)` blocks, starting at `pos`, into
-/// `out` (filled completely: the caller asks only for bytes the blocks hold).
-fn copy_from_blocks<'a>(
-    blocks: impl IntoIterator<Item = &'a (u64, Arc<Vec<u8>>)>,
-    mut pos: u64,
-    out: &mut [u8],
-) -> usize {
-    let mut filled = 0;
-    for (o, b) in blocks {
-        let o = *o;
-        let end = o + b.len() as u64;
-        if end <= pos || filled == out.len() {
-            continue;
-        }
-        let from = (pos - o) as usize;
-        let n = (b.len() - from).min(out.len() - filled);
-        out[filled..filled + n].copy_from_slice(&b[from..from + n]);
-        filled += n;
-        pos += n as u64;
-    }
-    filled
 }
 
 /// Written extents up to this size stay in memory.
