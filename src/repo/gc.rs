@@ -269,7 +269,7 @@ impl Repo {
         let (mut n, mut bytes) = (0, 0);
         for c in &candidates {
             if let Some(len) = self.store.chunk_len(*c)? {
-                batch.delete_chunk(*c);
+                batch.delete_chunk(*c)?;
                 n += 1;
                 bytes += len;
             }

@@ -285,6 +285,7 @@ impl Repo {
         let key = data_dir.load_key()?;
         let node = NodeId(key.verifying_key().to_bytes());
         let store = Store::open(&data_dir.db_path())?;
+        data_dir.upgrade_format()?;
         std::fs::create_dir_all(data_dir.spill_dir())?;
         let group = data_dir.load_group()?;
         match store.get_meta(META_GROUP)? {

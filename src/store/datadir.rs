@@ -12,8 +12,11 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// On-disk format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 2;
+/// On-disk format this build writes. 3: chunks keyed in write order (see `store`).
+pub const FORMAT_VERSION: u32 = 3;
+/// Oldest format this build opens (and upgrades in place: format 2 differs only in
+/// how chunks are keyed, and this build reads both).
+const OLDEST_READABLE: u32 = 2;
 const FORMAT_MAGIC: &str = "distribox-data-dir";
 
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +25,7 @@ pub enum DataDirError {
     NotInitialised { path: PathBuf },
     #[error("data dir {path} was written by a newer Distribox (format {found}); this build reads format {FORMAT_VERSION} — upgrade distribox")]
     NewerFormat { path: PathBuf, found: u32 },
-    #[error("data dir {path} has format {found}, from a development build before sync (format {FORMAT_VERSION}); move it aside and run `distribox init` again")]
+    #[error("data dir {path} has format {found}, from a development build before sync (format {OLDEST_READABLE}); move it aside and run `distribox init` again")]
     OlderFormat { path: PathBuf, found: u32 },
     #[error("{path} is not a Distribox data dir (unrecognised FORMAT file)")]
     Unrecognised { path: PathBuf },
@@ -174,6 +177,21 @@ impl DataDir {
 
     /// Checks the format marker without changing anything.
     pub fn check(&self) -> Result<()> {
+        self.format().map(|_| ())
+    }
+
+    /// Marks an opened data dir of an older readable format as this build's (after
+    /// that, older builds refuse it with a clear error instead of misreading it).
+    pub fn upgrade_format(&self) -> Result<()> {
+        if self.format()? == FORMAT_VERSION {
+            return Ok(());
+        }
+        let (fp, tmp) = (self.format_path(), self.root.join("FORMAT.tmp"));
+        fs::write(&tmp, format!("{FORMAT_MAGIC} {FORMAT_VERSION}\n")).map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &fp).map_err(io_err(&fp))
+    }
+
+    fn format(&self) -> Result<u32> {
         let path = self.format_path();
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
@@ -197,13 +215,13 @@ impl DataDir {
                 found,
             });
         }
-        if found < FORMAT_VERSION {
+        if found < OLDEST_READABLE {
             return Err(DataDirError::OlderFormat {
                 path: self.root.clone(),
                 found,
             });
         }
-        Ok(())
+        Ok(found)
     }
 
     pub fn is_initialised(&self) -> bool {
@@ -318,6 +336,23 @@ mod tests {
         let _l = d.lock().unwrap();
         assert!(matches!(d.lock(), Err(DataDirError::Locked { .. })));
         assert_eq!(d.running_pid(), Some(std::process::id()));
+    }
+
+    #[test]
+    fn format_2_is_opened_and_upgraded_older_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let d = DataDir::new(t.path().join("d"));
+        d.init(None).unwrap();
+        fs::write(d.format_path(), "distribox-data-dir 2\n").unwrap();
+        d.check().unwrap();
+        d.upgrade_format().unwrap();
+        assert_eq!(
+            fs::read_to_string(d.format_path()).unwrap(),
+            format!("distribox-data-dir {FORMAT_VERSION}\n")
+        );
+        fs::write(d.format_path(), "distribox-data-dir 1\n").unwrap();
+        assert!(matches!(d.check(), Err(DataDirError::OlderFormat { found: 1, .. })));
+        assert!(d.upgrade_format().is_err());
     }
 
     #[test]
