@@ -127,7 +127,8 @@ fn wrong_secret_gets_nothing() {
     let a = Node::member(None);
     fs::write(a.path("secret.txt"), b"members only\n").unwrap();
     let addr = a.status()["listen"][0].as_str().unwrap().to_string();
-    // Same protocol, own group: the pnet handshake with A's key cannot succeed.
+    // Same protocol, own group: under A's group stream key its Noise handshake
+    // cannot succeed.
     let mut x = Node::prepare_member();
     x.extra.push(format!("--peer={addr}"));
     x.mount();

@@ -1,16 +1,18 @@
 //! The libp2p side: transport with group membership, behaviours, wire messages.
 //!
-//! Owns: building the swarm (TCP + pnet with the group secret + noise + yamux),
+//! Owns: building the swarm (TCP + the group-secret stream layer + noise + yamux),
 //! the behaviours (gossipsub for announcements, request-response for vectors,
 //! records and chunks, identify, ping, mDNS), and the wire format. Uses: nothing
 //! above `model` — `sync` drives the swarm and talks to the repository.
 //!
-//! Membership: the pre-shared key is the group secret. A peer without it fails the
-//! pnet layer (its XSalsa20 stream decrypts to garbage, so the noise handshake
-//! fails) before any protocol runs: it gets no record and no chunk. pnet does not
-//! cover QUIC, so there is no QUIC transport.
+//! Membership: the key of the stream layer under Noise (`group_stream`, libp2p's
+//! pnet construction with ChaCha20) is derived from the group secret. A peer without
+//! it reads garbage, so the noise handshake fails before any protocol runs: it gets
+//! no record and no chunk. The layer does not cover QUIC, so there is no QUIC
+//! transport.
 
 mod codec;
+mod group_stream;
 pub mod wire;
 
 pub use codec::SyncCodec;
@@ -18,7 +20,6 @@ pub use codec::SyncCodec;
 use crate::store::GroupKey;
 use libp2p::core::upgrade::Version;
 use libp2p::core::Transport;
-use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{gossipsub, identify, identity, mdns, noise, ping, request_response, tcp, yamux, StreamProtocol, Swarm};
 use std::time::Duration;
@@ -63,7 +64,7 @@ pub fn topic(group: &GroupKey) -> gossipsub::IdentTopic {
 }
 
 pub fn build_swarm(key: identity::Keypair, group: &GroupKey, mdns_on: bool) -> Result<Swarm<Behaviour>, NetError> {
-    let psk = PreSharedKey::new(blake3::derive_key("distribox pnet key v1", &group.secret));
+    let gate = group_stream::GroupStreamKey::from_secret(&group.secret);
     let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
@@ -71,7 +72,7 @@ pub fn build_swarm(key: identity::Keypair, group: &GroupKey, mdns_on: bool) -> R
             let noise = noise::Config::new(key).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
                 tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-                    .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+                    .and_then(move |socket, _| gate.handshake(socket))
                     .upgrade(Version::V1Lazy)
                     .authenticate(noise)
                     .multiplex(yamux::Config::default())

@@ -457,7 +457,8 @@ impl Engine {
             SwarmEvent::IncomingConnectionError {
                 send_back_addr, error, ..
             } => {
-                // A node without the group secret ends here (pnet/noise fails).
+                // A node without the group secret ends here (the group stream
+                // layer decrypts to garbage, so noise fails).
                 tracing::info!(addr = %send_back_addr, error = %error, "refused a connection (not a member, or not Distribox)");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Rr(ev)) => self.on_rr(ev),
