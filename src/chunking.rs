@@ -51,13 +51,19 @@ pub struct ChunkList {
 
 impl ChunkList {
     pub fn new(refs: Vec<ChunkRef>) -> Self {
-        let mut starts = Vec::with_capacity(refs.len());
-        let mut total = 0u64;
-        for r in &refs {
-            starts.push(total);
-            total += r.len as u64;
+        let mut list = ChunkList::default();
+        list.extend(refs);
+        list
+    }
+
+    /// Appends chunks (the list of a file being chunked while it is written grows
+    /// pass by pass; rebuilding it per read was O(chunks) each time).
+    pub fn extend(&mut self, refs: impl IntoIterator<Item = ChunkRef>) {
+        for r in refs {
+            self.starts.push(self.total);
+            self.total += r.len as u64;
+            self.refs.push(r);
         }
-        ChunkList { refs, starts, total }
     }
     pub fn refs(&self) -> &[ChunkRef] {
         &self.refs

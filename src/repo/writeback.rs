@@ -60,7 +60,7 @@ pub struct DirtyFile {
 /// so a cut at least that far behind the write front never moves).
 #[derive(Default)]
 struct PreChunked {
-    refs: Vec<chunking::ChunkRef>,
+    list: ChunkList,
     upto: u64,
 }
 
@@ -347,7 +347,7 @@ impl DirtyFile {
             // in-memory tail to shrink must move it to the spill file instead.
             self.stuck = true;
         }
-        self.pre.refs.extend(done.refs);
+        self.pre.list.extend(done.refs);
         self.pre.upto = done.upto;
         if let Spill::Tail(t) = &mut self.spill {
             t.forget_below(self.pre.upto);
@@ -403,7 +403,7 @@ impl DirtyFile {
         self.planned_to = 0;
         self.generation += 1;
         if pre.upto > 0 {
-            self.base = Arc::new(ChunkList::new(pre.refs));
+            self.base = Arc::new(pre.list);
             self.base_valid = pre.upto;
             self.pending = true;
             self.ranges.clear();
@@ -515,8 +515,7 @@ impl DirtyFile {
                 // Below the tail's start the bytes are already chunked and stored.
                 let below = (t.start.saturating_sub(offset)).min(len);
                 if below > 0 {
-                    let pre = ChunkList::new(self.pre.refs.clone());
-                    repo.read_chunks(&pre, offset, below, out)?;
+                    repo.read_chunks(&self.pre.list, offset, below, out)?;
                 }
                 let from = out.len();
                 out.resize(start + len as usize, 0);
@@ -678,7 +677,7 @@ impl DirtyFile {
         let mut refs: Vec<chunking::ChunkRef> = base.refs()[..restart_idx.min(base.refs().len())].to_vec();
         let restart = if self.fresh() && self.pre.upto > 0 {
             // Chunks cut in the background already cover [0, upto).
-            refs = self.pre.refs.clone();
+            refs = self.pre.list.refs().to_vec();
             self.pre.upto
         } else {
             restart
