@@ -42,9 +42,12 @@ pub struct DirtyFile {
     /// record write failed, e.g. disk full): the next commit must still record it.
     pending: bool,
     /// Chunks already cut and stored, in the background, for a file being written
-    /// from scratch (see `prechunk_plan`).
-    pre: PreChunked,
-    /// Bumped by every write or truncate that lands below `pre.upto` or inside a
+    /// from scratch (see `prechunk_plan`): bytes `[0, pre.len_bytes())`, whose end is
+    /// a final cut point (a FastCDC cut depends only on the `MAX_CHUNK` bytes after
+    /// the chunk start, so a cut at least that far behind the write front never
+    /// moves).
+    pre: ChunkList,
+    /// Bumped by every write or truncate that lands below `pre.len_bytes()` or inside a
     /// range handed to a background pass, so a pass that raced with it throws its
     /// result away.
     generation: u64,
@@ -53,15 +56,6 @@ pub struct DirtyFile {
     planned_to: u64,
     /// A pass over the in-memory tail made no progress (see `tail_pressure`).
     stuck: bool,
-}
-
-/// Chunks of bytes `[0, upto)` of a file written from empty; `upto` is a final cut
-/// point (a FastCDC cut depends only on the `MAX_CHUNK` bytes after the chunk start,
-/// so a cut at least that far behind the write front never moves).
-#[derive(Default)]
-struct PreChunked {
-    list: ChunkList,
-    upto: u64,
 }
 
 /// What a background pre-chunking pass should read (taken under the lock, run
@@ -283,7 +277,7 @@ impl DirtyFile {
             spill_path,
             mtime,
             pending: false,
-            pre: PreChunked::default(),
+            pre: ChunkList::default(),
             generation: 0,
             planned_to: 0,
             stuck: false,
@@ -297,11 +291,11 @@ impl DirtyFile {
     }
 
     /// Forgets pre-chunked data at or past `offset` (it is being changed), and the
-    /// result of any pass still reading there. Checking only `pre.upto` let a pass
+    /// result of any pass still reading there. Checking only `pre.len_bytes()` let a pass
     /// that had not reported yet install chunks of bytes rewritten meanwhile.
     fn invalidate_pre(&mut self, offset: u64) {
-        if offset < self.pre.upto.max(self.planned_to) {
-            self.pre = PreChunked::default();
+        if offset < self.pre.len_bytes().max(self.planned_to) {
+            self.pre = ChunkList::default();
             self.planned_to = 0;
             self.generation += 1;
         }
@@ -309,26 +303,26 @@ impl DirtyFile {
 
     /// A background chunking pass worth running now, if any.
     pub fn prechunk_plan(&mut self) -> Option<PrechunkPlan> {
-        if !self.fresh() || self.size < self.pre.upto + PRECHUNK_AFTER {
+        if !self.fresh() || self.size < self.pre.len_bytes() + PRECHUNK_AFTER {
             return None;
         }
         // Only a contiguous written prefix can be chunked ahead.
         let (&s, &e) = self.ranges.iter().next()?;
-        if s != 0 || e < self.pre.upto + PRECHUNK_AFTER {
+        if s != 0 || e < self.pre.len_bytes() + PRECHUNK_AFTER {
             return None;
         }
         // Short passes: a writer held back by a full tail resumes after one of
         // them, rather than after the whole backlog is chunked.
-        let e = e.min(self.pre.upto + PASS_MAX);
+        let e = e.min(self.pre.len_bytes() + PASS_MAX);
         let source = match &self.spill {
             Spill::File(f) => PlanSource::File(f.try_clone().ok()?),
-            Spill::Tail(t) => PlanSource::Tail(t.blocks_from(self.pre.upto)),
+            Spill::Tail(t) => PlanSource::Tail(t.blocks_from(self.pre.len_bytes())),
             _ => return None,
         };
         self.planned_to = self.planned_to.max(e);
         Some(PrechunkPlan {
             source,
-            from: self.pre.upto,
+            from: self.pre.len_bytes(),
             to: e,
             generation: self.generation,
         })
@@ -339,7 +333,7 @@ impl DirtyFile {
     /// same point, the second started after the first reported: appending its
     /// chunks would repeat bytes).
     pub fn prechunk_apply(&mut self, done: PrechunkDone) {
-        if done.generation != self.generation || !self.fresh() || done.from != self.pre.upto {
+        if done.generation != self.generation || !self.fresh() || done.from != self.pre.len_bytes() {
             return;
         }
         if done.upto == done.from {
@@ -347,10 +341,9 @@ impl DirtyFile {
             // in-memory tail to shrink must move it to the spill file instead.
             self.stuck = true;
         }
-        self.pre.list.extend(done.refs);
-        self.pre.upto = done.upto;
+        self.pre.extend(done.refs);
         if let Spill::Tail(t) = &mut self.spill {
-            t.forget_below(self.pre.upto);
+            t.forget_below(self.pre.len_bytes());
         }
     }
 
@@ -382,7 +375,7 @@ impl DirtyFile {
     /// truncate, and when memory for tails runs short.
     pub fn tail_to_spill(&mut self) -> Result<()> {
         let Spill::Tail(t) = &self.spill else { return Ok(()) };
-        let from = self.pre.upto;
+        let from = self.pre.len_bytes();
         tracing::debug!(
             size = self.size,
             tail = t.bytes,
@@ -402,13 +395,14 @@ impl DirtyFile {
         let pre = std::mem::take(&mut self.pre);
         self.planned_to = 0;
         self.generation += 1;
-        if pre.upto > 0 {
-            self.base = Arc::new(pre.list);
-            self.base_valid = pre.upto;
+        let chunked = pre.len_bytes();
+        if chunked > 0 {
+            self.base = Arc::new(pre);
+            self.base_valid = chunked;
             self.pending = true;
             self.ranges.clear();
-            if pre.upto < self.size {
-                self.ranges.insert(pre.upto, self.size);
+            if chunked < self.size {
+                self.ranges.insert(chunked, self.size);
             }
         }
         Ok(())
@@ -515,7 +509,7 @@ impl DirtyFile {
                 // Below the tail's start the bytes are already chunked and stored.
                 let below = (t.start.saturating_sub(offset)).min(len);
                 if below > 0 {
-                    repo.read_chunks(&self.pre.list, offset, below, out)?;
+                    repo.read_chunks(&self.pre, offset, below, out)?;
                 }
                 let from = out.len();
                 out.resize(start + len as usize, 0);
@@ -675,10 +669,10 @@ impl DirtyFile {
             base.start(restart_idx)
         };
         let mut refs: Vec<chunking::ChunkRef> = base.refs()[..restart_idx.min(base.refs().len())].to_vec();
-        let restart = if self.fresh() && self.pre.upto > 0 {
+        let restart = if self.fresh() && self.pre.len_bytes() > 0 {
             // Chunks cut in the background already cover [0, upto).
-            refs = self.pre.list.refs().to_vec();
-            self.pre.upto
+            refs = self.pre.refs().to_vec();
+            self.pre.len_bytes()
         } else {
             restart
         };
@@ -717,7 +711,7 @@ impl DirtyFile {
             // chunks everything afresh), never record a version with the wrong bytes.
             // An in-memory tail no longer holds the pre-chunked bytes: keep them.
             if !matches!(self.spill, Spill::Tail(_)) {
-                self.pre = PreChunked::default();
+                self.pre = ChunkList::default();
             }
             self.planned_to = 0;
             self.generation += 1;
@@ -732,7 +726,7 @@ impl DirtyFile {
         self.base = Arc::new(list);
         self.base_valid = self.size;
         self.ranges.clear();
-        self.pre = PreChunked::default();
+        self.pre = ChunkList::default();
         self.planned_to = 0;
         self.generation += 1;
         self.pending = true;
@@ -1025,7 +1019,7 @@ mod tests {
         let mut f = fresh_file(&repo);
         let mut data = bytes(40 << 20, 8);
         append_with_passes(&repo, &mut f, &data);
-        assert!(f.pre.upto > 16 << 20, "several passes ran");
+        assert!(f.pre.len_bytes() > 16 << 20, "several passes ran");
         assert!(commit_and_read(&repo, &mut f) == data);
         f.committed();
         patch_mib(&repo, &mut f, &mut data, 7, 9);
