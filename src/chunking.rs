@@ -41,6 +41,15 @@ pub struct ChunkRef {
     pub len: u32,
 }
 
+impl ChunkRef {
+    pub fn of(bytes: &[u8]) -> Self {
+        ChunkRef {
+            id: ChunkId::of(bytes),
+            len: bytes.len() as u32,
+        }
+    }
+}
+
 /// A file's chunks with their start offsets, for offset → chunk lookups.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChunkList {
@@ -115,11 +124,7 @@ pub fn cut<R: Read>(mut reader: R) -> impl Iterator<Item = Result<Vec<u8>, Chunk
 
 /// A chunk's reference (its BLAKE3 hash and length), with its bytes.
 pub fn chunk_of(data: Vec<u8>) -> (ChunkRef, Vec<u8>) {
-    let r = ChunkRef {
-        id: ChunkId::of(&data),
-        len: data.len() as u32,
-    };
-    (r, data)
+    (ChunkRef::of(&data), data)
 }
 
 /// FastCDC over a stream, cutting exactly where `fastcdc::v2020::StreamCDC` does

@@ -72,7 +72,6 @@ pub struct PrechunkDone {
     refs: Vec<chunking::ChunkRef>,
     /// Where the pass started: it only extends pre-chunked data ending there.
     from: u64,
-    upto: u64,
     generation: u64,
 }
 
@@ -92,7 +91,6 @@ impl PrechunkPlan {
             return Ok(PrechunkDone {
                 refs: Vec::new(),
                 from: self.from,
-                upto: self.from,
                 generation: self.generation,
             });
         }
@@ -122,11 +120,9 @@ impl PrechunkPlan {
                 store_chunks(repo, chunks, self.from, expected, 0, decide)?
             }
         };
-        let pos = self.from + refs.iter().map(|r| r.len as u64).sum::<u64>();
         Ok(PrechunkDone {
             refs,
             from: self.from,
-            upto: pos,
             generation: self.generation,
         })
     }
@@ -160,10 +156,7 @@ fn store_chunks(
     mut decide: impl FnMut(u64, u64) -> Cut,
 ) -> Result<Vec<chunking::ChunkRef>> {
     let store = |bytes: ChunkBytes, logged: &mut u64| -> Result<chunking::ChunkRef> {
-        let r = chunking::ChunkRef {
-            id: ChunkId::of(&bytes),
-            len: bytes.len() as u32,
-        };
+        let r = chunking::ChunkRef::of(&bytes);
         let wal = *logged < wal_bytes;
         if repo.store().put_chunk_opt(r.id, &bytes, wal)? && wal {
             *logged += bytes.len() as u64;
@@ -336,7 +329,7 @@ impl DirtyFile {
         if done.generation != self.generation || !self.fresh() || done.from != self.pre.len_bytes() {
             return;
         }
-        if done.upto == done.from {
+        if done.refs.is_empty() {
             // No progress (no room for chunks ahead): a writer waiting for the
             // in-memory tail to shrink must move it to the spill file instead.
             self.stuck = true;
