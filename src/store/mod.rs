@@ -296,10 +296,6 @@ impl Batch<'_> {
         self.batch
             .put_cf(self.store.cf(CF_DIR_TIMES), dir.as_bytes(), encode_value(t));
     }
-    /// Stores a chunk inside this batch (small commits: one write instead of several).
-    pub fn put_chunk(&mut self, id: ChunkId, data: &[u8]) -> Result<()> {
-        self.store.put_chunk_into(&mut self.batch, id, data)
-    }
     /// Drops a chunk (garbage collection of purged versions).
     pub fn delete_chunk(&mut self, id: ChunkId) -> Result<()> {
         if let Some((_, key)) = self.store.chunk_location(id)? {
