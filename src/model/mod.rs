@@ -11,7 +11,9 @@ pub mod hlc;
 pub mod ids;
 pub mod names;
 pub mod record;
+pub mod seal;
 
 pub use hlc::Hlc;
 pub use ids::{ChunkId, EntryId, NodeId, VersionId};
 pub use record::{Attrs, Content, Link, RecordError, SignedRecord, SpecialKind, Timestamp, VersionRecord};
+pub use seal::SealVerifier;

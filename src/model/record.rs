@@ -4,29 +4,35 @@
 //! received; we never re-encode a record we did not author, so ids survive any
 //! future change of the encoder.
 //!
-//! Wire/disk framing of a signed record:
-//! `[RECORD_FORMAT: u8][body_len: u32 LE][body: bincode][signature: 64 bytes]`,
-//! where the signature (Ed25519, by `author`) covers the body.
+//! Wire/disk framing of a record, `[format: u8][body_len: u32 LE][body: bincode]`
+//! then, by format:
+//! - 2 (`RECORD_FORMAT`): a seal (`model::seal`): one Ed25519 signature by `author`
+//!   over a batch of records, and this record's path in it;
+//! - 1: a 64-byte Ed25519 signature by `author` over the body (records made before
+//!   seals; still read and sent as they are). All zero = not signed yet.
 
 use super::hlc::Hlc;
 use super::ids::{ChunkId, EntryId, NodeId, VersionId};
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use super::seal::{self, SealError, SealVerifier};
+use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Format byte leading every encoded record; bump on an incompatible change.
-pub const RECORD_FORMAT: u8 = 1;
+/// Format byte leading every record this build signs; bump on an incompatible change.
+pub const RECORD_FORMAT: u8 = 2;
+/// One signature per record; also the frame of a record not signed yet.
+const SINGLE_SIGNATURE_FORMAT: u8 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     #[error("record is truncated or has a bad frame ({len} bytes)")]
     Frame { len: usize },
-    #[error("record format {found} is not supported (this build reads {RECORD_FORMAT})")]
+    #[error("record format {found} is not supported (this build reads 1 and {RECORD_FORMAT})")]
     Format { found: u8 },
     #[error("record body does not decode: {0}")]
     Decode(String),
-    #[error("record signature does not verify for author {author}")]
-    Signature { author: NodeId },
+    #[error("record signature does not verify for author {author}: {source}")]
+    Signature { author: NodeId, source: SealError },
 }
 
 /// One (parent directory, name) link of an entry. Names are raw bytes: Unix file
@@ -184,23 +190,54 @@ pub struct SignedRecord {
     pub bytes: Vec<u8>,
 }
 
+/// A framed record split into its parts (see the module comment).
+struct Frame<'a> {
+    format: u8,
+    body: &'a [u8],
+    /// The signature (format 1) or the seal (format 2).
+    proof: &'a [u8],
+}
+
+impl<'a> Frame<'a> {
+    fn split(bytes: &'a [u8]) -> Result<Self, RecordError> {
+        let frame = || RecordError::Frame { len: bytes.len() };
+        let (&format, rest) = bytes.split_first().ok_or_else(frame)?;
+        if format != RECORD_FORMAT && format != SINGLE_SIGNATURE_FORMAT {
+            return Err(RecordError::Format { found: format });
+        }
+        let len_bytes: [u8; 4] = rest.get(..4).ok_or_else(frame)?.try_into().map_err(|_| frame())?;
+        let len = u32::from_le_bytes(len_bytes) as usize;
+        let body = rest.get(4..4 + len).ok_or_else(frame)?;
+        let proof = rest.get(4 + len..).ok_or_else(frame)?;
+        let proof_len = match format {
+            RECORD_FORMAT => seal::seal_len(proof),
+            _ => Some(64),
+        };
+        if proof_len != Some(proof.len()) {
+            return Err(frame());
+        }
+        Ok(Frame { format, body, proof })
+    }
+}
+
 impl SignedRecord {
-    /// Encodes and signs a record we author.
+    /// Encodes and signs a record we author (a batch of one).
     pub fn sign(record: VersionRecord, key: &SigningKey) -> Self {
         let mut s = Self::unsigned(record);
-        s.bytes = Self::signed_bytes(&s.bytes, key).expect("we just framed these bytes");
+        let mut sealed = Self::sealed_frames(&[s.bytes.as_slice()], key).expect("we just framed these bytes");
+        s.bytes = sealed.pop().expect("one frame in, one out");
         s
     }
 
-    /// Encodes a record we author with an all-zero signature. Signing costs ~45 µs,
-    /// more than the rest of a commit, and the id covers only the body, so local
-    /// commits store records unsigned and a background task signs them (see
-    /// `Repo::sign_pending`); a record is always signed before it leaves the node.
+    /// Encodes a record we author with an all-zero signature. Signing costs ~30 µs,
+    /// more than the rest of a small commit, and the id covers only the body, so local
+    /// commits store records unsigned and a background task seals them in batches
+    /// (see `Repo::sign_pending`); a record is always signed before it leaves the node.
     pub fn unsigned(record: VersionRecord) -> Self {
         let body =
             bincode::serde::encode_to_vec(&record, bincode_config()).expect("encoding a record into a Vec cannot fail");
         let mut bytes = Vec::with_capacity(1 + 4 + body.len() + 64);
-        bytes.push(RECORD_FORMAT);
+        bytes.push(SINGLE_SIGNATURE_FORMAT);
         bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
         bytes.extend_from_slice(&body);
         bytes.extend_from_slice(&[0u8; 64]);
@@ -210,50 +247,65 @@ impl SignedRecord {
 
     /// True if framed record bytes carry a real (not placeholder) signature.
     pub fn is_signed(bytes: &[u8]) -> bool {
-        bytes.len() >= 64 && bytes[bytes.len() - 64..].iter().any(|&b| b != 0)
+        match bytes.first() {
+            Some(&RECORD_FORMAT) => true,
+            _ => bytes.len() >= 64 && bytes[bytes.len() - 64..].iter().any(|&b| b != 0),
+        }
     }
 
-    /// The same framed record with its signature filled in by `key`.
-    pub fn signed_bytes(bytes: &[u8], key: &SigningKey) -> Result<Vec<u8>, RecordError> {
-        let frame = || RecordError::Frame { len: bytes.len() };
-        let len_bytes: [u8; 4] = bytes.get(1..5).ok_or_else(frame)?.try_into().map_err(|_| frame())?;
-        let len = u32::from_le_bytes(len_bytes) as usize;
-        let body = bytes.get(5..5 + len).ok_or_else(frame)?;
-        if bytes.len() != 5 + len + 64 {
-            return Err(frame());
-        }
-        let mut out = bytes[..5 + len].to_vec();
-        out.extend_from_slice(&key.sign(body).to_bytes());
-        Ok(out)
+    /// The same framed records (ours, 1..=`seal::MAX_BATCH` of them) sealed by `key`
+    /// under one signature, in order.
+    pub fn sealed_frames(frames: &[&[u8]], key: &SigningKey) -> Result<Vec<Vec<u8>>, RecordError> {
+        let bodies = frames
+            .iter()
+            .map(|b| Frame::split(b).map(|f| f.body))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ids: Vec<VersionId> = bodies.iter().map(|b| VersionId(*blake3::hash(b).as_bytes())).collect();
+        let seals = seal::seal(&ids, key);
+        Ok(bodies
+            .iter()
+            .zip(seals)
+            .map(|(body, seal)| {
+                let mut out = Vec::with_capacity(5 + body.len() + seal.len());
+                out.push(RECORD_FORMAT);
+                out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+                out.extend_from_slice(body);
+                out.extend_from_slice(&seal);
+                out
+            })
+            .collect())
     }
 
     /// Decodes stored or received bytes, checking framing and, if `verify`, the
     /// author's signature. The id is derived from the bytes, never trusted from outside.
     pub fn decode(bytes: &[u8], verify: bool) -> Result<Self, RecordError> {
-        let frame = || RecordError::Frame { len: bytes.len() };
-        let (&fmt, rest) = bytes.split_first().ok_or_else(frame)?;
-        if fmt != RECORD_FORMAT {
-            return Err(RecordError::Format { found: fmt });
-        }
-        let len_bytes: [u8; 4] = rest.get(..4).ok_or_else(frame)?.try_into().map_err(|_| frame())?;
-        let len = u32::from_le_bytes(len_bytes) as usize;
-        let body = rest.get(4..4 + len).ok_or_else(frame)?;
-        let sig = rest.get(4 + len..).ok_or_else(frame)?;
-        if sig.len() != 64 {
-            return Err(frame());
-        }
-        let (record, used): (VersionRecord, usize) = bincode::serde::decode_from_slice(body, bincode_config())
+        Self::decode_inner(bytes, verify.then(SealVerifier::new).as_mut())
+    }
+
+    /// `decode` with the author's signature checked by `verifier`, which remembers
+    /// the batches it has already verified.
+    pub fn decode_verified(bytes: &[u8], verifier: &mut SealVerifier) -> Result<Self, RecordError> {
+        Self::decode_inner(bytes, Some(verifier))
+    }
+
+    fn decode_inner(bytes: &[u8], verifier: Option<&mut SealVerifier>) -> Result<Self, RecordError> {
+        let f = Frame::split(bytes)?;
+        let (record, used): (VersionRecord, usize) = bincode::serde::decode_from_slice(f.body, bincode_config())
             .map_err(|e| RecordError::Decode(e.to_string()))?;
-        if used != body.len() {
+        if used != f.body.len() {
             return Err(RecordError::Decode("trailing bytes after body".into()));
         }
-        if verify {
-            let bad = || RecordError::Signature { author: record.author };
-            let vk = VerifyingKey::from_bytes(&record.author.0).map_err(|_| bad())?;
-            let sig = Signature::from_slice(sig).map_err(|_| bad())?;
-            vk.verify(body, &sig).map_err(|_| bad())?;
+        let id = VersionId(*blake3::hash(f.body).as_bytes());
+        if let Some(v) = verifier {
+            let checked = match f.format {
+                RECORD_FORMAT => v.verify(&record.author, &id, f.proof),
+                _ => v.verify_signature(&record.author, f.body, f.proof),
+            };
+            checked.map_err(|source| RecordError::Signature {
+                author: record.author,
+                source,
+            })?;
         }
-        let id = VersionId(*blake3::hash(body).as_bytes());
         Ok(SignedRecord {
             id,
             record,
@@ -320,11 +372,50 @@ mod tests {
             SignedRecord::decode(&u.bytes, true).is_err(),
             "a placeholder signature never verifies"
         );
-        let signed = SignedRecord::signed_bytes(&u.bytes, &key).unwrap();
+        let signed = SignedRecord::sealed_frames(&[u.bytes.as_slice()], &key)
+            .unwrap()
+            .remove(0);
         assert!(SignedRecord::is_signed(&signed));
         let d = SignedRecord::decode(&signed, true).unwrap();
         assert_eq!(d.id, u.id);
         assert_eq!(signed, SignedRecord::sign(sample(&key), &key).bytes);
+    }
+
+    #[test]
+    fn a_sealed_batch_verifies_record_by_record_and_seals_do_not_swap() {
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let unsigned: Vec<SignedRecord> = (1..=5)
+            .map(|seq| SignedRecord::unsigned(VersionRecord { seq, ..sample(&key) }))
+            .collect();
+        let frames: Vec<&[u8]> = unsigned.iter().map(|u| u.bytes.as_slice()).collect();
+        let sealed = SignedRecord::sealed_frames(&frames, &key).unwrap();
+        let mut verifier = SealVerifier::new();
+        for (u, b) in unsigned.iter().zip(&sealed) {
+            assert_eq!(SignedRecord::decode(b, true).unwrap().id, u.id);
+            assert_eq!(SignedRecord::decode_verified(b, &mut verifier).unwrap().id, u.id);
+        }
+        // Record 0's body with record 1's seal.
+        let body_end = 5 + u32::from_le_bytes(sealed[0][1..5].try_into().unwrap()) as usize;
+        let seal_1 = &sealed[1][5 + u32::from_le_bytes(sealed[1][1..5].try_into().unwrap()) as usize..];
+        let swapped = [&sealed[0][..body_end], seal_1].concat();
+        assert!(matches!(
+            SignedRecord::decode_verified(&swapped, &mut verifier),
+            Err(RecordError::Signature { .. })
+        ));
+    }
+
+    #[test]
+    fn records_signed_one_by_one_still_verify() {
+        use ed25519_dalek::Signer;
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let u = SignedRecord::unsigned(sample(&key));
+        let mut legacy = u.bytes[..u.bytes.len() - 64].to_vec();
+        legacy.extend_from_slice(&key.sign(&legacy[5..]).to_bytes());
+        assert!(SignedRecord::is_signed(&legacy));
+        assert_eq!(SignedRecord::decode(&legacy, true).unwrap().id, u.id);
+        let n = legacy.len();
+        legacy[n - 1] ^= 1;
+        assert!(SignedRecord::decode(&legacy, true).is_err());
     }
 
     #[test]

@@ -26,9 +26,9 @@ use std::time::Duration;
 
 /// Request-response protocol name; the number is the wire version. A peer speaking
 /// another version fails protocol negotiation, which `sync` logs as incompatible.
-pub const SYNC_PROTOCOL: &str = "/distribox/sync/1";
+pub const SYNC_PROTOCOL: &str = "/distribox/sync/2";
 /// Carried in every message body too (see `wire`).
-pub const PROTO_VERSION: u32 = 1;
+pub const PROTO_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {

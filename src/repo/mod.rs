@@ -746,25 +746,33 @@ impl Repo {
         if ids.is_empty() {
             return Ok(0);
         }
-        let mut batch = self.store.batch();
-        let mut n = 0;
+        let mut todo = Vec::with_capacity(ids.len());
         for id in &ids {
-            let Some(bytes) = self.store.get_record(*id)? else {
-                continue;
-            };
-            if SignedRecord::is_signed(&bytes) {
-                continue;
+            match self.store.get_record(*id) {
+                Ok(Some(bytes)) if !SignedRecord::is_signed(&bytes) => todo.push((*id, bytes)),
+                Ok(_) => {}
+                Err(e) => {
+                    self.unsigned.lock().extend(ids); // retry later
+                    return Err(e.into());
+                }
             }
-            let signed = SignedRecord::signed_bytes(&bytes, &self.key)
-                .map_err(|source| RepoError::Record { version: *id, source })?;
-            batch.replace_record(*id, &signed);
-            n += 1;
+        }
+        let mut batch = self.store.batch();
+        for group in todo.chunks(crate::model::seal::MAX_BATCH) {
+            let frames: Vec<&[u8]> = group.iter().map(|(_, b)| b.as_slice()).collect();
+            let sealed = SignedRecord::sealed_frames(&frames, &self.key).map_err(|source| RepoError::Record {
+                version: group[0].0,
+                source,
+            })?;
+            for ((id, _), bytes) in group.iter().zip(&sealed) {
+                batch.replace_record(*id, bytes);
+            }
         }
         if let Err(e) = self.store.write(batch) {
             self.unsigned.lock().extend(ids); // retry later
             return Err(e.into());
         }
-        Ok(n)
+        Ok(todo.len())
     }
 
     /// Finds records left unsigned by an earlier run that stopped before signing them.

@@ -249,6 +249,8 @@ struct Engine {
     /// flips a byte in every chunk it serves, so tests can check that receivers
     /// catch it. Logged loudly at start.
     corrupt_sends: bool,
+    /// Checks received records' signatures, one per batch of an author's records.
+    verifier: crate::model::SealVerifier,
     /// Chunk bytes stored without the WAL since the last flush (see `on_chunks`).
     unflushed: u64,
     /// Pending records whose chunks are all here: the next `integrate` offers them.
@@ -341,6 +343,7 @@ impl Engine {
             announce: true,
             announced_at: None,
             corrupt_sends: std::env::var_os("DISTRIBOX_TEST_CORRUPT_SENT_CHUNKS").is_some(),
+            verifier: crate::model::SealVerifier::new(),
             unflushed: 0,
             ready: Vec::new(),
             served_tx,
@@ -895,7 +898,7 @@ impl Engine {
     fn on_records(&mut self, peer: PeerId, author: NodeId, records: Vec<Vec<u8>>) {
         let mut recs = Vec::with_capacity(records.len());
         for b in &records {
-            match SignedRecord::decode(b, true) {
+            match SignedRecord::decode_verified(b, &mut self.verifier) {
                 Ok(r) if r.record.author == author => recs.push(r),
                 Ok(r) => {
                     tracing::warn!(peer = %peer, version = %r.id, "peer sent a record of another author than asked; dropped");
