@@ -126,7 +126,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for GroupStream<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         ready!(this.poll_drain(cx))?;
-        let n = buf.len().min(WRITE_BUFFER);
+        if this.write.left == 0 {
+            // Past the shield: no copy.
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
+        let n = buf.len().min(WRITE_BUFFER).min(this.write.left as usize);
         this.out.extend_from_slice(&buf[..n]);
         this.write.apply(&mut this.out);
         // Start sending now; what does not fit yet goes out on the next call (the

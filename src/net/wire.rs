@@ -62,8 +62,16 @@ pub struct Announce {
     pub seq: u64,
 }
 
+/// Encodes into a `Vec` of exactly the right size: bincode's serde path grows its
+/// `Vec` by doubling, and reallocating a 4 MiB chunk answer was 7% of the serving
+/// node's CPU in a 1 GiB transfer (perf, 2026-12-01).
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    bincode::serde::encode_to_vec(v, bincode::config::standard()).expect("encoding into a Vec cannot fail")
+    let config = bincode::config::standard();
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(v, &mut size, config).expect("counting bytes cannot fail");
+    let mut out = Vec::with_capacity(size.bytes_written);
+    bincode::serde::encode_into_std_write(v, &mut out, config).expect("encoding into a Vec cannot fail");
+    out
 }
 
 pub fn decode<T: for<'de> Deserialize<'de>>(b: &[u8], limit: usize) -> Result<T, String> {
