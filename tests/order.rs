@@ -227,3 +227,36 @@ fn a_purge_that_arrives_before_its_versions_does_not_strand_them() {
     assert_eq!(out, vec![3u8; 300_000]);
     assert_eq!(tree(&late.repo), tree(&keeper.repo));
 }
+
+/// Records are sealed up to 64 to a signature: every record of a 130-commit burst
+/// still verifies on its own (`records` checks each with a fresh verifier), the
+/// burst took a handful of signatures, and a member that receives it builds the
+/// same tree.
+#[test]
+fn a_burst_of_records_is_sealed_in_batches_that_verify_one_by_one() {
+    let group = GroupKey::generate();
+    let (a, b) = (member(group), member(group));
+    let root = a.repo.root();
+    for i in 0..130 {
+        a.repo
+            .commit(vec![(EntryId::random(), dir(root, &format!("d{i}")))])
+            .unwrap();
+    }
+    let all = records(&a.repo, 1..=1000);
+    assert_eq!(all.len(), 131, "the root's record and 130 directories");
+    let signatures: BTreeSet<Vec<u8>> = all
+        .iter()
+        .map(|r| {
+            let body_end = 5 + u32::from_le_bytes(r.bytes[1..5].try_into().unwrap()) as usize;
+            r.bytes[body_end..body_end + 64].to_vec()
+        })
+        .collect();
+    assert!(
+        (3..=4).contains(&signatures.len()),
+        "131 records sealed 64 to a signature, got {} signatures",
+        signatures.len()
+    );
+    deliver(&b.repo, all);
+    assert_eq!(tree(&a.repo), tree(&b.repo));
+    assert_eq!(tree(&b.repo).len(), 130);
+}

@@ -206,9 +206,11 @@ impl<'a> Frame<'a> {
             return Err(RecordError::Format { found: format });
         }
         let len_bytes: [u8; 4] = rest.get(..4).ok_or_else(frame)?.try_into().map_err(|_| frame())?;
-        let len = u32::from_le_bytes(len_bytes) as usize;
-        let body = rest.get(4..4 + len).ok_or_else(frame)?;
-        let proof = rest.get(4 + len..).ok_or_else(frame)?;
+        let end = (u32::from_le_bytes(len_bytes) as usize)
+            .checked_add(4)
+            .ok_or_else(frame)?;
+        let body = rest.get(4..end).ok_or_else(frame)?;
+        let proof = rest.get(end..).ok_or_else(frame)?;
         let proof_len = match format {
             RECORD_FORMAT => seal::seal_len(proof),
             _ => Some(64),

@@ -93,7 +93,10 @@ pub fn seal_len(bytes: &[u8]) -> Option<usize> {
 #[derive(Default)]
 pub struct SealVerifier {
     keys: HashMap<NodeId, VerifyingKey>,
-    roots: HashSet<(NodeId, [u8; 32])>,
+    /// (author, signed message, signature) triples that verified. The signature is
+    /// part of the key: a record whose path is right but whose signature bytes were
+    /// altered must not pass (it would be stored, and served, as received).
+    roots: HashSet<(NodeId, [u8; 32], [u8; 64])>,
 }
 
 const MAX_REMEMBERED: usize = 4096;
@@ -124,14 +127,16 @@ impl SealVerifier {
             };
         }
         let msg = message(depth, &h);
-        if self.roots.contains(&(*author, msg)) {
+        let sig: [u8; 64] = seal[..64].try_into().expect("seal_len checked the length");
+        let seen = (*author, msg, sig);
+        if self.roots.contains(&seen) {
             return Ok(());
         }
-        self.verify_signature(author, &msg, &seal[..64])?;
+        self.verify_signature(author, &msg, &sig)?;
         if self.roots.len() >= MAX_REMEMBERED {
             self.roots.clear();
         }
-        self.roots.insert((*author, msg));
+        self.roots.insert(seen);
         Ok(())
     }
 
@@ -201,6 +206,19 @@ mod tests {
             v.verify(&author(&key), &make_ids(6)[5], &seals[4]),
             Err(SealError::Signature)
         );
+    }
+
+    #[test]
+    fn a_remembered_batch_does_not_excuse_altered_signature_bytes() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let ids = make_ids(4);
+        let seals = seal(&ids, &key);
+        let mut v = SealVerifier::new();
+        assert_eq!(v.verify(&author(&key), &ids[0], &seals[0]), Ok(()));
+        let mut bad = seals[1].clone();
+        bad[10] ^= 1;
+        assert_eq!(v.verify(&author(&key), &ids[1], &bad), Err(SealError::Signature));
+        assert_eq!(v.verify(&author(&key), &ids[1], &seals[1]), Ok(()));
     }
 
     #[test]

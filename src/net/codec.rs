@@ -15,7 +15,9 @@ thread_local! {
     static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// Largest buffer kept in `SPARE` (one per thread).
+/// Largest buffer kept in `SPARE` (one per thread that reads frames: the network
+/// workers and the blocking pool, so a few times this at most; chunk answers are
+/// ~4 MiB).
 const MAX_SPARE: usize = 8 << 20;
 
 /// Reads one length-prefixed frame and decodes it from a reused buffer.

@@ -197,7 +197,8 @@ mod tests {
         futures::executor::block_on(async {
             let key = GroupStreamKey::from_secret(b"group secret");
             let other = GroupStreamKey::from_secret(b"another secret");
-            let msg: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
+            // Past the shield, in pieces that straddle its end.
+            let msg: Vec<u8> = (0..SHIELD_BYTES as u32 + 300_000).map(|i| (i * 7) as u8).collect();
             let mut a = key.handshake(mem(vec![0; NONCE_LEN])).await.unwrap();
             for piece in msg.chunks(100_000) {
                 a.write_all(piece).await.unwrap();
@@ -205,7 +206,16 @@ mod tests {
             a.flush().await.unwrap();
             let wire = a.inner.output.into_inner();
             assert_eq!(wire.len(), NONCE_LEN + msg.len());
-            assert!(wire[NONCE_LEN..] != msg[..], "the wire carries ciphertext");
+            let shield = SHIELD_BYTES as usize;
+            assert!(
+                wire[NONCE_LEN..NONCE_LEN + shield] != msg[..shield],
+                "the wire carries ciphertext"
+            );
+            assert_eq!(
+                wire[NONCE_LEN + shield..],
+                msg[shield..],
+                "then Noise's bytes as they are"
+            );
             for (k, same) in [(key, true), (other, false)] {
                 let mut b = k.handshake(mem(wire.clone())).await.unwrap();
                 let mut got = vec![0u8; msg.len()];

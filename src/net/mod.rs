@@ -26,6 +26,8 @@ use std::time::Duration;
 
 /// Request-response protocol name; the number is the wire version. A peer speaking
 /// another version fails protocol negotiation, which `sync` logs as incompatible.
+/// (Builds before protocol 2 also use another group-layer key, so they already fail
+/// the handshake under it, as a non-member does.)
 pub const SYNC_PROTOCOL: &str = "/distribox/sync/2";
 /// Carried in every message body too (see `wire`).
 pub const PROTO_VERSION: u32 = 2;

@@ -749,7 +749,16 @@ impl Repo {
         let mut todo = Vec::with_capacity(ids.len());
         for id in &ids {
             match self.store.get_record(*id) {
-                Ok(Some(bytes)) if !SignedRecord::is_signed(&bytes) => todo.push((*id, bytes)),
+                Ok(Some(bytes)) if !SignedRecord::is_signed(&bytes) => {
+                    // A frame that does not decode can never be signed; sealing it
+                    // with the others would fail the whole batch every time.
+                    match SignedRecord::decode(&bytes, false) {
+                        Ok(_) => todo.push((*id, bytes)),
+                        Err(e) => {
+                            tracing::error!(version = %id, error = %e, "stored record of ours is corrupt; it stays unsigned and is never sent")
+                        }
+                    }
+                }
                 Ok(_) => {}
                 Err(e) => {
                     self.unsigned.lock().extend(ids); // retry later
@@ -760,10 +769,16 @@ impl Repo {
         let mut batch = self.store.batch();
         for group in todo.chunks(crate::model::seal::MAX_BATCH) {
             let frames: Vec<&[u8]> = group.iter().map(|(_, b)| b.as_slice()).collect();
-            let sealed = SignedRecord::sealed_frames(&frames, &self.key).map_err(|source| RepoError::Record {
-                version: group[0].0,
-                source,
-            })?;
+            let sealed = match SignedRecord::sealed_frames(&frames, &self.key) {
+                Ok(s) => s,
+                Err(source) => {
+                    self.unsigned.lock().extend(ids); // retry later
+                    return Err(RepoError::Record {
+                        version: group[0].0,
+                        source,
+                    });
+                }
+            };
             for ((id, _), bytes) in group.iter().zip(&sealed) {
                 batch.replace_record(*id, bytes);
             }

@@ -12,10 +12,13 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// On-disk format this build writes. 3: chunks keyed in write order (see `store`).
-pub const FORMAT_VERSION: u32 = 3;
+/// On-disk format this build writes. 3: chunks keyed in write order (see `store`);
+/// 4: records may be sealed in batches (record format 2, `model::seal`), which
+/// builds before it cannot read.
+pub const FORMAT_VERSION: u32 = 4;
 /// Oldest format this build opens (and upgrades in place: format 2 differs only in
-/// how chunks are keyed, and this build reads both).
+/// how chunks are keyed, format 3 in how records are signed, and this build reads
+/// all of them).
 const OLDEST_READABLE: u32 = 2;
 const FORMAT_MAGIC: &str = "distribox-data-dir";
 
