@@ -336,3 +336,56 @@ impl Repo {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Attrs, Content, EntryId, Link, SealVerifier};
+    use crate::repo::Draft;
+    use crate::store::DataDir;
+    use ed25519_dalek::Signer;
+
+    /// A data dir from before seals holds records signed one by one and records not
+    /// signed yet (both format 1). After the upgrade the first are served as they are,
+    /// the second get sealed, and a peer verifies all of them.
+    #[test]
+    fn records_signed_one_by_one_and_unsigned_ones_are_served_verifiable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dd = DataDir::new(tmp.path());
+        dd.init(None).unwrap();
+        let repo = Repo::open(&dd).unwrap();
+        let dir = |name: &str| Draft {
+            location: vec![Link {
+                parent: repo.root(),
+                name: name.as_bytes().to_vec(),
+            }],
+            attrs: Attrs {
+                mode: 0o755,
+                ..Default::default()
+            },
+            content: Content::Dir,
+        };
+        repo.commit(vec![(EntryId::random(), dir("a")), (EntryId::random(), dir("b"))])
+            .unwrap();
+        let ours = repo.store.versions_of_author(repo.node, 1, 100, 100).unwrap();
+        assert!(ours.len() >= 2);
+        // The oldest one signed as builds before seals did.
+        let (_, old) = ours[0];
+        let placeholder = repo.store.get_record(old).unwrap().unwrap();
+        assert!(!SignedRecord::is_signed(&placeholder));
+        let mut legacy = placeholder[..placeholder.len() - 64].to_vec();
+        legacy.extend_from_slice(&repo.key.sign(&legacy[5..]).to_bytes());
+        let mut b = repo.store.batch();
+        b.replace_record(old, &legacy);
+        repo.store.write(b).unwrap();
+
+        let served = repo.records_of(repo.node, 1, 100, 100, usize::MAX).unwrap();
+        assert_eq!(served.len(), ours.len(), "every record is signed and served");
+        assert_eq!(served[0], legacy, "a record signed one by one goes out as it is");
+        let mut v = SealVerifier::new();
+        for (bytes, (_, id)) in served.iter().zip(&ours) {
+            assert_eq!(SignedRecord::decode_verified(bytes, &mut v).unwrap().id, *id);
+        }
+        assert!(served[1..].iter().all(|b| b[0] == crate::model::record::RECORD_FORMAT));
+    }
+}
