@@ -746,10 +746,19 @@ impl Repo {
         if ids.is_empty() {
             return Ok(0);
         }
+        let sealed = self.seal(&ids);
+        if sealed.is_err() {
+            self.unsigned.lock().extend(ids); // retry later
+        }
+        sealed
+    }
+
+    /// Seals those of `ids` not signed yet, 64 to a signature, in one write.
+    fn seal(&self, ids: &[VersionId]) -> Result<usize> {
         let mut todo = Vec::with_capacity(ids.len());
-        for id in &ids {
-            match self.store.get_record(*id) {
-                Ok(Some(bytes)) if !SignedRecord::is_signed(&bytes) => {
+        for id in ids {
+            match self.store.get_record(*id)? {
+                Some(bytes) if !SignedRecord::is_signed(&bytes) => {
                     // A frame that does not decode can never be signed; sealing it
                     // with the others would fail the whole batch every time.
                     match SignedRecord::decode(&bytes, false) {
@@ -759,34 +768,21 @@ impl Repo {
                         }
                     }
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    self.unsigned.lock().extend(ids); // retry later
-                    return Err(e.into());
-                }
+                _ => {}
             }
         }
         let mut batch = self.store.batch();
         for group in todo.chunks(crate::model::seal::MAX_BATCH) {
             let frames: Vec<&[u8]> = group.iter().map(|(_, b)| b.as_slice()).collect();
-            let sealed = match SignedRecord::sealed_frames(&frames, &self.key) {
-                Ok(s) => s,
-                Err(source) => {
-                    self.unsigned.lock().extend(ids); // retry later
-                    return Err(RepoError::Record {
-                        version: group[0].0,
-                        source,
-                    });
-                }
-            };
+            let sealed = SignedRecord::sealed_frames(&frames, &self.key).map_err(|source| RepoError::Record {
+                version: group[0].0,
+                source,
+            })?;
             for ((id, _), bytes) in group.iter().zip(&sealed) {
                 batch.replace_record(*id, bytes);
             }
         }
-        if let Err(e) = self.store.write(batch) {
-            self.unsigned.lock().extend(ids); // retry later
-            return Err(e.into());
-        }
+        self.store.write(batch)?;
         Ok(todo.len())
     }
 
