@@ -75,6 +75,13 @@ impl ChunkId {
     }
 }
 
+impl VersionId {
+    /// A record's id: the BLAKE3 of its body bytes exactly as framed (see `record`).
+    pub fn of_body(body: &[u8]) -> Self {
+        VersionId(*blake3::hash(body).as_bytes())
+    }
+}
+
 impl EntryId {
     /// A fresh random entry id (128 bits: collisions are not a practical concern).
     pub fn random() -> Self {

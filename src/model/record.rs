@@ -243,7 +243,7 @@ impl SignedRecord {
         bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
         bytes.extend_from_slice(&body);
         bytes.extend_from_slice(&[0u8; 64]);
-        let id = VersionId(*blake3::hash(&body).as_bytes());
+        let id = VersionId::of_body(&body);
         SignedRecord { id, record, bytes }
     }
 
@@ -262,7 +262,7 @@ impl SignedRecord {
             .iter()
             .map(|b| Frame::split(b).map(|f| f.body))
             .collect::<Result<Vec<_>, _>>()?;
-        let ids: Vec<VersionId> = bodies.iter().map(|b| VersionId(*blake3::hash(b).as_bytes())).collect();
+        let ids: Vec<VersionId> = bodies.iter().map(|b| VersionId::of_body(b)).collect();
         let seals = seal::seal(&ids, key);
         Ok(bodies
             .iter()
@@ -297,7 +297,7 @@ impl SignedRecord {
         if used != f.body.len() {
             return Err(RecordError::Decode("trailing bytes after body".into()));
         }
-        let id = VersionId(*blake3::hash(f.body).as_bytes());
+        let id = VersionId::of_body(f.body);
         if let Some(v) = verifier {
             let checked = match f.format {
                 RECORD_FORMAT => v.verify(&record.author, &id, f.proof),
