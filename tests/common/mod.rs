@@ -46,12 +46,28 @@ pub struct Node {
 
 /// A free TCP port on 127.0.0.1 (kept for the node's lifetime, so a remounted node
 /// is found again at the address its peers remember).
+///
+/// Taken below the kernel's ephemeral range: binding port 0 hands out a port from
+/// that range, and between this probe and the node's own bind an outgoing
+/// connection (a node dialing its peer) could get the same one — CI once failed with
+/// "Address already in use" that way. Below the range only listeners compete, and
+/// each call in this process moves on to the next candidate.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (low, span) = (10_000, ephemeral_start.saturating_sub(10_000).max(1000));
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (low + (start + n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {low}..{}", low + span);
 }
 
 impl Node {
