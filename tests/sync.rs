@@ -340,3 +340,74 @@ fn writing_while_a_peer_version_lands_keeps_both() {
     );
     wait_same_tree(&[&a, &b]);
 }
+
+/// A large file moves while it is still being written: a member fetches the chunks
+/// its writer has already stored before the file is closed (and shows nothing
+/// until the version exists), and no chunk is fetched twice.
+#[test]
+fn a_file_being_written_streams_to_members_before_its_close() {
+    let listen = format!("--listen=/ip4/127.0.0.1/tcp/{}", free_port());
+    // No idle commit while the file stays open below.
+    let mut a = Node::prepare(&[&listen, "--no-mdns", "--idle-commit-ms=600000"]);
+    a.mount();
+    let token = a.invite();
+    let b = Node::member(Some(&token));
+    wait_until("A and B online", PROPAGATE_SECS, || {
+        a.online_peers() == 1 && b.online_peers() == 1
+    });
+    fs::write(a.path("warm-up.txt"), b"up\n").unwrap();
+    wait_content(&b, "warm-up.txt", b"up\n");
+
+    let data = random_bytes(64 << 20, 11);
+    let src = tempfile::NamedTempFile::new().unwrap();
+    fs::write(src.path(), &data).unwrap();
+    let before = b.status()["bytes_received"].as_u64().unwrap();
+    // The writer is a process of its own that keeps the file open until its stdin
+    // closes: every `distribox status` below forks this test process, and a fork
+    // holding the open file would close a copy of it, which commits a version.
+    let mut writer = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys\nf = open(sys.argv[1], 'wb')\nf.write(open(sys.argv[2], 'rb').read())\nprint('written', flush=True)\nsys.stdin.read()\nf.close()",
+        ])
+        .arg(a.path("growing.bin"))
+        .arg(src.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(writer.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "written");
+    }
+    // At most 32 MiB of a file written from scratch waits unchunked in memory, so
+    // at least half of it is chunked and stored on A by now.
+    wait_until("B to fetch chunks of the still open file", PROPAGATE_SECS, || {
+        b.status()["bytes_received"].as_u64().unwrap() - before >= 16 << 20
+    });
+    // What B holds came from hints, not from a version (there is none yet).
+    assert!(
+        !cli(&a.data, &["log", "growing.bin"]).status.success(),
+        "A committed the open file early"
+    );
+    assert!(
+        read(&b, "growing.bin").is_none(),
+        "B shows a file that has no version yet"
+    );
+    drop(writer.stdin.take());
+    assert!(writer.wait().unwrap().success());
+    wait_until("growing.bin on B", PROPAGATE_SECS * 2, || {
+        read(&b, "growing.bin").map(|d| d.len()) == Some(data.len())
+    });
+    assert!(read(&b, "growing.bin").unwrap() == data, "growing.bin differs on B");
+    let got = b.status()["bytes_received"].as_u64().unwrap() - before;
+    assert!(
+        got < data.len() as u64 + (2 << 20),
+        "B fetched {got} bytes for a file of {} bytes",
+        data.len()
+    );
+}

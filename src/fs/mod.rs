@@ -306,7 +306,12 @@ impl DistriboxFs {
         let fs = self.clone();
         let spawned = std::thread::Builder::new().name("prechunk".into()).spawn(move || {
             match plan.run(fs.repo()) {
-                Ok(done) => d.lock().file.prechunk_apply(done),
+                Ok(done) => {
+                    let ids = done.chunk_ids();
+                    if d.lock().file.prechunk_apply(done) {
+                        fs.repo().staged(ids);
+                    }
+                }
                 Err(err) => {
                     tracing::debug!(entry = %entry, error = %err, "background chunking failed; commit will redo it");
                     d.lock().file.prechunk_failed();

@@ -65,6 +65,13 @@ pub fn topic(group: &GroupKey) -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new(format!("distribox/{}", hex::encode(group.id)))
 }
 
+/// The group's topic for hints about chunks of files still being written
+/// (`wire::Staged`). A topic of its own: builds that do not know the message
+/// never subscribe to it, so they neither see nor misread it.
+pub fn staged_topic(group: &GroupKey) -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(format!("distribox/{}/staged", hex::encode(group.id)))
+}
+
 pub fn build_swarm(key: identity::Keypair, group: &GroupKey, mdns_on: bool) -> Result<Swarm<Behaviour>, NetError> {
     let gate = group_stream::GroupStreamKey::from_secret(&group.secret);
     let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());

@@ -62,6 +62,22 @@ pub struct Announce {
     pub seq: u64,
 }
 
+/// Chunks in one `Staged` hint: 512 ids are 16 KiB, well inside gossipsub's
+/// 64 KiB messages, and a 16 MiB pre-chunking pass has ~256 chunks.
+pub const MAX_STAGED_CHUNKS: usize = 512;
+/// Largest `Staged` message we decode.
+pub const MAX_STAGED: usize = 32 * 1024;
+
+/// Gossip hint: "I just stored these chunks of a file I am still writing". A
+/// member may fetch them from the sender at once, so a large file moves while it
+/// is written; the version naming them comes later, announced as usual, and only
+/// then does anything show. Hashes only, never file data.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Staged {
+    pub version: u32,
+    pub chunks: Vec<ChunkId>,
+}
+
 /// Encodes into a `Vec` of exactly the right size: bincode's serde path grows its
 /// `Vec` by doubling, and reallocating a 4 MiB chunk answer was 7% of the serving
 /// node's CPU in a 1 GiB transfer (perf, 2026-12-01).

@@ -125,6 +125,11 @@ struct Subscriber {
     wants: Box<dyn Fn(&ChangeBatch) -> bool + Send + Sync>,
 }
 
+struct StagedSubscriber {
+    tx: tokio::sync::mpsc::UnboundedSender<Vec<ChunkId>>,
+    wants: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
 /// Resolved state of one entry (see `merge`): what it shows and what it is made of.
 #[derive(Clone, Debug)]
 pub struct EntryState {
@@ -259,6 +264,9 @@ pub struct Repo {
     purged: Mutex<HashMap<VersionId, EntryId>>,
     /// Who hears about changes (the network announcer, the kernel-cache invalidator).
     subscribers: Mutex<Vec<Subscriber>>,
+    /// Who hears about chunks stored ahead for files still being written (the
+    /// network, so members can fetch a large file while it is written).
+    staged_subscribers: Mutex<Vec<StagedSubscriber>>,
     /// Counts published change batches (see `epoch`).
     epoch: std::sync::atomic::AtomicU64,
 }
@@ -353,6 +361,7 @@ impl Repo {
             cycle_breaks: Mutex::new(cycle_breaks),
             purged: Mutex::new(purged),
             subscribers: Mutex::new(Vec::new()),
+            staged_subscribers: Mutex::new(Vec::new()),
             epoch: std::sync::atomic::AtomicU64::new(0),
         };
         repo.queue_unsigned_from_store()?;
@@ -416,6 +425,33 @@ impl Repo {
             wants: Box::new(wants),
         });
         rx
+    }
+
+    /// Hears about chunks stored ahead of a commit for a file still being written
+    /// (`staged`), whenever `wants` says so at that moment.
+    pub fn subscribe_staged(
+        &self,
+        wants: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<Vec<ChunkId>> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.staged_subscribers.lock().push(StagedSubscriber {
+            tx,
+            wants: Box::new(wants),
+        });
+        rx
+    }
+
+    /// Says that `chunks` of a file being written are stored here, before any
+    /// version names them: members may fetch them now rather than after the
+    /// commit (a 1 GiB copy would otherwise start moving only at its close). Only
+    /// a hint: the version that will name them is announced as usual.
+    pub fn staged(&self, chunks: Vec<ChunkId>) {
+        if chunks.is_empty() {
+            return;
+        }
+        self.staged_subscribers
+            .lock()
+            .retain(|s| !(s.wants)() || s.tx.send(chunks.clone()).is_ok());
     }
 
     /// Moves on after every stored change to the tree, local or remote. An answer

@@ -75,6 +75,13 @@ pub struct PrechunkDone {
     generation: u64,
 }
 
+impl PrechunkDone {
+    /// The chunks this pass stored, in file order.
+    pub fn chunk_ids(&self) -> Vec<ChunkId> {
+        self.refs.iter().map(|r| r.id).collect()
+    }
+}
+
 /// Start pre-chunking once this much unchunked data has piled up.
 const PRECHUNK_AFTER: u64 = 8 << 20;
 /// A pass reads at most this much (it stores all but its last `MAX_CHUNK` or so,
@@ -324,10 +331,10 @@ impl DirtyFile {
     /// Records a finished pass unless a write below its range raced with it, or it
     /// does not start where the pre-chunked data ends (two passes planned from the
     /// same point, the second started after the first reported: appending its
-    /// chunks would repeat bytes).
-    pub fn prechunk_apply(&mut self, done: PrechunkDone) {
+    /// chunks would repeat bytes). True if the pass's chunks now belong to the file.
+    pub fn prechunk_apply(&mut self, done: PrechunkDone) -> bool {
         if done.generation != self.generation || !self.fresh() || done.from != self.pre.len_bytes() {
-            return;
+            return false;
         }
         if done.refs.is_empty() {
             // No progress (no room for chunks ahead): a writer waiting for the
@@ -338,6 +345,7 @@ impl DirtyFile {
         if let Spill::Tail(t) = &mut self.spill {
             t.forget_below(self.pre.len_bytes());
         }
+        true
     }
 
     /// A pass failed (e.g. the disk is full): a writer waiting for the in-memory

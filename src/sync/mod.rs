@@ -14,7 +14,7 @@ pub mod invite;
 pub mod peers;
 
 use crate::model::{ChunkId, NodeId, SignedRecord, VersionId};
-use crate::net::wire::{self, Announce, Envelope, Request, Response};
+use crate::net::wire::{self, Announce, Envelope, Request, Response, Staged};
 use crate::net::{Behaviour, BehaviourEvent, PROTO_VERSION};
 use crate::repo::{ChangeBatch, Repo};
 use futures::StreamExt;
@@ -42,6 +42,14 @@ const MAX_KNOWN_PEERS: usize = 256;
 /// burst of creates (thousands per second) would otherwise pay that per commit.
 /// The first commit after a quiet spell is announced at once.
 const ANNOUNCE_GAP: Duration = Duration::from_millis(10);
+/// Chunk requests for hinted chunks (`wire::Staged`) stop short of
+/// `MAX_CHUNK_REQUESTS` by this many, so a record that lands meanwhile (a small
+/// file saved while a large one streams in) gets its chunks without queueing
+/// behind the large file.
+const KEPT_FOR_RECORDS: usize = 2;
+/// Hinted chunks remembered at once (~4 GiB of 64 KiB chunks; ~5 MiB of state).
+/// Hints past it are dropped: the commit's record fetches those chunks anyway.
+const MAX_HINTED: usize = 65_536;
 
 /// Whether a received chunk is stored through the WAL (see `on_chunks`): those no
 /// larger than FastCDC's minimum, i.e. small files' only chunks, a large file's
@@ -224,9 +232,13 @@ struct Engine {
     me: NodeId,
     swarm: Swarm<Behaviour>,
     topic: gossipsub::IdentTopic,
+    /// Where hints about files still being written go (`wire::Staged`).
+    staged_topic: gossipsub::IdentTopic,
     table: Arc<Mutex<PeerTable>>,
     peers_file: PathBuf,
     changes: tokio::sync::mpsc::UnboundedReceiver<ChangeBatch>,
+    /// Chunks our mount stored ahead for files still being written, to hint.
+    staged: tokio::sync::mpsc::UnboundedReceiver<Vec<ChunkId>>,
     /// Members with at least one connection (what `changes` is filtered by).
     online: Arc<std::sync::atomic::AtomicUsize>,
     /// Outstanding record requests: request → (peer, author). One per author.
@@ -236,6 +248,11 @@ struct Engine {
     want: HashMap<ChunkId, Vec<VersionId>>,
     waiting: HashMap<VersionId, usize>,
     queue: VecDeque<ChunkId>,
+    /// Chunks a member hinted it holds (a file it is still writing) and we lack:
+    /// chunk → that member. Queued in `hint_queue` or in flight; fetched only from
+    /// that member, after what pending records need, and dropped if it fails.
+    hinted: HashMap<ChunkId, PeerId>,
+    hint_queue: VecDeque<ChunkId>,
     chunk_reqs: HashMap<OutboundRequestId, (PeerId, Vec<ChunkId>)>,
     /// Peers that did not have (or sent bad data for) a chunk.
     tried: HashMap<ChunkId, HashSet<PeerId>>,
@@ -275,11 +292,14 @@ impl Engine {
         let local = keypair.public().to_peer_id();
         let mut swarm = crate::net::build_swarm(keypair, repo.group(), cfg.mdns)?;
         let topic = crate::net::topic(repo.group());
-        swarm
-            .behaviour_mut()
-            .gossipsub
-            .subscribe(&topic)
-            .map_err(|e| crate::net::NetError::Setup(e.to_string()))?;
+        let staged_topic = crate::net::staged_topic(repo.group());
+        for t in [&topic, &staged_topic] {
+            swarm
+                .behaviour_mut()
+                .gossipsub
+                .subscribe(t)
+                .map_err(|e| crate::net::NetError::Setup(e.to_string()))?;
+        }
         for a in &cfg.listen {
             swarm.listen_on(a.clone()).map_err(|e| SyncError::Listen {
                 addr: a.to_string(),
@@ -319,6 +339,8 @@ impl Engine {
         let online = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let anyone = online.clone();
         let changes = repo.subscribe_if(move |b| !b.remote && anyone.load(std::sync::atomic::Ordering::Relaxed) > 0);
+        let anyone = online.clone();
+        let staged = repo.subscribe_staged(move || anyone.load(std::sync::atomic::Ordering::Relaxed) > 0);
         let me = repo.node();
         let (served_tx, served_rx) = tokio::sync::mpsc::unbounded_channel();
         let (stored_tx, stored_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -327,15 +349,19 @@ impl Engine {
             me,
             swarm,
             topic,
+            staged_topic,
             table,
             peers_file,
             changes,
+            staged,
             online,
             record_reqs: HashMap::new(),
             asking: HashSet::new(),
             want: HashMap::new(),
             waiting: HashMap::new(),
             queue: VecDeque::new(),
+            hinted: HashMap::new(),
+            hint_queue: VecDeque::new(),
             chunk_reqs: HashMap::new(),
             tried: HashMap::new(),
             parked: Vec::new(),
@@ -391,6 +417,7 @@ impl Engine {
                     );
                 }
                 Some(st) = self.stored_rx.recv() => self.on_stored(st),
+                Some(ids) = self.staged.recv() => self.publish_staged(ids),
                 _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => {}
                 _ = &mut stop => break,
             }
@@ -469,7 +496,14 @@ impl Engine {
                 propagation_source,
                 message,
                 ..
-            })) => self.on_announce(propagation_source, &message.data),
+            })) => {
+                if message.topic == self.staged_topic.hash() {
+                    // Signed messages name their author: the member holding the chunks.
+                    self.on_staged(message.source.unwrap_or(propagation_source), &message.data);
+                } else {
+                    self.on_announce(propagation_source, &message.data);
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(_)) => {}
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
                 if info.protocol_version != "/distribox/1" {
@@ -675,6 +709,116 @@ impl Engine {
         }
     }
 
+    /// Hints the chunks our mount just stored for a file it is still writing.
+    fn publish_staged(&mut self, mut ids: Vec<ChunkId>) {
+        while let Ok(more) = self.staged.try_recv() {
+            ids.extend(more);
+        }
+        for part in ids.chunks(wire::MAX_STAGED_CHUNKS) {
+            let msg = wire::encode(&Staged {
+                version: PROTO_VERSION,
+                chunks: part.to_vec(),
+            });
+            if let Err(e) = self
+                .swarm
+                .behaviour_mut()
+                .gossipsub
+                .publish(self.staged_topic.clone(), msg)
+            {
+                tracing::debug!(error = %e, "staged-chunk hint not sent");
+                return;
+            }
+        }
+        tracing::debug!(chunks = ids.len(), "hinted staged chunks");
+    }
+
+    /// Queues the hinted chunks we lack, to fetch from the member that holds them.
+    fn on_staged(&mut self, from: PeerId, data: &[u8]) {
+        let s: Staged = match wire::decode(data, wire::MAX_STAGED) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(peer = %from, error = %e, "malformed staged-chunk hint; ignored");
+                return;
+            }
+        };
+        if s.version != PROTO_VERSION || s.chunks.len() > wire::MAX_STAGED_CHUNKS {
+            tracing::warn!(peer = %from, version = s.version, n = s.chunks.len(), "staged-chunk hint of another protocol version or too long; ignored");
+            return;
+        }
+        // Only the writer has them; a member that relayed the hint does not.
+        if !self.swarm.is_connected(&from) {
+            return;
+        }
+        let room = MAX_HINTED.saturating_sub(self.hinted.len());
+        let fresh: Vec<ChunkId> = s
+            .chunks
+            .into_iter()
+            .filter(|c| !self.hinted.contains_key(c) && !self.want.contains_key(c))
+            .take(room)
+            .collect();
+        if fresh.is_empty() {
+            return;
+        }
+        let repo = self.repo.clone();
+        // Chunks fetched ahead are only worth it while there is plenty of room:
+        // they take space before any version names them.
+        let room_for = fresh.len() as u64 * crate::chunking::MAX_CHUNK as u64;
+        let lacking = blocking(|| -> crate::store::Result<Vec<ChunkId>> {
+            if !repo.store().room_for(room_for) {
+                return Ok(Vec::new());
+            }
+            let mut out = Vec::new();
+            for c in fresh {
+                if !repo.store().has_chunk(c)? {
+                    out.push(c);
+                }
+            }
+            Ok(out)
+        });
+        match lacking {
+            Ok(lacking) => {
+                for c in lacking {
+                    self.hinted.insert(c, from);
+                    self.hint_queue.push_back(c);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot check hinted chunks against the store"),
+        }
+    }
+
+    /// Forgets a hinted chunk; one a pending record now needs goes to the
+    /// ordinary queue.
+    fn drop_hint(&mut self, c: ChunkId) {
+        if self.hinted.remove(&c).is_some() && self.want.contains_key(&c) {
+            self.queue.push_back(c);
+        }
+    }
+
+    /// The next hinted chunks to ask for, all from one member: up to a request's
+    /// worth, in the order they were hinted (file order).
+    fn next_hint_batch(&mut self) -> Option<(PeerId, Vec<ChunkId>)> {
+        let mut batch: Vec<ChunkId> = Vec::new();
+        let mut from: Option<PeerId> = None;
+        while batch.len() < wire::MAX_CHUNKS_PER_REQUEST {
+            let Some(&c) = self.hint_queue.front() else { break };
+            let Some(&peer) = self.hinted.get(&c) else {
+                self.hint_queue.pop_front(); // arrived or dropped meanwhile
+                continue;
+            };
+            if from.is_some_and(|f| f != peer) {
+                break;
+            }
+            self.hint_queue.pop_front();
+            if !self.swarm.is_connected(&peer) {
+                self.drop_hint(c);
+                continue;
+            }
+            from = Some(peer);
+            batch.push(c);
+        }
+        Some((from?, batch))
+    }
+
     fn on_rr(&mut self, ev: rr::Event<Envelope<Request>, Envelope<Response>>) {
         match ev {
             rr::Event::Message {
@@ -744,6 +888,9 @@ impl Engine {
         }
         if let Some((_, chunks)) = self.chunk_reqs.remove(&id) {
             for c in chunks {
+                if self.hinted.remove(&c).is_some() && !self.want.contains_key(&c) {
+                    continue; // only a hint: the record will ask again if it needs it
+                }
                 self.tried.entry(c).or_default().insert(peer);
                 self.queue.push_back(c);
             }
@@ -966,7 +1113,9 @@ impl Engine {
         self.waiting.insert(v, missing.len());
         for c in missing {
             let w = self.want.entry(c).or_default();
-            if w.is_empty() {
+            // A hinted chunk is already on its way (or queued): `on_stored` serves
+            // this record when it lands, `drop_hint` queues it if the hint fails.
+            if w.is_empty() && !self.hinted.contains_key(&c) {
                 self.queue.push_back(c);
             }
             if !w.contains(&v) {
@@ -1050,6 +1199,13 @@ impl Engine {
             let id = self.request(peer, Request::Chunks { ids: batch.clone() });
             self.chunk_reqs.insert(id, (peer, batch));
         }
+        while self.chunk_reqs.len() + self.storing + KEPT_FOR_RECORDS < MAX_CHUNK_REQUESTS {
+            let Some((peer, batch)) = self.next_hint_batch() else {
+                break;
+            };
+            let id = self.request(peer, Request::Chunks { ids: batch.clone() });
+            self.chunk_reqs.insert(id, (peer, batch));
+        }
     }
 
     /// Verifies and stores a chunk answer on the blocking pool (BLAKE3 and RocksDB
@@ -1119,11 +1275,17 @@ impl Engine {
         }
         let mut retry = Vec::new();
         for id in st.corrupt.iter().chain(&st.missing) {
+            if self.hinted.remove(id).is_some() && !self.want.contains_key(id) {
+                continue; // only a hint: the record will ask again if it needs it
+            }
             self.tried.entry(*id).or_default().insert(peer);
             retry.push(*id);
         }
         if let Some(e) = &st.error {
             tracing::error!(error = %e, "storing received chunks failed (disk full?); will retry");
+            for id in &st.unstored {
+                self.hinted.remove(id);
+            }
             self.parked.extend(st.unstored.iter().copied());
         }
         let bytes = st.bytes;
@@ -1135,6 +1297,7 @@ impl Engine {
         let mut done = Vec::new();
         for id in got {
             self.tried.remove(&id);
+            self.hinted.remove(&id);
             for v in self.want.remove(&id).unwrap_or_default() {
                 if let Some(n) = self.waiting.get_mut(&v) {
                     *n = n.saturating_sub(1);
