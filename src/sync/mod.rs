@@ -794,6 +794,12 @@ impl Engine {
         }
     }
 
+    /// Forgets `c` as hinted after a failed fetch; true if no record wants it, so
+    /// it is not retried (a record that needs it later asks for it as usual).
+    fn only_a_hint(&mut self, c: &ChunkId) -> bool {
+        self.hinted.remove(c).is_some() && !self.want.contains_key(c)
+    }
+
     /// The next hinted chunks to ask for, all from one member: up to a request's
     /// worth, in the order they were hinted (file order).
     fn next_hint_batch(&mut self) -> Option<(PeerId, Vec<ChunkId>)> {
@@ -888,8 +894,8 @@ impl Engine {
         }
         if let Some((_, chunks)) = self.chunk_reqs.remove(&id) {
             for c in chunks {
-                if self.hinted.remove(&c).is_some() && !self.want.contains_key(&c) {
-                    continue; // only a hint: the record will ask again if it needs it
+                if self.only_a_hint(&c) {
+                    continue;
                 }
                 self.tried.entry(c).or_default().insert(peer);
                 self.queue.push_back(c);
@@ -1275,8 +1281,8 @@ impl Engine {
         }
         let mut retry = Vec::new();
         for id in st.corrupt.iter().chain(&st.missing) {
-            if self.hinted.remove(id).is_some() && !self.want.contains_key(id) {
-                continue; // only a hint: the record will ask again if it needs it
+            if self.only_a_hint(id) {
+                continue;
             }
             self.tried.entry(*id).or_default().insert(peer);
             retry.push(*id);
