@@ -1120,7 +1120,9 @@ impl Engine {
         for c in missing {
             let w = self.want.entry(c).or_default();
             // A hinted chunk is already on its way (or queued): `on_stored` serves
-            // this record when it lands, `drop_hint` queues it if the hint fails.
+            // this record when it lands; if the hint's fetch fails it is queued as
+            // usual (`only_a_hint` is false for a wanted chunk), and `drop_hint`
+            // queues it if the writer went away before it was asked for.
             if w.is_empty() && !self.hinted.contains_key(&c) {
                 self.queue.push_back(c);
             }
