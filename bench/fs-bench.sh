@@ -4,7 +4,7 @@
 # Creates BENCH_ROOT/distribox-bench.XXXXXX with data/ (Distribox data dir),
 # mnt/ (its mount point) and native/ (plain directory): data/ and native/ are on the
 # same file system, so the comparison is "Distribox on this disk" vs "this disk".
-# Every metric is the median of RUNS runs; runs alternate native, distribox.
+# Every metric is the median of RUNS runs; runs alternate native, (bindfs,) distribox.
 #   a) seq_write   fio bench/fio/seq-write.fio: one SIZE_MB MiB file, 1 MiB write(2)s,
 #                  fsync at the end (included in the time); the file is deleted
 #                  before every run, so each run creates it anew            MiB/s
@@ -16,6 +16,11 @@
 #                  no fsync; the tree is deleted before every run         seconds
 #   e) stat        find DIR -type f -printf '%s %T@' over those files
 #                  (lstat of every file)                                  seconds
+# A third column, when bindfs is installed (apt-get install bindfs) and PASSTHROUGH
+# is not 0: the same workloads through bindfs, a libfuse passthrough of a plain
+# directory on the same disk. It is the FUSE floor of this machine: what any FUSE
+# file system pays in round trips and copies before doing any work of its own, so
+# a ratio that bindfs does not reach either is a cost of FUSE here, not of Distribox.
 # Page cache: `sync; echo 3 > /proc/sys/vm/drop_caches` before every run of every
 # metric (needs root; DROP_CACHES=0 skips it and says so in the output). This drops
 # the kernel's caches, including the FUSE page cache, but not Distribox's own
@@ -37,14 +42,16 @@
 #   DROP_CACHES   0 = don't drop caches (not comparable; flagged in the output) (1)
 #   OUT           also write the markdown report to this file
 #   KEEP_WORKDIR  1 = keep the work dir (data dir, logs, fio JSON)        (0)
+#   PASSTHROUGH   0 = no bindfs column; 1 = require bindfs   (auto: if installed)
 # Output: progress on stderr; on stdout a markdown block (machine, command, table
 # metric | native | distribox | ratio, per-run values) for docs/performance.md.
 # ratio: higher is better for every row: distribox/native for throughput rows,
 # native_time/distribox_time for time rows.
 # Requires: bash >= 5, fio, python3, jq (optional; python3 parses fio's JSON
 # otherwise), findutils, util-linux, fuse3 (fusermount3).
-# Cleanup: the mount is always unmounted on exit (distribox unmount, then
-# fusermount3 -u, then umount -l) and the work dir is removed.
+# Cleanup: the mounts are always unmounted on exit (distribox unmount, then
+# fusermount3 -u, then umount -l; bindfs: fusermount3 -u, then umount -l) and the
+# work dir is removed.
 
 set -euo pipefail
 export LC_ALL=C
@@ -58,6 +65,7 @@ BENCH_ROOT=${BENCH_ROOT:-/var/tmp}
 DROP_CACHES=${DROP_CACHES:-1}
 KEEP_WORKDIR=${KEEP_WORKDIR:-0}
 OUT=${OUT:-}
+PASSTHROUGH=${PASSTHROUGH:-auto}
 FILE_SIZE=4096
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
@@ -75,6 +83,12 @@ command -v python3 >/dev/null || die "python3 is required"
 for j in seq-write seq-read rand-read; do
     [ -f "$FIO_DIR/$j.fio" ] || die "missing $FIO_DIR/$j.fio"
 done
+case $PASSTHROUGH in
+    auto) if command -v bindfs >/dev/null; then PASSTHROUGH=1; else PASSTHROUGH=0; fi ;;
+    1) command -v bindfs >/dev/null || die "PASSTHROUGH=1 needs bindfs (apt-get install bindfs)" ;;
+    0) ;;
+    *) die "PASSTHROUGH must be 0, 1 or auto (got '$PASSTHROUGH')" ;;
+esac
 if [ "$DROP_CACHES" = 1 ] && [ ! -w /proc/sys/vm/drop_caches ]; then
     die "cannot write /proc/sys/vm/drop_caches: run as root, or DROP_CACHES=0 (results then not comparable)"
 fi
@@ -109,7 +123,7 @@ case $ROOT_FSTYPE in
 esac
 # native: SIZE_MB; distribox: RUNS deleted-and-rewritten copies may stay in the
 # versioned store, plus write-ahead log: be generous.
-NEED_MB=$(( SIZE_MB * (2 * RUNS + 2) + N_FILES * 3 * FILE_SIZE / 1048576 + 512 ))
+NEED_MB=$(( SIZE_MB * (2 * RUNS + 3) + N_FILES * 3 * FILE_SIZE / 1048576 + 512 ))
 AVAIL_MB=$(( $(df -Pk "$BENCH_ROOT" | awk 'NR == 2 {print $4}') / 1024 ))
 [ "$AVAIL_MB" -ge "$NEED_MB" ] || die "need ~${NEED_MB} MiB free in $BENCH_ROOT, have ${AVAIL_MB} MiB (lower SIZE_MB/RUNS or set BENCH_ROOT)"
 
@@ -117,11 +131,21 @@ WORK=$(mktemp -d "$BENCH_ROOT/distribox-bench.XXXXXX")
 DATA="$WORK/data"
 MNT="$WORK/mnt"
 NATIVE="$WORK/native"
+PASS_SRC="$WORK/pass-src"
+PASS="$WORK/pass"
 NODE_LOG="$WORK/distribox.log"
-mkdir -p "$DATA" "$MNT" "$NATIVE" "$WORK/json"
+mkdir -p "$DATA" "$MNT" "$NATIVE" "$PASS_SRC" "$PASS" "$WORK/json"
 chmod 0700 "$DATA"
 
-is_mounted() { awk -v m="$MNT" '$5 == m { f = 1 } END { exit !f }' /proc/self/mountinfo; }
+is_mounted() { awk -v m="${1:-$MNT}" '$5 == m { f = 1 } END { exit !f }' /proc/self/mountinfo; }
+
+unmount_pass() {
+    is_mounted "$PASS" || return 0
+    fusermount3 -u "$PASS" 2>/dev/null || true
+    is_mounted "$PASS" || return 0
+    umount -l "$PASS" || true
+    ! is_mounted "$PASS"
+}
 
 unmount_fs() {
     is_mounted || return 0
@@ -143,8 +167,11 @@ cleanup() {
         log "last lines of $NODE_LOG:"
         tail -n 20 "$NODE_LOG" >&2 || true
     fi
-    if ! unmount_fs; then
-        log "ERROR: $MNT is still mounted; leaving $WORK in place"
+    local stuck=0
+    unmount_pass || stuck=1
+    unmount_fs || stuck=1
+    if [ "$stuck" = 1 ]; then
+        log "ERROR: $MNT or $PASS is still mounted; leaving $WORK in place"
         exit 1
     fi
     if [ "$KEEP_WORKDIR" = 1 ]; then
@@ -167,6 +194,11 @@ for _ in $(seq 50); do is_mounted && break; sleep 0.2; done
 is_mounted || die "distribox mount returned but $MNT is not in /proc/self/mountinfo"
 DBX="$MNT/bench"
 mkdir "$DBX"
+if [ "$PASSTHROUGH" = 1 ]; then
+    log "mounting: bindfs $PASS_SRC $PASS"
+    bindfs "$PASS_SRC" "$PASS" || die "bindfs failed (exit $?)"
+    is_mounted "$PASS" || die "bindfs returned but $PASS is not in /proc/self/mountinfo"
+fi
 
 drop_caches() {
     sync
@@ -201,8 +233,15 @@ median() {
     printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
 
-dir_of() { if [ "$1" = native ]; then echo "$NATIVE"; else echo "$DBX"; fi; }
+dir_of() {
+    case $1 in
+        native) echo "$NATIVE" ;;
+        passthrough) echo "$PASS" ;;
+        *) echo "$DBX" ;;
+    esac
+}
 FSES="native distribox"
+[ "$PASSTHROUGH" = 1 ] && FSES="native passthrough distribox"
 
 # ---------------------------------------------------------------- a) b) c) big file
 for r in $(seq "$RUNS"); do
@@ -294,22 +333,40 @@ cmd="SIZE_MB=$SIZE_MB N_FILES=$N_FILES N_DIRS=$N_DIRS RUNS=$RUNS RAND_SECONDS=$R
 [ "$DROP_CACHES" = 1 ] || cmd="$cmd DROP_CACHES=0"
 cmd="$cmd bench/fs-bench.sh"
 
+# fmt_value KIND UNIT VALUE -> a table cell
+fmt_value() {
+    local prec=1
+    if [ "$1" = tput ]; then
+        [ "$2" = IOPS ] && prec=0
+        printf '%.*f %s' "$prec" "$3" "$2"
+    else
+        awk -v t="$3" -v c="$N_FILES" 'BEGIN { printf "%.3f s (%.0f files/s)", t, c / t }'
+    fi
+}
+# speed_ratio KIND BASE VALUE -> how fast VALUE is relative to BASE (higher is better)
+speed_ratio() {
+    if [ "$1" = tput ]; then
+        awk -v n="$2" -v d="$3" 'BEGIN { if (n > 0) printf "%.2f", d / n; else print "n/a" }'
+    else
+        awk -v n="$2" -v d="$3" 'BEGIN { if (d > 0) printf "%.2f", n / d; else print "n/a" }'
+    fi
+}
 # row METRIC LABEL KIND(tput|time) [UNIT]
 row() {
-    local m=$1 label=$2 kind=$3 unit=${4:-} n d ratio prec=1
+    local m=$1 label=$2 kind=$3 unit=${4:-} n d p
     # shellcheck disable=SC2086
     n=$(median ${RES[$m,native]})
     # shellcheck disable=SC2086
     d=$(median ${RES[$m,distribox]})
-    if [ "$kind" = tput ]; then
-        ratio=$(awk -v n="$n" -v d="$d" 'BEGIN { if (n > 0) printf "%.2f", d / n; else print "n/a" }')
-        [ "$unit" = IOPS ] && prec=0
-        printf '| %s | %.*f %s | %.*f %s | %s |\n' "$label" "$prec" "$n" "$unit" "$prec" "$d" "$unit" "$ratio"
+    if [ "$PASSTHROUGH" = 1 ]; then
+        # shellcheck disable=SC2086
+        p=$(median ${RES[$m,passthrough]})
+        printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$label" "$(fmt_value "$kind" "$unit" "$n")" \
+            "$(fmt_value "$kind" "$unit" "$p")" "$(fmt_value "$kind" "$unit" "$d")" \
+            "$(speed_ratio "$kind" "$n" "$d")" "$(speed_ratio "$kind" "$n" "$p")" "$(speed_ratio "$kind" "$p" "$d")"
     else
-        ratio=$(awk -v n="$n" -v d="$d" 'BEGIN { if (d > 0) printf "%.2f", n / d; else print "n/a" }')
-        printf '| %s | %s | %s | %s |\n' "$label" \
-            "$(awk -v t="$n" -v c="$N_FILES" 'BEGIN { printf "%.3f s (%.0f files/s)", t, c / t }')" \
-            "$(awk -v t="$d" -v c="$N_FILES" 'BEGIN { printf "%.3f s (%.0f files/s)", t, c / t }')" "$ratio"
+        printf '| %s | %s | %s | %s |\n' "$label" "$(fmt_value "$kind" "$unit" "$n")" \
+            "$(fmt_value "$kind" "$unit" "$d")" "$(speed_ratio "$kind" "$n" "$d")"
     fi
 }
 runs_line() {
@@ -335,9 +392,16 @@ report() {
         echo "- median of $RUNS runs each; **page cache NOT dropped (DROP_CACHES=0): reads may be served from cache**"
     fi
     echo "- ratio = distribox / native throughput (time rows: native time / distribox time); higher is better, 1.00 = native speed"
-    echo
-    echo "| metric | native | distribox | ratio |"
-    echo "|---|---:|---:|---:|"
+    if [ "$PASSTHROUGH" = 1 ]; then
+        echo "- bindfs: $(bindfs --version 2>/dev/null | head -n 1), default options, a libfuse passthrough of a plain directory on the same disk (the FUSE floor: round trips and copies, no work of its own)"
+        echo
+        echo "| metric | native | bindfs | distribox | distribox/native | bindfs/native | distribox/bindfs |"
+        echo "|---|---:|---:|---:|---:|---:|---:|"
+    else
+        echo
+        echo "| metric | native | distribox | ratio |"
+        echo "|---|---:|---:|---:|"
+    fi
     row seq_write "sequential write ${SIZE_MB} MiB, 1 MiB blocks, + fsync" tput MiB/s
     row seq_read "sequential read ${SIZE_MB} MiB, 1 MiB blocks, cold cache" tput MiB/s
     row rand_read "random 4 KiB reads, QD1, ${RAND_SECONDS} s, cold cache" tput IOPS
