@@ -43,6 +43,9 @@
 #                        everything libp2p sends, incl. Noise and yamux framing,
 #                        without TCP/IP headers; omitted without ss(8) or when the set
 #                        of connections changed during the measurement
+# CPU (Distribox): *_cpu_a / *_cpu_b for (b) and (c): user + system CPU seconds of
+# each node process from the clock's start to the poll that found the content
+# (/proc/PID/stat), to see what the two nodes cost together on this host.
 # Syncthing's bytes are BEP payload from its REST API (without TLS overhead).
 # MB/s = 10^6 bytes/s; BIG_MB is in MiB; KiB = 1024 bytes.
 #
@@ -459,6 +462,14 @@ declare -A D_VAL D_UNIT S_VAL S_UNIT
 D_ORDER=()
 S_ORDER=()
 metric() { D_ORDER+=("$1"); D_VAL[$1]=$2; D_UNIT[$1]=$3; }
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+# node_cpu A|B -> CPU ticks (user + system) the node process has used so far
+node_cpu() { awk '{ print $14 + $15 }' "/proc/${D_PID[$1]}/stat" 2>/dev/null || echo 0; }
+# cpu_metrics PREFIX A0 A1 B0 B1: CPU seconds each node used between two readings
+cpu_metrics() {
+    metric "$1_cpu_a" "$(awk -v a="$2" -v b="$3" -v t="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / t }')" s
+    metric "$1_cpu_b" "$(awk -v a="$4" -v b="$5" -v t="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / t }')" s
+}
 kib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1024 }'; }
 
 # --- setup --------------------------------------------------------------------------------
@@ -522,6 +533,7 @@ if ((N_SMALL > 0)); then
     rx0=$(field B bytes_received)
     w0=$(wire_snapshot)
     sync
+    cpu_a0=$(node_cpu A) cpu_b0=$(node_cpu B)
     t0=$EPOCHREALTIME
     cp -r -- "$src" "$MA/small"
     t_copied=$EPOCHREALTIME
@@ -556,6 +568,7 @@ if ((N_SMALL > 0)); then
         wait_tick
     done
     ELAPSED=$(elapsed "$t0" "$t_end")
+    cpu_a1=$(node_cpu A) cpu_b1=$(node_cpu B)
     settle
     rx1=$(field B bytes_received)
     wire_delta "$w0" "$(wire_snapshot)"
@@ -564,6 +577,7 @@ if ((N_SMALL > 0)); then
     metric small_files_sync_time "$ELAPSED" s
     metric small_files_rate "$(awk -v n="$N_SMALL" -v t="$ELAPSED" 'BEGIN { printf "%.1f", n / t }')" files/s
     metric small_files_bytes_a_to_b "$((rx1 - rx0))" bytes
+    cpu_metrics small_files "$cpu_a0" "$cpu_a1" "$cpu_b0" "$cpu_b1"
     [[ -n $WIRE_AB ]] && metric small_files_wire_bytes_a_to_b "$WIRE_AB" bytes
     log "(b) $N_SMALL files synced in ${ELAPSED}s; B received $((rx1 - rx0)) chunk bytes${WIRE_AB:+, wire A->B $WIRE_AB bytes}"
     rm -rf -- "$src"
@@ -577,12 +591,14 @@ if ((BIG_MB > 0)); then
     rx0=$(field B bytes_received)
     w0=$(wire_snapshot)
     sync
+    cpu_a0=$(node_cpu A) cpu_b0=$(node_cpu B)
     t0=$EPOCHREALTIME
     cp -- "$STAGE/big.bin" "$MA/big.bin"
     t_copied=$EPOCHREALTIME
     log "(c) copy into A's mount took $(elapsed "$t0" "$t_copied")s"
     wait_file_equal "$t0" "$STAGE/big.bin" "$MB/big.bin"
     BIG_T=$ELAPSED
+    cpu_a1=$(node_cpu A) cpu_b1=$(node_cpu B)
     settle
     rx1=$(field B bytes_received)
     wire_delta "$w0" "$(wire_snapshot)"
@@ -591,6 +607,7 @@ if ((BIG_MB > 0)); then
     metric big_file_sync_time "$BIG_T" s
     metric big_file_throughput "$(awk -v b="$BIG_BYTES" -v t="$BIG_T" 'BEGIN { printf "%.1f", b / t / 1e6 }')" MB/s
     metric big_file_bytes_a_to_b "$((rx1 - rx0))" bytes
+    cpu_metrics big_file "$cpu_a0" "$cpu_a1" "$cpu_b0" "$cpu_b1"
     [[ -n $WIRE_AB ]] && metric big_file_wire_bytes_a_to_b "$WIRE_AB" bytes
     log "(c) ${BIG_MB} MiB synced in ${BIG_T}s; B received $((rx1 - rx0)) chunk bytes${WIRE_AB:+, wire A->B $WIRE_AB bytes}"
 
