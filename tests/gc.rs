@@ -82,3 +82,69 @@ fn gc_purges_old_versions_everywhere_and_keeps_what_is_shown() {
     });
     assert_eq!(c.status()["versions_pending"].as_u64(), Some(0));
 }
+
+/// Chunks that no version names — here, the part of a large file that background
+/// chunking stored before the node was killed with the file still open — are
+/// freed by the next gc, and nothing a version needs goes with them.
+#[test]
+fn gc_frees_chunks_of_a_write_that_never_got_a_version() {
+    let mut n = Node::start_with(&["--idle-commit-ms=600000"]);
+    let keep = random_bytes(1 << 20, 21);
+    fs::write(n.path("keep.bin"), &keep).unwrap();
+    let base = chunk_bytes(&n);
+
+    let data = random_bytes(96 << 20, 22);
+    let src = tempfile::NamedTempFile::new().unwrap();
+    fs::write(src.path(), &data).unwrap();
+    // A writer process of its own keeps the file open (see the streaming test in
+    // sync.rs: a fork of this process holding it would commit it).
+    let mut writer = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys\nf = open(sys.argv[1], 'wb')\nf.write(open(sys.argv[2], 'rb').read())\nprint('written', flush=True)\nsys.stdin.read()",
+        ])
+        .arg(n.path("never-closed.bin"))
+        .arg(src.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(writer.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "written");
+    }
+    // At most 32 MiB of it waits unchunked in memory: the rest is stored already.
+    wait_until("background chunking to store the open file", PROPAGATE_SECS, || {
+        chunk_bytes(&n) >= base + (48 << 20)
+    });
+    n.kill9();
+    drop(writer.stdin.take());
+    let _ = writer.wait();
+    n.mount();
+    assert!(
+        read(&n, "never-closed.bin").is_none(),
+        "a file never closed has no version"
+    );
+    let before = chunk_bytes(&n);
+    assert!(
+        before >= base + (16 << 20),
+        "expected the chunks stored ahead to survive the kill: {before} bytes, {base} before the write"
+    );
+
+    let out = gc(&n, &[]);
+    assert!(out.contains("freed"), "{out}");
+    assert_eq!(chunk_bytes(&n), base, "gc left chunks no version names:\n{out}");
+    assert!(fs::read(n.path("keep.bin")).unwrap() == keep, "keep.bin changed");
+    let again = gc(&n, &[]);
+    assert!(again.contains("freed 0 chunk(s)"), "{again}");
+    n.remount();
+    assert!(
+        fs::read(n.path("keep.bin")).unwrap() == keep,
+        "keep.bin changed after remount"
+    );
+}

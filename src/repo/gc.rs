@@ -223,29 +223,39 @@ impl Repo {
         Ok(())
     }
 
-    /// Deletes every chunk used only by purged versions. Returns (chunks, bytes).
+    /// Deletes every chunk no kept version needs: the chunks of purged versions, and
+    /// orphans — chunks that no record names and that were stored before the
+    /// previous sweep (or by an earlier run of the node). Orphans come from writes
+    /// that never got a version (the node was killed while a large file was being
+    /// written, after background chunking had stored part of it) and from chunks a
+    /// member hinted while writing a file that then never arrived. A chunk stored
+    /// since the previous sweep is never an orphan yet: it may belong to a record
+    /// still on its way. Returns (chunks, bytes).
+    ///
     /// The caller makes sure no file is being written meanwhile: chunks of a write
     /// not yet committed are named by no record.
     pub fn sweep(&self) -> Result<(u64, u64)> {
-        // No version joins or is committed meanwhile: a record joining now could
-        // need a chunk we are about to delete.
+        // No version joins, arrives or is committed meanwhile: a record stored now
+        // could need a chunk we are about to delete.
         let _cs = self.commit_state.lock();
-        let marks: Vec<VersionId> = self.purged.lock().keys().copied().collect();
-        let mut gone = HashSet::new();
-        let mut candidates: HashSet<ChunkId> = HashSet::new();
-        for v in marks {
-            if !self.is_purged(v)? {
-                continue;
+        let orphans_before = *self.orphans_before.lock();
+        let next_mark = self.store.chunk_key_mark();
+        let gone: HashSet<VersionId> = {
+            let marks: Vec<VersionId> = self.purged.lock().keys().copied().collect();
+            let mut gone = HashSet::new();
+            for v in marks {
+                if self.is_purged(v)? {
+                    gone.insert(v);
+                }
             }
-            gone.insert(v);
-            if let Some(r) = self.stored_record(v)? {
-                candidates.extend(self.chunks_of(&r.record.content));
-            }
-        }
-        if candidates.is_empty() {
-            return Ok((0, 0));
-        }
+            gone
+        };
+        // Every chunk a kept record names. Where a manifest node is missing (a
+        // pending record whose manifest has not arrived) or unreadable, the chunks
+        // below it are unknown: then nothing is swept as an orphan this time.
+        let mut kept: Vec<ChunkId> = Vec::new();
         let mut roots = HashSet::new();
+        let mut incomplete = None;
         for (_, _, v) in self.store.all_versions_by_author()? {
             if gone.contains(&v) {
                 continue;
@@ -256,28 +266,61 @@ impl Repo {
             } = r.record.content
             {
                 if roots.insert(root) {
-                    for c in self.chunks_of(&r.record.content) {
-                        candidates.remove(&c);
-                    }
-                    if candidates.is_empty() {
-                        return Ok((0, 0));
-                    }
+                    kept.extend(chunk_ids_of(root, |id| {
+                        let node = self.store.get_chunk(id).ok();
+                        if node.is_none() {
+                            incomplete = Some(v);
+                        }
+                        node
+                    }));
                 }
             }
         }
+        kept.sort_unstable();
+        kept.dedup();
+        let is_kept = |c: &ChunkId| kept.binary_search(c).is_ok();
+        let mut doomed: HashSet<ChunkId> = HashSet::new();
+        for v in &gone {
+            if let Some(r) = self.stored_record(*v)? {
+                doomed.extend(self.chunks_of(&r.record.content).into_iter().filter(|c| !is_kept(c)));
+            }
+        }
+        let purged_chunks = doomed.len();
+        match incomplete {
+            None => self.store.for_each_chunk_before(orphans_before, |c, _| {
+                if !is_kept(&c) {
+                    doomed.insert(c);
+                }
+                Ok(())
+            })?,
+            Some(v) => {
+                tracing::info!(version = %v, "gc leaves unnamed chunks for later: a version's manifest is not all here")
+            }
+        }
+        let orphans = doomed.len() - purged_chunks;
         let mut batch = self.store.batch();
         let (mut n, mut bytes) = (0, 0);
-        for c in &candidates {
+        for c in &doomed {
             if let Some(len) = self.store.chunk_len(*c)? {
                 batch.delete_chunk(*c)?;
                 n += 1;
                 bytes += len;
             }
         }
-        self.store.write(batch)?;
-        self.chunks.lock().clear();
-        self.manifests.lock().clear();
-        tracing::info!(chunks = n, bytes, "gc swept the chunks of purged versions");
+        if n > 0 {
+            self.store.write(batch)?;
+            self.chunks.lock().clear();
+            self.manifests.lock().clear();
+        }
+        if incomplete.is_none() {
+            *self.orphans_before.lock() = next_mark;
+        }
+        tracing::info!(
+            chunks = n,
+            bytes,
+            orphans,
+            "gc swept the chunks of purged versions and chunks no version names"
+        );
         Ok((n, bytes))
     }
 

@@ -92,8 +92,8 @@ impl PrechunkPlan {
     /// Cuts and stores the chunks of the planned range (no lock held).
     pub fn run(self, repo: &Repo) -> Result<PrechunkDone> {
         // Chunks cut ahead are garbage if the file is then deleted or never fits
-        // (nothing collects unreferenced chunks yet), and they coexist with the
-        // spill copy: only chunk ahead while there is room for several times that.
+        // (until a gc sweep finds them), and they coexist with the spill copy:
+        // only chunk ahead while there is room for several times that.
         if !repo.store().room_for(4 * (self.to - self.from)) {
             return Ok(PrechunkDone {
                 refs: Vec::new(),

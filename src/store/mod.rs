@@ -30,7 +30,8 @@
 //!
 //! Write path (DESIGN.md): chunks first, each in its own small write (idempotent, order
 //! does not matter), then one atomic batch with the record and every index it touches.
-//! A crash between the two leaves unreferenced chunks, never a record without data.
+//! A crash between the two leaves unreferenced chunks (gc sweeps them later), never a
+//! record without data.
 //! The WAL is on for everything, so whatever a write call returned survives a process
 //! kill; `sync()` (fsync) makes it survive power loss too.
 
@@ -228,8 +229,9 @@ pub struct Store {
     /// Bytes of those chunks not yet flushed: they need disk space later, so the
     /// space guard counts them as used now.
     unflushed_bytes: std::sync::atomic::AtomicU64,
-    /// Next chunk storage key, and the end of the range this run reserved.
+    /// Next chunk storage key, and the range this run reserved.
     next_chunk_key: std::sync::atomic::AtomicU64,
+    first_chunk_key: u64,
     chunk_keys_end: u64,
 }
 
@@ -415,6 +417,7 @@ impl Store {
             flushed_writes: parking_lot::Mutex::new(0),
             unflushed_bytes: std::sync::atomic::AtomicU64::new(0),
             next_chunk_key: std::sync::atomic::AtomicU64::new(reserved),
+            first_chunk_key: reserved,
             chunk_keys_end,
         })
     }
@@ -786,6 +789,37 @@ impl Store {
         self.db
             .put_cf(self.cf(CF_META), key.as_bytes(), value)
             .map_err(db_err("put meta"))
+    }
+
+    /// The first chunk key this run of the store hands out: every chunk with a
+    /// lower key was stored by an earlier run.
+    pub fn first_chunk_key(&self) -> u64 {
+        self.first_chunk_key
+    }
+
+    /// A key no chunk stored so far has reached: chunks stored from now on get
+    /// this one or higher.
+    pub fn chunk_key_mark(&self) -> u64 {
+        self.next_chunk_key.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Calls `f(id, len)` for every chunk stored with a key below `mark`, i.e.
+    /// before `chunk_key_mark` returned it (chunks of format-2 data dirs have no
+    /// key and count as older than any mark).
+    pub fn for_each_chunk_before(&self, mark: u64, mut f: impl FnMut(ChunkId, u64) -> Result<()>) -> Result<()> {
+        for item in self.db.iterator_cf(self.cf(CF_CHUNK_INDEX), IteratorMode::Start) {
+            let (k, v) = item.map_err(db_err("chunk scan"))?;
+            let Ok(id) = <[u8; 32]>::try_from(&k[..]) else {
+                continue;
+            };
+            let key = v
+                .get(4..12)
+                .map_or(0, |b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
+            if key < mark {
+                f(ChunkId(id), index_len(&v) as u64)?;
+            }
+        }
+        Ok(())
     }
 
     /// (number of chunks, total bytes of chunk data) — each distinct chunk once.
