@@ -47,6 +47,42 @@ pub struct GcReport {
     pub bytes_freed: u64,
 }
 
+/// Which chunks a sweep checks for orphans. Walking every kept version's manifest
+/// costs a read per manifest node under the commit lock, so a sweep does it only
+/// when chunks may have been stored that no record names: by an earlier run of the
+/// node (it may have died mid-write), or by background chunking and hinted fetches.
+/// Chunks are checked one sweep after they were stored (keys below `mark`), since
+/// a younger one may belong to a record still on its way.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OrphanWatch {
+    /// Chunks with a storage key below this were stored before the last sweep.
+    mark: u64,
+    /// Orphans may be among the chunks below `mark`.
+    before_mark: bool,
+    /// Orphans may be among the chunks stored since `mark` was taken.
+    since_mark: bool,
+}
+
+impl OrphanWatch {
+    /// The watch for a run whose first chunk key is `first_key`: anything an
+    /// earlier run stored is suspect.
+    pub(crate) fn new(first_key: u64) -> Self {
+        OrphanWatch {
+            mark: first_key,
+            before_mark: true,
+            since_mark: false,
+        }
+    }
+
+    /// A completed sweep checked everything below `mark`; the next one checks up
+    /// to `next`.
+    fn advance(&mut self, next: u64) {
+        self.mark = next;
+        self.before_mark = self.since_mark;
+        self.since_mark = false;
+    }
+}
+
 /// One version of an entry as the policy sees it.
 #[derive(Clone, Debug)]
 pub struct Candidate {
@@ -223,6 +259,13 @@ impl Repo {
         Ok(())
     }
 
+    /// Chunks are about to be stored that no record names yet (background chunking
+    /// of a file being written, chunks a member hinted): the sweep after next looks
+    /// for orphans among them.
+    pub fn note_possible_orphans(&self) {
+        self.orphan_watch.lock().since_mark = true;
+    }
+
     /// Deletes every chunk no kept version needs: the chunks of purged versions, and
     /// orphans — chunks that no record names and that were stored before the
     /// previous sweep (or by an earlier run of the node). Orphans come from writes
@@ -238,7 +281,7 @@ impl Repo {
         // No version joins, arrives or is committed meanwhile: a record stored now
         // could need a chunk we are about to delete.
         let _cs = self.commit_state.lock();
-        let orphans_before = *self.orphans_before.lock();
+        let watch = *self.orphan_watch.lock();
         let next_mark = self.store.chunk_key_mark();
         let gone: HashSet<VersionId> = {
             let marks: Vec<VersionId> = self.purged.lock().keys().copied().collect();
@@ -250,6 +293,10 @@ impl Repo {
             }
             gone
         };
+        if gone.is_empty() && !watch.before_mark {
+            self.orphan_watch.lock().advance(next_mark);
+            return Ok((0, 0));
+        }
         // Every chunk a kept record names. Where a manifest node is missing (a
         // pending record whose manifest has not arrived) or unreadable, the chunks
         // below it are unknown: then nothing is swept as an orphan this time.
@@ -287,7 +334,8 @@ impl Repo {
         }
         let purged_chunks = doomed.len();
         match incomplete {
-            None => self.store.for_each_chunk_before(orphans_before, |c, _| {
+            None if !watch.before_mark => {}
+            None => self.store.for_each_chunk_before(watch.mark, |c, _| {
                 if !is_kept(&c) {
                     doomed.insert(c);
                 }
@@ -313,7 +361,7 @@ impl Repo {
             self.manifests.lock().clear();
         }
         if incomplete.is_none() {
-            *self.orphans_before.lock() = next_mark;
+            self.orphan_watch.lock().advance(next_mark);
         }
         tracing::info!(
             chunks = n,
@@ -365,6 +413,20 @@ mod tests {
             keep_days,
             coalesce_secs,
         }
+    }
+
+    #[test]
+    fn chunks_are_checked_for_orphans_one_sweep_after_they_were_stored() {
+        // A new run suspects what earlier runs stored.
+        let mut w = OrphanWatch::new(100);
+        assert!(w.before_mark && w.mark == 100);
+        // A sweep checks below 100; chunks stored ahead since then wait a sweep.
+        w.since_mark = true;
+        w.advance(250);
+        assert!(w.before_mark && !w.since_mark && w.mark == 250);
+        // Nothing stored ahead since: the sweep after has nothing to look for.
+        w.advance(300);
+        assert!(!w.before_mark && w.mark == 300);
     }
 
     #[test]

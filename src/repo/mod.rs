@@ -262,10 +262,8 @@ pub struct Repo {
     cycle_breaks: Mutex<HashMap<EntryId, (VersionId, Vec<Link>)>>,
     /// Versions a purge record let go (version → its entry; see `gc`).
     purged: Mutex<HashMap<VersionId, EntryId>>,
-    /// Chunks stored with a key below this that no record names are garbage to the
-    /// next sweep (see `sweep`): chunks stored by an earlier run, or before the last
-    /// sweep.
-    orphans_before: Mutex<u64>,
+    /// Where the next gc sweep looks for orphans (see `gc::OrphanWatch`).
+    orphan_watch: Mutex<gc::OrphanWatch>,
     /// Who hears about changes (the network announcer, the kernel-cache invalidator).
     subscribers: Mutex<Vec<Subscriber>>,
     /// Who hears about chunks stored ahead for files still being written (the
@@ -343,7 +341,7 @@ impl Repo {
             _ => Hlc::default(),
         };
         let purged = Self::load_purged(&store)?;
-        let orphans_before = store.first_chunk_key();
+        let orphan_watch = gc::OrphanWatch::new(store.first_chunk_key());
         let repo = Repo {
             store,
             data_dir: data_dir.clone(),
@@ -365,7 +363,7 @@ impl Repo {
             waiting_parent: Mutex::new(HashMap::new()),
             cycle_breaks: Mutex::new(cycle_breaks),
             purged: Mutex::new(purged),
-            orphans_before: Mutex::new(orphans_before),
+            orphan_watch: Mutex::new(orphan_watch),
             subscribers: Mutex::new(Vec::new()),
             staged_subscribers: Mutex::new(Vec::new()),
             epoch: std::sync::atomic::AtomicU64::new(0),
