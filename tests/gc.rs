@@ -96,35 +96,14 @@ fn gc_frees_chunks_of_a_write_that_never_got_a_version() {
     let data = random_bytes(96 << 20, 22);
     let src = tempfile::NamedTempFile::new().unwrap();
     fs::write(src.path(), &data).unwrap();
-    // A writer process of its own keeps the file open (see the streaming test in
-    // sync.rs: a fork of this process holding it would commit it).
-    let mut writer = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import sys\nf = open(sys.argv[1], 'wb')\nf.write(open(sys.argv[2], 'rb').read())\nprint('written', flush=True)\nsys.stdin.read()",
-        ])
-        .arg(n.path("never-closed.bin"))
-        .arg(src.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(writer.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "written");
-    }
+    // The writer keeps the file open in a process of its own (see `OpenWriter`).
+    let writer = OpenWriter::start(&n.path("never-closed.bin"), src.path());
     // At most 32 MiB of it waits unchunked in memory: the rest is stored already.
     wait_until("background chunking to store the open file", PROPAGATE_SECS, || {
         chunk_bytes(&n) >= base + (48 << 20)
     });
     n.kill9();
-    drop(writer.stdin.take());
-    let _ = writer.wait();
+    let _ = writer.close(); // fails: the node is gone
     n.mount();
     assert!(
         read(&n, "never-closed.bin").is_none(),

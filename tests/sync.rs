@@ -362,28 +362,8 @@ fn a_file_being_written_streams_to_members_before_its_close() {
     let src = tempfile::NamedTempFile::new().unwrap();
     fs::write(src.path(), &data).unwrap();
     let before = b.status()["bytes_received"].as_u64().unwrap();
-    // The writer is a process of its own that keeps the file open until its stdin
-    // closes: every `distribox status` below forks this test process, and a fork
-    // holding the open file would close a copy of it, which commits a version.
-    let mut writer = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import sys\nf = open(sys.argv[1], 'wb')\nf.write(open(sys.argv[2], 'rb').read())\nprint('written', flush=True)\nsys.stdin.read()\nf.close()",
-        ])
-        .arg(a.path("growing.bin"))
-        .arg(src.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(writer.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "written");
-    }
+    // The writer keeps the file open in a process of its own (see `OpenWriter`).
+    let writer = OpenWriter::start(&a.path("growing.bin"), src.path());
     // At most 32 MiB of a file written from scratch waits unchunked in memory, so
     // at least half of it is chunked and stored on A by now.
     wait_until("B to fetch chunks of the still open file", PROPAGATE_SECS, || {
@@ -398,8 +378,7 @@ fn a_file_being_written_streams_to_members_before_its_close() {
         read(&b, "growing.bin").is_none(),
         "B shows a file that has no version yet"
     );
-    drop(writer.stdin.take());
-    assert!(writer.wait().unwrap().success());
+    assert!(writer.close(), "closing growing.bin failed");
     wait_until("growing.bin on B", PROPAGATE_SECS * 2, || {
         read(&b, "growing.bin").map(|d| d.len()) == Some(data.len())
     });

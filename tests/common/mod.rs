@@ -557,3 +557,40 @@ pub fn wait_same_tree(nodes: &[&Node]) {
         panic!("trees did not converge:\n{diff}");
     }
 }
+
+/// A process of its own that writes a file's bytes into `dst` and keeps `dst` open
+/// until `close`. A test process must not hold a written file open itself: every
+/// `cli` call forks it, and the fork's copy of the descriptor closes at exec, which
+/// commits a version.
+pub struct OpenWriter(std::process::Child);
+
+impl OpenWriter {
+    /// Copies `src` into `dst`; returns once all of it is written (`dst` stays open).
+    pub fn start(dst: &Path, src: &Path) -> OpenWriter {
+        let mut child = Command::new("python3")
+            .args([
+                "-c",
+                "import sys\nf = open(sys.argv[1], 'wb')\nf.write(open(sys.argv[2], 'rb').read())\nprint('written', flush=True)\nsys.stdin.read()\nf.close()",
+            ])
+            .arg(dst)
+            .arg(src)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run python3");
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "written", "the writer failed");
+        OpenWriter(child)
+    }
+
+    /// Closes `dst`; true if the close succeeded.
+    pub fn close(mut self) -> bool {
+        drop(self.0.stdin.take());
+        self.0.wait().map(|s| s.success()).unwrap_or(false)
+    }
+}
