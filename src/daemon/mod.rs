@@ -514,9 +514,12 @@ pub fn run_gc(
     if dry_run {
         return Ok(report);
     }
+    // The walk over every manifest runs without locks; only the check of what
+    // changed since, and the delete, hold writes back.
+    let plan = repo.sweep_plan().map_err(|e| e.to_string())?;
     let swept = match fs {
-        Some(fs) => fs.while_no_writes(|idle| idle.then(|| repo.sweep())),
-        None => Some(repo.sweep()),
+        Some(fs) => fs.while_no_writes(|idle| idle.then(|| repo.sweep(plan))),
+        None => Some(repo.sweep(plan)),
     };
     if let Some(r) = swept {
         let (chunks, bytes) = r.map_err(|e| e.to_string())?;

@@ -14,6 +14,7 @@ use crate::chunking::chunk_ids_of;
 use crate::model::{ChunkId, Content, EntryId, NodeId, SignedRecord, VersionId, VersionRecord};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 /// What `distribox gc` keeps. A file version's data goes only if it is neither among
 /// the last `keep_last` versions of its file nor younger than `keep_days`; saves
@@ -47,40 +48,55 @@ pub struct GcReport {
     pub bytes_freed: u64,
 }
 
-/// Which chunks a sweep checks for orphans. Walking every kept version's manifest
-/// costs a read per manifest node under the commit lock, so a sweep does it only
-/// when chunks may have been stored that no record names: by an earlier run of the
-/// node (it may have died mid-write), or by background chunking and hinted fetches.
-/// Chunks are checked one sweep after they were stored (keys below `mark`), since
-/// a younger one may belong to a record still on its way.
-#[derive(Clone, Copy, Debug)]
+/// How old a chunk must be before a sweep may take it for an orphan: a chunk a
+/// member hinted while writing a file belongs to a record that comes only when the
+/// writer closes the file.
+const ORPHAN_MIN_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// Marks in the chunk key sequence (keys are handed out in write order) with the
+/// time each was taken, so a sweep can tell which chunks are at least
+/// `ORPHAN_MIN_AGE` old. Chunks stored by an earlier run of the node count as old
+/// at once: whatever they were waiting for, this run does not wait with them.
+#[derive(Debug)]
 pub(crate) struct OrphanWatch {
-    /// Chunks with a storage key below this were stored before the last sweep.
-    mark: u64,
-    /// Orphans may be among the chunks below `mark`.
-    before_mark: bool,
-    /// Orphans may be among the chunks stored since `mark` was taken.
-    since_mark: bool,
+    /// Oldest first; the first is the mark in force.
+    marks: std::collections::VecDeque<(u64, Instant)>,
 }
 
 impl OrphanWatch {
-    /// The watch for a run whose first chunk key is `first_key`: anything an
-    /// earlier run stored is suspect.
     pub(crate) fn new(first_key: u64) -> Self {
+        let long_ago = Instant::now().checked_sub(ORPHAN_MIN_AGE).unwrap_or_else(Instant::now);
         OrphanWatch {
-            mark: first_key,
-            before_mark: true,
-            since_mark: false,
+            marks: [(first_key, long_ago)].into(),
         }
     }
 
-    /// A completed sweep checked everything below `mark`; the next one checks up
-    /// to `next`.
-    fn advance(&mut self, next: u64) {
-        self.mark = next;
-        self.before_mark = self.since_mark;
-        self.since_mark = false;
+    /// Records `key` as the next key at `now` and returns the mark in force: every
+    /// chunk with a lower key was stored at least `ORPHAN_MIN_AGE` before `now`.
+    fn mark_at(&mut self, key: u64, now: Instant) -> u64 {
+        if self
+            .marks
+            .back()
+            .is_none_or(|(_, t)| now.saturating_duration_since(*t) >= ORPHAN_MIN_AGE / 24)
+        {
+            self.marks.push_back((key, now));
+        }
+        while self.marks.len() > 1 && now.saturating_duration_since(self.marks[1].1) >= ORPHAN_MIN_AGE {
+            self.marks.pop_front();
+        }
+        self.marks.front().map_or(0, |(k, _)| *k)
     }
+}
+
+/// What a sweep found to delete, from a walk without locks; `Repo::sweep` checks it
+/// against what changed since and deletes.
+pub struct SweepPlan {
+    /// Each author's last seq when the walk began: records after it were not walked.
+    walked: HashMap<NodeId, u64>,
+    /// Purged versions whose chunks no kept version needs.
+    gone: HashSet<VersionId>,
+    purged_chunks: HashSet<ChunkId>,
+    orphans: HashSet<ChunkId>,
 }
 
 /// One version of an entry as the policy sees it.
@@ -259,96 +275,126 @@ impl Repo {
         Ok(())
     }
 
-    /// Chunks are about to be stored that no record names yet (background chunking
-    /// of a file being written, chunks a member hinted): the sweep after next looks
-    /// for orphans among them.
-    pub fn note_possible_orphans(&self) {
-        self.orphan_watch.lock().since_mark = true;
-    }
-
-    /// Deletes every chunk no kept version needs: the chunks of purged versions, and
-    /// orphans — chunks that no record names and that were stored before the
-    /// previous sweep (or by an earlier run of the node). Orphans come from writes
-    /// that never got a version (the node was killed while a large file was being
-    /// written, after background chunking had stored part of it) and from chunks a
-    /// member hinted while writing a file that then never arrived. A chunk stored
-    /// since the previous sweep is never an orphan yet: it may belong to a record
-    /// still on its way. Returns (chunks, bytes).
-    ///
-    /// The caller makes sure no file is being written meanwhile: chunks of a write
-    /// not yet committed are named by no record.
-    pub fn sweep(&self) -> Result<(u64, u64)> {
-        // No version joins, arrives or is committed meanwhile: a record stored now
-        // could need a chunk we are about to delete.
-        let _cs = self.commit_state.lock();
-        let watch = *self.orphan_watch.lock();
-        let next_mark = self.store.chunk_key_mark();
-        let gone: HashSet<VersionId> = {
-            let marks: Vec<VersionId> = self.purged.lock().keys().copied().collect();
-            let mut gone = HashSet::new();
-            for v in marks {
-                if self.is_purged(v)? {
-                    gone.insert(v);
-                }
+    /// Finds what a sweep would delete, without holding any lock (it reads every
+    /// kept version's manifest): the chunks only purged versions reach, and
+    /// *orphans* — chunks no record names that are at least a day old (or from an
+    /// earlier run of the node). Orphans are what a node killed in the middle of a
+    /// large write leaves (background chunking had stored part of a file that never
+    /// got a version), and chunks a member hinted for a file that never arrived.
+    /// While a kept version's manifest is not all here (a pending record whose
+    /// manifest has not arrived), the chunks below the missing node are unknown and
+    /// no orphan is taken.
+    pub fn sweep_plan(&self) -> Result<SweepPlan> {
+        let walked = self.vector();
+        let mark = self
+            .orphan_watch
+            .lock()
+            .mark_at(self.store.chunk_key_mark(), Instant::now());
+        let mut gone = HashSet::new();
+        let marked: Vec<VersionId> = self.purged.lock().keys().copied().collect();
+        for v in marked {
+            if self.is_purged(v)? {
+                gone.insert(v);
             }
-            gone
-        };
-        if gone.is_empty() && !watch.before_mark {
-            self.orphan_watch.lock().advance(next_mark);
-            return Ok((0, 0));
         }
-        // Every chunk a kept record names. Where a manifest node is missing (a
-        // pending record whose manifest has not arrived) or unreadable, the chunks
-        // below it are unknown: then nothing is swept as an orphan this time.
         let mut kept: Vec<ChunkId> = Vec::new();
         let mut roots = HashSet::new();
-        let mut incomplete = None;
+        let mut complete = true;
         for (_, _, v) in self.store.all_versions_by_author()? {
-            if gone.contains(&v) {
-                continue;
-            }
-            let r = self.record(v)?;
-            if let Content::File {
-                manifest: Some(root), ..
-            } = r.record.content
-            {
-                if roots.insert(root) {
-                    kept.extend(chunk_ids_of(root, |id| {
-                        let node = self.store.get_chunk(id).ok();
-                        if node.is_none() {
-                            incomplete = Some(v);
-                        }
-                        node
-                    }));
-                }
+            if !gone.contains(&v) {
+                complete &= self.walk_into(v, &mut roots, &mut kept)?;
             }
         }
         kept.sort_unstable();
         kept.dedup();
         let is_kept = |c: &ChunkId| kept.binary_search(c).is_ok();
-        let mut doomed: HashSet<ChunkId> = HashSet::new();
+        let mut purged_chunks = HashSet::new();
         for v in &gone {
             if let Some(r) = self.stored_record(*v)? {
-                doomed.extend(self.chunks_of(&r.record.content).into_iter().filter(|c| !is_kept(c)));
+                purged_chunks.extend(self.chunks_of(&r.record.content).into_iter().filter(|c| !is_kept(c)));
             }
         }
-        let purged_chunks = doomed.len();
-        match incomplete {
-            None if !watch.before_mark => {}
-            None => self.store.for_each_chunk_before(watch.mark, |c, _| {
-                if !is_kept(&c) {
-                    doomed.insert(c);
+        let mut orphans = HashSet::new();
+        if complete {
+            self.store.for_each_chunk_before(mark, |c, _| {
+                if !is_kept(&c) && !purged_chunks.contains(&c) {
+                    orphans.insert(c);
                 }
                 Ok(())
-            })?,
-            Some(v) => {
-                tracing::info!(version = %v, "gc leaves unnamed chunks for later: a version's manifest is not all here")
+            })?;
+        } else {
+            tracing::info!("gc leaves unnamed chunks for later: a version's manifest is not all here");
+        }
+        Ok(SweepPlan {
+            walked,
+            gone,
+            purged_chunks,
+            orphans,
+        })
+    }
+
+    /// Adds the chunks version `v` needs to `into` (once per manifest root, `roots`
+    /// remembers them); false if a manifest node of it is missing or unreadable.
+    fn walk_into(&self, v: VersionId, roots: &mut HashSet<ChunkId>, into: &mut Vec<ChunkId>) -> Result<bool> {
+        let Some(r) = self.stored_record(v)? else {
+            return Ok(true);
+        };
+        let Content::File {
+            manifest: Some(root), ..
+        } = r.record.content
+        else {
+            return Ok(true);
+        };
+        if !roots.insert(root) {
+            return Ok(true);
+        }
+        let mut complete = true;
+        into.extend(chunk_ids_of(root, |id| {
+            let node = self.store.get_chunk(id).ok();
+            complete &= node.is_some();
+            node
+        }));
+        Ok(complete)
+    }
+
+    /// Deletes what `plan` found, less what changed since: chunks that records
+    /// stored after its walk need, and those of a purged version that is shown
+    /// again. Returns (chunks, bytes).
+    ///
+    /// The caller makes sure no file is being written meanwhile: chunks of a write
+    /// not yet committed are named by no record.
+    pub fn sweep(&self, plan: SweepPlan) -> Result<(u64, u64)> {
+        // No version joins, arrives or is committed meanwhile: a record stored now
+        // could need a chunk we are about to delete.
+        let _cs = self.commit_state.lock();
+        let SweepPlan {
+            walked,
+            gone,
+            mut purged_chunks,
+            mut orphans,
+        } = plan;
+        let mut since: Vec<ChunkId> = Vec::new();
+        let mut roots = HashSet::new();
+        for (author, seq, v) in self.store.all_versions_by_author()? {
+            if seq > walked.get(&author).copied().unwrap_or(0) && !self.walk_into(v, &mut roots, &mut since)? {
+                // Below a missing manifest node could be any chunk.
+                orphans.clear();
             }
         }
-        let orphans = doomed.len() - purged_chunks;
+        for v in &gone {
+            if !self.is_purged(*v)? {
+                if let Some(r) = self.stored_record(*v)? {
+                    since.extend(self.chunks_of(&r.record.content));
+                }
+            }
+        }
+        for c in &since {
+            purged_chunks.remove(c);
+            orphans.remove(c);
+        }
         let mut batch = self.store.batch();
         let (mut n, mut bytes) = (0, 0);
-        for c in &doomed {
+        for c in purged_chunks.iter().chain(&orphans) {
             if let Some(len) = self.store.chunk_len(*c)? {
                 batch.delete_chunk(*c)?;
                 n += 1;
@@ -360,13 +406,10 @@ impl Repo {
             self.chunks.lock().clear();
             self.manifests.lock().clear();
         }
-        if incomplete.is_none() {
-            self.orphan_watch.lock().advance(next_mark);
-        }
         tracing::info!(
             chunks = n,
             bytes,
-            orphans,
+            orphans = orphans.len(),
             "gc swept the chunks of purged versions and chunks no version names"
         );
         Ok((n, bytes))
@@ -416,17 +459,19 @@ mod tests {
     }
 
     #[test]
-    fn chunks_are_checked_for_orphans_one_sweep_after_they_were_stored() {
-        // A new run suspects what earlier runs stored.
+    fn only_chunks_a_day_old_or_from_an_earlier_run_count_as_orphans() {
+        let t0 = Instant::now();
+        let h = Duration::from_secs(3600);
+        // Keys below 100 are from an earlier run: old at once.
         let mut w = OrphanWatch::new(100);
-        assert!(w.before_mark && w.mark == 100);
-        // A sweep checks below 100; chunks stored ahead since then wait a sweep.
-        w.since_mark = true;
-        w.advance(250);
-        assert!(w.before_mark && !w.since_mark && w.mark == 250);
-        // Nothing stored ahead since: the sweep after has nothing to look for.
-        w.advance(300);
-        assert!(!w.before_mark && w.mark == 300);
+        assert_eq!(w.mark_at(150, t0), 100);
+        assert_eq!(w.mark_at(200, t0 + 2 * h), 100);
+        // A day after key 150 was the next key, everything below it is a day old.
+        assert_eq!(w.mark_at(300, t0 + 25 * h), 150);
+        assert_eq!(w.mark_at(400, t0 + 27 * h), 200);
+        // Sweeps in quick succession add no marks and never move past a day.
+        assert_eq!(w.mark_at(410, t0 + 27 * h + Duration::from_secs(1)), 200);
+        assert!(w.marks.len() <= 4);
     }
 
     #[test]

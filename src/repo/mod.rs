@@ -20,7 +20,7 @@ mod remote;
 mod writeback;
 
 pub use apply::{Change, ChangeBatch};
-pub use gc::{GcReport, Policy};
+pub use gc::{GcReport, Policy, SweepPlan};
 pub use merge::Conflict;
 pub use remote::{Received, Rejected};
 pub use writeback::{DirtyFile, PrechunkPlan, TailPressure};

@@ -101,8 +101,6 @@ impl PrechunkPlan {
                 generation: self.generation,
             });
         }
-        // Stored before any record names them: gc must look for orphans later.
-        repo.note_possible_orphans();
         // Only cuts that can no longer move: the chunk start is at least MAX_CHUNK
         // behind the end of what was written when we started.
         let to = self.to;

@@ -777,11 +777,6 @@ impl Engine {
         });
         match lacking {
             Ok(lacking) => {
-                if !lacking.is_empty() {
-                    // Fetched before any record names them: gc must look for
-                    // orphans among them later.
-                    self.repo.note_possible_orphans();
-                }
                 for c in lacking {
                     self.hinted.insert(c, from);
                     self.hint_queue.push_back(c);
