@@ -403,6 +403,9 @@ impl Repo {
         }
         if n > 0 {
             self.store.write(batch)?;
+            // Before the clear: a manifest loaded before the delete must not be
+            // cached after it (see `chunk_list`).
+            self.sweeps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.chunks.lock().clear();
             self.manifests.lock().clear();
         }

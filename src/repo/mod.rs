@@ -242,6 +242,8 @@ pub struct Repo {
     loaded: parking_lot::Condvar,
     /// Recently loaded chunk lists by manifest root.
     manifests: Mutex<Lru<ChunkId, Arc<ChunkList>>>,
+    /// Counts gc sweeps that deleted chunks (see `chunk_list`).
+    sweeps: std::sync::atomic::AtomicU64,
     /// Directory mtime events (cache of the `dir_times` index; None = none recorded).
     dir_times: Mutex<HashMap<EntryId, Option<DirTime>>>,
     /// Our records committed without a signature yet (signed by `sign_pending`).
@@ -354,6 +356,7 @@ impl Repo {
             loading: Mutex::new(std::collections::HashSet::new()),
             loaded: parking_lot::Condvar::new(),
             manifests: Mutex::new(Lru::new(16)),
+            sweeps: std::sync::atomic::AtomicU64::new(0),
             dir_times: Mutex::new(HashMap::new()),
             unsigned: Mutex::new(Vec::new()),
             prefetch: std::sync::OnceLock::new(),
@@ -636,6 +639,18 @@ impl Repo {
         let mut created: Vec<(Link, EntryId)> = Vec::new();
         let mut made: Vec<Option<VersionId>> = Vec::new();
         for (entry, draft, base) in changes {
+            // Content that names a manifest gc has swept (a purged version restored
+            // or kept in a race with the sweep) must not become a version: its data
+            // is gone. Under the commit lock, so no sweep runs between this and the
+            // record.
+            if let Content::File {
+                manifest: Some(root), ..
+            } = &draft.content
+            {
+                if !self.store.has_chunk(*root)? {
+                    return Err(crate::store::StoreError::MissingChunk { chunk: *root }.into());
+                }
+            }
             let prev = tx.current(entry)?;
             // A reserved first version: its name was checked by the caller, and it
             // may carry a clock reading taken then.
@@ -918,10 +933,17 @@ impl Repo {
         if let Some(l) = self.manifests.lock().get(&root) {
             return Ok(l.clone());
         }
+        let sweeps = self.sweeps.load(std::sync::atomic::Ordering::SeqCst);
         let list = Arc::new(chunking::load_manifest(Some(root), |id| {
             self.store.get_chunk(id).map_err(RepoError::from)
         })?);
-        self.manifests.lock().put(root, list.clone());
+        let mut cache = self.manifests.lock();
+        // A gc sweep that deleted chunks meanwhile may have deleted nodes of this
+        // manifest: caching it would hide that they are gone (a record naming it
+        // could join without them).
+        if self.sweeps.load(std::sync::atomic::Ordering::SeqCst) == sweeps {
+            cache.put(root, list.clone());
+        }
         Ok(list)
     }
 
