@@ -316,7 +316,7 @@ impl Repo {
         }
         let mut orphans = HashSet::new();
         if complete {
-            self.store.for_each_chunk_before(mark, |c, _| {
+            self.store.for_each_chunk_before(mark, |c| {
                 if !is_kept(&c) && !purged_chunks.contains(&c) {
                     orphans.insert(c);
                 }
@@ -349,11 +349,7 @@ impl Repo {
             return Ok(true);
         }
         let mut complete = true;
-        into.extend(chunk_ids_of(root, |id| {
-            let node = self.store.get_chunk(id).ok();
-            complete &= node.is_some();
-            node
-        }));
+        into.extend(self.manifest_chunks(root, &mut complete));
         Ok(complete)
     }
 
@@ -375,10 +371,15 @@ impl Repo {
         } = plan;
         let mut since: Vec<ChunkId> = Vec::new();
         let mut roots = HashSet::new();
-        for (author, seq, v) in self.store.all_versions_by_author()? {
-            if seq > walked.get(&author).copied().unwrap_or(0) && !self.walk_into(v, &mut roots, &mut since)? {
-                // Below a missing manifest node could be any chunk.
-                orphans.clear();
+        // Only the records stored since the walk: one range per author, not a scan
+        // of every record while writes wait.
+        for (author, last) in self.store.last_seqs()? {
+            let from = walked.get(&author).copied().unwrap_or(0) + 1;
+            for (_, v) in self.store.versions_of_author(author, from, last, usize::MAX)? {
+                if !self.walk_into(v, &mut roots, &mut since)? {
+                    // Below a missing manifest node could be any chunk.
+                    orphans.clear();
+                }
             }
         }
         for v in &gone {
@@ -427,7 +428,17 @@ impl Repo {
         else {
             return Vec::new();
         };
-        chunk_ids_of(*root, |id| self.store.get_chunk(id).ok())
+        self.manifest_chunks(*root, &mut true)
+    }
+
+    /// Every chunk id a manifest reaches (its nodes and data chunks) as far as its
+    /// nodes are here; clears `complete` where one is missing or unreadable.
+    fn manifest_chunks(&self, root: ChunkId, complete: &mut bool) -> Vec<ChunkId> {
+        chunk_ids_of(root, |id| {
+            let node = self.store.get_chunk(id).ok();
+            *complete &= node.is_some();
+            node
+        })
     }
 }
 

@@ -803,10 +803,10 @@ impl Store {
         self.next_chunk_key.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Calls `f(id, len)` for every chunk stored with a key below `mark`, i.e.
+    /// Calls `f(id)` for every chunk stored with a key below `mark`, i.e.
     /// before `chunk_key_mark` returned it (chunks of format-2 data dirs have no
     /// key and count as older than any mark).
-    pub fn for_each_chunk_before(&self, mark: u64, mut f: impl FnMut(ChunkId, u64) -> Result<()>) -> Result<()> {
+    pub fn for_each_chunk_before(&self, mark: u64, mut f: impl FnMut(ChunkId) -> Result<()>) -> Result<()> {
         for item in self.db.iterator_cf(self.cf(CF_CHUNK_INDEX), IteratorMode::Start) {
             let (k, v) = item.map_err(db_err("chunk scan"))?;
             let Ok(id) = <[u8; 32]>::try_from(&k[..]) else {
@@ -816,7 +816,7 @@ impl Store {
                 .get(4..12)
                 .map_or(0, |b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
             if key < mark {
-                f(ChunkId(id), index_len(&v) as u64)?;
+                f(ChunkId(id))?;
             }
         }
         Ok(())
