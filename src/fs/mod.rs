@@ -921,11 +921,20 @@ impl DistriboxFs {
         }
         // Chunk the pending writes first: that can take a while, and only this
         // file's lock is held meanwhile.
+        // Small content is only staged: written with the record, installed after.
         let mut content = None;
+        let mut new_content = None;
+        let mut staged = Default::default();
         if let Some(g) = guard.as_mut() {
             if g.file.is_dirty() {
-                let (size, manifest) = e(g.file.commit_content(self.repo()))?;
-                content = Some((Content::File { size, manifest }, g.file.mtime));
+                let mut new = e(g.file.prepare_content(self.repo()))?;
+                let c = Content::File {
+                    size: new.size,
+                    manifest: new.root,
+                };
+                content = Some((c, g.file.mtime));
+                staged = std::mem::take(&mut new.staged);
+                new_content = Some(new);
             }
         }
         let st = {
@@ -944,7 +953,10 @@ impl DistriboxFs {
                     at = None;
                 }
                 edit(&mut draft);
-                let st = e(self.repo().commit_based(vec![(entry, draft, Base::Reserved(at))]))?.remove(0);
+                let st = e(self
+                    .repo()
+                    .commit_staged(vec![(entry, draft, Base::Reserved(at))], staged))?
+                .remove(0);
                 fresh.remove(&entry);
                 st
             } else {
@@ -971,13 +983,13 @@ impl DistriboxFs {
                     draft.attrs.mtime = *mtime;
                 }
                 edit(&mut draft);
-                e(self.repo().commit_based(vec![(entry, draft, base)]))?.remove(0)
+                e(self.repo().commit_staged(vec![(entry, draft, base)], staged))?.remove(0)
             }
         };
         let (st, _) = st;
-        if content.is_some() {
+        if let Some(new) = new_content {
             if let Some(g) = guard.as_mut() {
-                g.file.committed();
+                g.file.content_committed(new);
                 g.fork_from = None;
             }
             tracing::debug!(entry = %entry, version = %st.head.id, "committed file content");

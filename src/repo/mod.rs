@@ -23,13 +23,13 @@ pub use apply::{Change, ChangeBatch};
 pub use gc::{GcReport, Policy, SweepPlan};
 pub use merge::Conflict;
 pub use remote::{Received, Rejected};
-pub use writeback::{DirtyFile, PrechunkPlan, TailPressure};
+pub use writeback::{DirtyFile, NewContent, PrechunkPlan, TailPressure};
 
 use crate::chunking::{self, ChunkList, ChunkingError};
 use crate::model::{
     names, Attrs, ChunkId, Content, EntryId, Hlc, Link, NodeId, RecordError, SignedRecord, VersionId, VersionRecord,
 };
-use crate::store::{DataDir, DataDirError, DirTime, EntryHeads, GroupKey, Store, StoreError};
+use crate::store::{DataDir, DataDirError, DirTime, EntryHeads, GroupKey, StagedChunks, Store, StoreError};
 use apply::Apply;
 use cache::Lru;
 use ed25519_dalek::SigningKey;
@@ -632,6 +632,16 @@ impl Repo {
         &self,
         changes: Vec<(EntryId, Draft, Base)>,
     ) -> Result<Vec<(Arc<EntryState>, Option<VersionId>)>> {
+        self.commit_staged(changes, StagedChunks::default())
+    }
+
+    /// As `commit_based`, writing `staged` chunks (see `DirtyFile::prepare_content`)
+    /// in the same batch as the records.
+    pub fn commit_staged(
+        &self,
+        changes: Vec<(EntryId, Draft, Base)>,
+        staged: StagedChunks,
+    ) -> Result<Vec<(Arc<EntryState>, Option<VersionId>)>> {
         let mut cs = self.commit_state.lock();
         let mut tx = Apply::new(self);
         let mut seq = cs.next_seq;
@@ -647,7 +657,7 @@ impl Repo {
                 manifest: Some(root), ..
             } = &draft.content
             {
-                if !self.store.has_chunk(*root)? {
+                if !staged.contains(*root) && !self.store.has_chunk(*root)? {
                     return Err(crate::store::StoreError::MissingChunk { chunk: *root }.into());
                 }
             }
@@ -758,6 +768,7 @@ impl Repo {
             }
         }
         tx.batch.put_meta(META_HLC, &hlc_bytes(hlc));
+        tx.batch.put_staged(staged)?;
         let (out, changes) = tx.finish()?;
         cs.next_seq = seq;
         cs.hlc = hlc;
@@ -968,6 +979,16 @@ impl Repo {
     fn store_manifest(&self, refs: &[chunking::ChunkRef]) -> Result<Option<ChunkId>> {
         chunking::build_manifest(refs, |id, bytes| {
             self.store.put_chunk(id, &bytes).map(|_| ()).map_err(RepoError::from)
+        })
+    }
+
+    /// As `store_manifest`, staging the nodes the store lacks.
+    fn stage_manifest(&self, refs: &[chunking::ChunkRef], staged: &mut StagedChunks) -> Result<Option<ChunkId>> {
+        chunking::build_manifest(refs, |id, bytes| {
+            self.store
+                .stage_chunk(staged, id, &bytes)
+                .map(|_| ())
+                .map_err(RepoError::from)
         })
     }
 

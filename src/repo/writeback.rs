@@ -11,6 +11,7 @@
 use super::{Repo, Result};
 use crate::chunking::{self, ChunkBytes, ChunkList};
 use crate::model::{ChunkId, Timestamp};
+use crate::store::StagedChunks;
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::Read;
@@ -120,11 +121,11 @@ impl PrechunkPlan {
                     end: self.to,
                 };
                 let chunks = chunking::cut(reader).map(|c| c.map(ChunkBytes::Owned));
-                store_chunks(repo, chunks, self.from, expected, 0, decide)?
+                store_chunks(repo, chunks, self.from, expected, Sink::Store { wal_bytes: 0 }, decide)?
             }
             PlanSource::Tail(blocks) => {
                 let chunks = chunking::cut_blocks(blocks, self.from, self.to);
-                store_chunks(repo, chunks, self.from, expected, 0, decide)?
+                store_chunks(repo, chunks, self.from, expected, Sink::Store { wal_bytes: 0 }, decide)?
             }
         };
         Ok(PrechunkDone {
@@ -132,6 +133,40 @@ impl PrechunkPlan {
             from: self.from,
             generation: self.generation,
         })
+    }
+}
+
+/// Where `store_chunks` puts new chunks.
+enum Sink<'a> {
+    /// Into the store now; the first `wal_bytes` of new chunk bytes go through the
+    /// WAL.
+    Store { wal_bytes: u64 },
+    /// Held for the record's write.
+    Stage(&'a mut StagedChunks),
+}
+
+/// At most this many bytes to chunk are staged (held in memory until the commit's
+/// write) rather than stored at once.
+const STAGE_MAX: u64 = 1 << 20;
+
+/// Content chunked for a commit: its size and manifest root, and for staged
+/// content the chunk list to install once the version is recorded.
+pub struct NewContent {
+    pub size: u64,
+    pub root: Option<ChunkId>,
+    list: Option<ChunkList>,
+    /// Chunks to write with the record (`Repo::commit_staged`).
+    pub staged: StagedChunks,
+}
+
+impl NewContent {
+    fn installed(size: u64, root: Option<ChunkId>) -> Self {
+        NewContent {
+            size,
+            root,
+            list: None,
+            staged: StagedChunks::default(),
+        }
     }
 }
 
@@ -151,17 +186,38 @@ enum Cut {
 const PIPELINE_FROM: u64 = 4 << 20;
 
 /// Stores the chunks `chunks` cuts (about `expected` bytes of the file from offset
-/// `from`), asking `decide(start, end)` (file offsets) about each chunk; returns
-/// the stored chunks in order. The first `wal_bytes` of new chunk bytes go through
-/// the WAL.
+/// `from`), asking `decide(start, end)` (file offsets) about each chunk, into
+/// `sink`; returns the chunks in order.
 fn store_chunks(
     repo: &Repo,
     chunks: impl Iterator<Item = std::result::Result<ChunkBytes, chunking::ChunkingError>>,
     from: u64,
     expected: u64,
-    wal_bytes: u64,
+    sink: Sink<'_>,
     mut decide: impl FnMut(u64, u64) -> Cut,
 ) -> Result<Vec<chunking::ChunkRef>> {
+    let wal_bytes = match sink {
+        Sink::Stage(staged) => {
+            let mut refs = Vec::new();
+            let mut pos = from;
+            for c in chunks {
+                let bytes = c?;
+                let cut = decide(pos, pos + bytes.len() as u64);
+                pos += bytes.len() as u64;
+                if matches!(cut, Cut::Stop) {
+                    break;
+                }
+                let r = chunking::ChunkRef::of(&bytes);
+                repo.store().stage_chunk(staged, r.id, &bytes)?;
+                refs.push(r);
+                if matches!(cut, Cut::TakeAndStop) {
+                    break;
+                }
+            }
+            return Ok(refs);
+        }
+        Sink::Store { wal_bytes } => wal_bytes,
+    };
     let store = |bytes: ChunkBytes, logged: &mut u64| -> Result<chunking::ChunkRef> {
         let r = chunking::ChunkRef::of(&bytes);
         let wal = *logged < wal_bytes;
@@ -637,9 +693,35 @@ impl DirtyFile {
         self.pending = false;
     }
 
+    /// The version of `new` (from `prepare_content`) is recorded.
+    pub fn content_committed(&mut self, new: NewContent) {
+        if let Some(list) = new.list {
+            self.install(list);
+        }
+        self.committed();
+    }
+
     /// Chunks what changed, stores the new chunks and manifest, and makes the result
     /// the new base. Returns the new (size, manifest root).
     pub fn commit_content(&mut self, repo: &Repo) -> Result<(u64, Option<ChunkId>)> {
+        let new = self.chunk_content(repo, None)?;
+        Ok((new.size, new.root))
+    }
+
+    /// As `commit_content`, but when little is new (a small file) its chunks are
+    /// staged for the record's own write (`Repo::commit_staged`) and the file is
+    /// left as it is until `committed` installs them: if the commit fails, nothing
+    /// of it was stored and the written bytes are still here for the next attempt.
+    pub fn prepare_content(&mut self, repo: &Repo) -> Result<NewContent> {
+        let mut staged = StagedChunks::default();
+        let new = self.chunk_content(repo, Some(&mut staged))?;
+        Ok(NewContent { staged, ..new })
+    }
+
+    /// The chunking of `commit_content`/`prepare_content`. Stages into `stage` if
+    /// given and at most `STAGE_MAX` bytes need chunking; otherwise stores and
+    /// installs.
+    fn chunk_content(&mut self, repo: &Repo, stage: Option<&mut StagedChunks>) -> Result<NewContent> {
         let base = self.base.clone();
         let base_len = base.len_bytes();
         let tail_changed = self.base_valid < base_len || self.size != base_len;
@@ -650,7 +732,11 @@ impl DirtyFile {
             (None, true) => self.base_valid,
             (None, false) => {
                 self.pending = true;
-                return Ok((self.size, repo.store_manifest(base.refs())?));
+                let root = match stage {
+                    Some(staged) => repo.stage_manifest(base.refs(), staged)?,
+                    None => repo.store_manifest(base.refs())?,
+                };
+                return Ok(NewContent::installed(self.size, root));
             }
         };
         let last_change_end = if tail_changed {
@@ -693,7 +779,14 @@ impl DirtyFile {
         let meets_old =
             |end: u64| end >= last_change_end && end < size && !tail_changed && base.boundary_at(end).is_some();
         let chunks = chunking::cut(reader).map(|c| c.map(ChunkBytes::Owned));
-        let fresh_refs = store_chunks(repo, chunks, restart, size - restart, WAL_BYTES_PER_COMMIT, |_, end| {
+        let mut stage = stage.filter(|_| size - restart <= STAGE_MAX);
+        let sink = match stage.as_deref_mut() {
+            Some(staged) => Sink::Stage(staged),
+            None => Sink::Store {
+                wal_bytes: WAL_BYTES_PER_COMMIT,
+            },
+        };
+        let fresh_refs = store_chunks(repo, chunks, restart, size - restart, sink, |_, end| {
             if meets_old(end) {
                 Cut::TakeAndStop
             } else {
@@ -723,7 +816,22 @@ impl DirtyFile {
             ))
             .into());
         }
+        if let Some(staged) = stage {
+            let root = repo.stage_manifest(list.refs(), staged)?;
+            return Ok(NewContent {
+                size,
+                root,
+                list: Some(list),
+                staged: StagedChunks::default(),
+            });
+        }
         let root = repo.store_manifest(list.refs())?;
+        self.install(list);
+        Ok(NewContent::installed(size, root))
+    }
+
+    /// Makes `list` (stored) the new base: the written bytes are no longer needed.
+    fn install(&mut self, list: ChunkList) {
         self.base = Arc::new(list);
         self.base_valid = self.size;
         self.ranges.clear();
@@ -732,7 +840,6 @@ impl DirtyFile {
         self.generation += 1;
         self.pending = true;
         self.drop_spill();
-        Ok((self.size, root))
     }
 }
 
@@ -963,6 +1070,43 @@ mod tests {
             "cut points differ from chunking the content in one go"
         );
         got
+    }
+
+    /// Staged content that never got its record (the commit failed) stored
+    /// nothing and changed nothing: the written bytes are still the file's, and
+    /// the next attempt stores them. Once committed, the staged chunks are the
+    /// file's base.
+    #[test]
+    fn staged_content_waits_for_its_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = repo(tmp.path());
+        let mut f = fresh_file(&repo);
+        let data = bytes(300 << 10, 7);
+        f.write(&repo, 0, &data).unwrap();
+        let first = f.prepare_content(&repo).unwrap();
+        let root = first.root.expect("non-empty content has a manifest");
+        assert!(!first.staged.is_empty(), "small content is staged");
+        assert!(first.staged.contains(root), "its manifest node too");
+        assert!(
+            !repo.store().has_chunk(root).unwrap(),
+            "nothing stored before the record"
+        );
+        drop(first); // the commit failed
+        assert!(f.is_dirty());
+        let mut got = Vec::new();
+        f.read(&repo, 0, data.len() as u64, &mut got).unwrap();
+        assert!(got == data, "the written bytes are still there");
+        let mut again = f.prepare_content(&repo).unwrap();
+        assert_eq!(again.root, Some(root));
+        let mut batch = repo.store().batch();
+        batch.put_staged(std::mem::take(&mut again.staged)).unwrap();
+        repo.store().write(batch).unwrap();
+        f.content_committed(again);
+        assert!(!f.is_dirty());
+        let list = repo.chunk_list(Some(root)).unwrap();
+        let mut stored = Vec::new();
+        repo.read_chunks(&list, 0, list.len_bytes(), &mut stored).unwrap();
+        assert!(stored == data, "the staged chunks were stored with the batch");
     }
 
     /// A background pass planned before a truncate and rewrite, reporting after
