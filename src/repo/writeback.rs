@@ -196,27 +196,9 @@ fn store_chunks(
     sink: Sink<'_>,
     mut decide: impl FnMut(u64, u64) -> Cut,
 ) -> Result<Vec<chunking::ChunkRef>> {
-    let wal_bytes = match sink {
-        Sink::Stage(staged) => {
-            let mut refs = Vec::new();
-            let mut pos = from;
-            for c in chunks {
-                let bytes = c?;
-                let cut = decide(pos, pos + bytes.len() as u64);
-                pos += bytes.len() as u64;
-                if matches!(cut, Cut::Stop) {
-                    break;
-                }
-                let r = chunking::ChunkRef::of(&bytes);
-                repo.store().stage_chunk(staged, r.id, &bytes)?;
-                refs.push(r);
-                if matches!(cut, Cut::TakeAndStop) {
-                    break;
-                }
-            }
-            return Ok(refs);
-        }
-        Sink::Store { wal_bytes } => wal_bytes,
+    let (wal_bytes, mut staged) = match sink {
+        Sink::Store { wal_bytes } => (wal_bytes, None),
+        Sink::Stage(staged) => (0, Some(staged)),
     };
     let store = |bytes: ChunkBytes, logged: &mut u64| -> Result<chunking::ChunkRef> {
         let r = chunking::ChunkRef::of(&bytes);
@@ -237,14 +219,22 @@ fn store_chunks(
         pos = end;
         (take, go_on)
     };
-    if expected < PIPELINE_FROM {
+    // Staged content is small (`STAGE_MAX`): never worth the pipeline.
+    if expected < PIPELINE_FROM || staged.is_some() {
         let mut refs = Vec::new();
         let mut logged = 0;
         for c in chunks {
             let bytes = c?;
             let (take, go_on) = next(&bytes);
             if take {
-                refs.push(store(bytes, &mut logged)?);
+                refs.push(match staged.as_deref_mut() {
+                    Some(staged) => {
+                        let r = chunking::ChunkRef::of(&bytes);
+                        repo.store().stage_chunk(staged, r.id, &bytes)?;
+                        r
+                    }
+                    None => store(bytes, &mut logged)?,
+                });
             }
             if !go_on {
                 break;

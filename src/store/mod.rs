@@ -564,15 +564,22 @@ impl Store {
         if staged.contains(id) || self.has_chunk(id)? {
             return Ok(false);
         }
+        self.admit_chunk(id, staged.bytes + data.len() as u64)?;
+        staged.bytes += data.len() as u64;
+        staged.chunks.push((id, data.to_vec()));
+        Ok(true)
+    }
+
+    /// Refuses `bytes` of new chunk data (chunk `id` and what is held with it)
+    /// that would use the disk's reserve.
+    fn admit_chunk(&self, id: ChunkId, bytes: u64) -> Result<()> {
         let unflushed = self.unflushed_bytes.load(std::sync::atomic::Ordering::Relaxed);
-        if !self.space.admit(staged.bytes + data.len() as u64, unflushed) {
+        if !self.space.admit(bytes, unflushed) {
             return Err(StoreError::NoSpace(format!(
                 "storing chunk {id} would use the disk's reserve"
             )));
         }
-        staged.bytes += data.len() as u64;
-        staged.chunks.push((id, data.to_vec()));
-        Ok(true)
+        Ok(())
     }
 
     /// As `put_chunk`; with `wal == false` the bytes skip the write-ahead log (half the
@@ -582,14 +589,7 @@ impl Store {
         if self.has_chunk(id)? {
             return Ok(false);
         }
-        if !self.space.admit(
-            data.len() as u64,
-            self.unflushed_bytes.load(std::sync::atomic::Ordering::Relaxed),
-        ) {
-            return Err(StoreError::NoSpace(format!(
-                "storing chunk {id} would use the disk's reserve"
-            )));
-        }
+        self.admit_chunk(id, data.len() as u64)?;
         let mut b = WriteBatch::default();
         self.put_chunk_into(&mut b, id, data)?;
         let mut wo = WriteOptions::default();
