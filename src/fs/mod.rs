@@ -345,6 +345,7 @@ impl DistriboxFs {
     /// speed of chunking, and close/fsync find little left to chunk.
     fn relieve_tail(&self, entry: EntryId, d: &Arc<Mutex<DirtyEntry>>) -> FsResult<()> {
         use crate::repo::TailPressure;
+        let mut retries = 0;
         loop {
             let plan = {
                 let mut g = d.lock();
@@ -354,6 +355,7 @@ impl DistriboxFs {
                     TailPressure::Wait => g.file.prechunk_plan(),
                 }
             };
+            let had_plan = plan.is_some();
             if plan.is_some_and(|p| self.start_prechunk(entry, d.clone(), p)) {
                 continue;
             }
@@ -363,8 +365,12 @@ impl DistriboxFs {
                     .inner
                     .prechunk_done
                     .wait_for(&mut running, Duration::from_millis(100));
+            } else if had_plan && retries < 3 {
+                // The pass that kept ours from starting ended just now: start ours.
+                retries += 1;
             } else {
-                // No pass runs and none could start: nothing would ever shrink it.
+                // No pass runs and none could start (none due, or no thread for
+                // one): nothing would ever shrink it.
                 drop(running);
                 return e(d.lock().file.tail_to_spill());
             }
