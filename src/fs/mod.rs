@@ -819,6 +819,17 @@ impl DistriboxFs {
         self.inner.fresh.lock().get(&entry).map(|f| (f.attrs, f.created))
     }
 
+    /// True if `dir` holds anything, counting new files that have no version yet
+    /// (created, not yet closed): the store alone would call such a directory
+    /// empty, and removing it or renaming a directory over it would leave them
+    /// under a deleted directory.
+    fn has_children(&self, dir: EntryId) -> FsResult<bool> {
+        if self.inner.fresh.lock().values().any(|f| f.link.parent == dir) {
+            return Ok(true);
+        }
+        e(self.repo().has_children(dir))
+    }
+
     fn fresh_named(&self, dir: EntryId, name: &[u8]) -> Option<EntryId> {
         fresh_named_in(&self.inner.fresh.lock(), dir, name)
     }
@@ -1257,7 +1268,7 @@ impl DistriboxFs {
             (false, true) => return Err(Errno::EISDIR),
             _ => {}
         }
-        if is_dir && e(self.repo().has_children(child))? {
+        if is_dir && self.has_children(child)? {
             return Err(Errno::ENOTEMPTY);
         }
         let link = Link { parent: dir, name };
@@ -1327,7 +1338,7 @@ impl DistriboxFs {
             match (src_is_dir, dst_is_dir) {
                 (false, true) => return Err(Errno::EISDIR),
                 (true, false) => return Err(Errno::ENOTDIR),
-                (true, true) if e(self.repo().has_children(dst))? => return Err(Errno::ENOTEMPTY),
+                (true, true) if self.has_children(dst)? => return Err(Errno::ENOTEMPTY),
                 _ => {}
             }
             let atomic_save = matches!(s.record().content, Content::File { .. })
