@@ -40,8 +40,8 @@ fn create_write_read_overwrite_truncate() {
 
 /// A file created but not yet closed has no version yet (its first one comes at
 /// close): a directory holding one is still not empty, for rmdir and for a
-/// directory renamed over it. Both once went through and left the file under a
-/// deleted directory, unreachable.
+/// directory renamed over it. Both once went through: the directory vanished and
+/// came back (revived) when the file's first version was committed.
 #[test]
 fn a_directory_with_a_file_still_open_from_its_create_is_not_empty() {
     let n = Node::start();

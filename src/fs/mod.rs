@@ -821,8 +821,8 @@ impl DistriboxFs {
 
     /// True if `dir` holds anything, counting new files that have no version yet
     /// (created, not yet closed): the store alone would call such a directory
-    /// empty, and removing it or renaming a directory over it would leave them
-    /// under a deleted directory.
+    /// empty, and rmdir would succeed on it (the directory then came back, revived,
+    /// when the file's first version was committed).
     fn has_children(&self, dir: EntryId) -> FsResult<bool> {
         if self.inner.fresh.lock().values().any(|f| f.link.parent == dir) {
             return Ok(true);
