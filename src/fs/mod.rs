@@ -89,6 +89,21 @@ fn errno(e: RepoError) -> Errno {
 /// FUSE passes it on in OPEN's flags, libc has no name for it).
 const FMODE_EXEC: i32 = 0x20;
 
+/// How long the names of a file that lost one of several names are handed to the
+/// kernel uncached.
+///
+/// After a successful unlink (or rename over a target) the kernel lowers the
+/// inode's link count itself, in the unlinking process once it wakes up from our
+/// reply. A listing or lookup by another process that read the count after our
+/// commit and lands before that decrement makes the kernel count one link too few:
+/// a file left with one name shows none, and link(2) to it fails with ENOENT in the
+/// kernel without asking us (`tests/fs_ops.rs::a_file_that_lost_one_of_its_names_can_be_linked_at_once`).
+/// While the names the file keeps are uncached, the next path walk to one of them
+/// looks it up again and brings the true count. A wake-up takes far less than this.
+/// A stat(2) racing the same way is not covered (its reply sets no name timeout):
+/// the count stays short until the name's cache time (`FsOptions::ttl`) runs out.
+const UNLINK_SETTLE: Duration = Duration::from_secs(2);
+
 fn e<T>(r: Result<T, RepoError>) -> FsResult<T> {
     r.map_err(errno)
 }
@@ -205,6 +220,8 @@ struct Inner {
     exec_count: Mutex<HashMap<EntryId, u32>>,
     /// Cached subdirectory counts (for a directory's nlink).
     subdirs: Mutex<HashMap<EntryId, u32>>,
+    /// Files that just lost one of several names, and when (see `UNLINK_SETTLE`).
+    lost_name: Mutex<HashMap<EntryId, Instant>>,
     stop: AtomicBool,
     /// The entry a background chunking pass is running for (see `start_prechunk`),
     /// and the signal that it finished.
@@ -268,6 +285,7 @@ impl DistriboxFs {
                 open_count: Mutex::new(HashMap::new()),
                 exec_count: Mutex::new(HashMap::new()),
                 subdirs: Mutex::new(HashMap::new()),
+                lost_name: Mutex::new(HashMap::new()),
                 stop: AtomicBool::new(false),
                 prechunk: Mutex::new(None),
                 prechunk_done: parking_lot::Condvar::new(),
@@ -681,11 +699,30 @@ impl DistriboxFs {
     /// How long the kernel may cache a name. `name@vN` is never cached: which entry
     /// `name` is can change (a rename, a peer's version) and the kernel would go on
     /// showing the old entry's version under it.
+    ///
+    /// Nor, for a while, are the names of a file that just lost another of its
+    /// names (see `UNLINK_SETTLE`).
     fn ttl_of(&self, ino: INodeNo) -> Duration {
-        match self.inner.inodes.lock().get(ino.0) {
+        let target = self.inner.inodes.lock().get(ino.0);
+        match target {
             Some(Target::Version(..)) => Duration::ZERO,
+            Some(Target::Entry(entry)) if self.lost_name_lately(entry) => Duration::ZERO,
             _ => self.inner.opts.ttl,
         }
+    }
+
+    /// Called before committing the removal of one of an entry's names when it
+    /// keeps others (unlink, or a rename over it).
+    fn note_lost_name(&self, entry: EntryId) {
+        let now = Instant::now();
+        let mut m = self.inner.lost_name.lock();
+        m.retain(|_, at| now.duration_since(*at) < UNLINK_SETTLE);
+        m.insert(entry, now);
+    }
+
+    fn lost_name_lately(&self, entry: EntryId) -> bool {
+        let m = self.inner.lost_name.lock();
+        m.get(&entry).is_some_and(|at| at.elapsed() < UNLINK_SETTLE)
     }
 
     fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> FsResult<FileAttr> {
@@ -1282,6 +1319,9 @@ impl DistriboxFs {
             // since the checks above.
             let _commit = self.inner.commit.lock();
             let s = self.live(child)?;
+            if !is_dir && s.record().location.len() > 1 {
+                self.note_lost_name(child);
+            }
             e(self.repo().commit(vec![(child, without_link(&s, &link))]))?;
         }
         if is_dir {
@@ -1355,6 +1395,9 @@ impl DistriboxFs {
                 changes.push((src, without_link(&s, &src_link)));
                 adopt = Some(dst);
             } else {
+                if !dst_is_dir && d.record().location.len() > 1 {
+                    self.note_lost_name(dst);
+                }
                 changes.push((dst, without_link(&d, &dst_link)));
             }
         }
