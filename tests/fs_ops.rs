@@ -178,6 +178,24 @@ fn a_file_that_lost_one_of_its_names_can_be_linked_at_once() {
     );
 }
 
+/// isatty() on a file in the mount (Python asks it on every open) is a plain
+/// "not a terminal", and asking costs no line in the node's log.
+#[test]
+fn ioctls_get_enotty_and_leave_no_log_line() {
+    use std::os::fd::AsRawFd;
+    let n = Node::start();
+    let p = n.path("f");
+    fs::write(&p, b"x").unwrap();
+    for _ in 0..50 {
+        let f = fs::File::open(&p).unwrap();
+        // SAFETY: a valid open descriptor.
+        assert_eq!(unsafe { libc::isatty(f.as_raw_fd()) }, 0);
+        assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENOTTY));
+    }
+    let log = n.log();
+    assert!(!log.contains("Not Implemented"), "node log:\n{log}");
+}
+
 #[test]
 fn rename_noreplace_and_over_existing() {
     let n = Node::start();
