@@ -196,6 +196,19 @@ fn ioctls_get_enotty_and_leave_no_log_line() {
     assert!(!log.contains("Not Implemented"), "node log:\n{log}");
 }
 
+/// An unmount from outside (what `distribox unmount` and `fusermount3 -u` do)
+/// leaves the node's log without a failed second unmount (fuser 0.18 tried one on
+/// every exit).
+#[test]
+fn an_unmount_leaves_no_warning_in_the_log() {
+    let mut n = Node::start();
+    fs::write(n.path("f"), b"x").unwrap();
+    n.unmount();
+    let log = n.log();
+    assert!(log.contains("unmounted; store closed"), "node log:\n{log}");
+    assert!(!log.contains("umount"), "node log:\n{log}");
+}
+
 #[test]
 fn rename_noreplace_and_over_existing() {
     let n = Node::start();

@@ -245,6 +245,19 @@ pub fn run_mount(cfg: MountConfig, ready: &mut dyn Ready) -> Result<(), DaemonEr
         source,
     })?;
     let unmounter = Arc::new(Mutex::new(session.unmount_callable()));
+    {
+        let unmounter = unmounter.clone();
+        fs.on_session_end(move || {
+            // Held only by the stop path (a signal, the control socket) while it
+            // unmounts: nothing left to do then. After an unmount from outside
+            // this fails (EINVAL).
+            if let Some(mut u) = unmounter.try_lock() {
+                if let Err(err) = u.unmount() {
+                    tracing::debug!(error = %err, "mount point already unmounted");
+                }
+            }
+        });
+    }
     raise_readahead(&mountpoint);
     // Remote versions: drop the kernel's cached pages and names (from a thread of
     // its own, never inside a FUSE callback).

@@ -222,6 +222,8 @@ struct Inner {
     subdirs: Mutex<HashMap<EntryId, u32>>,
     /// Files that just lost one of several names, and when (see `UNLINK_SETTLE`).
     lost_name: Mutex<HashMap<EntryId, Instant>>,
+    /// Run first when the FUSE session ends (see `on_session_end`).
+    session_end: Mutex<Option<Box<dyn FnOnce() + Send>>>,
     stop: AtomicBool,
     /// The entry a background chunking pass is running for (see `start_prechunk`),
     /// and the signal that it finished.
@@ -286,12 +288,25 @@ impl DistriboxFs {
                 exec_count: Mutex::new(HashMap::new()),
                 subdirs: Mutex::new(HashMap::new()),
                 lost_name: Mutex::new(HashMap::new()),
+                session_end: Mutex::new(None),
                 stop: AtomicBool::new(false),
                 prechunk: Mutex::new(None),
                 prechunk_done: parking_lot::Condvar::new(),
                 commit: Mutex::new(()),
             }),
         }
+    }
+
+    /// What to do as soon as the FUSE session ends, before pending writes are
+    /// committed: the daemon releases fuser's mount handle here. fuser 0.18 unmounts
+    /// the mount point again when that handle is dropped, even after the kernel has
+    /// unmounted it (its `is_mounted` check reads the dead connection's POLLERR as
+    /// "mounted"; fixed upstream in cberner/fuser#703, not released): a warning in
+    /// every node's log, and an `umount` of whatever was mounted there since. Done
+    /// here, that second unmount comes right after the first instead of after the
+    /// commits, and its error is ours to ignore.
+    pub fn on_session_end(&self, f: impl FnOnce() + Send + 'static) {
+        *self.inner.session_end.lock() = Some(Box::new(f));
     }
 
     /// Starts the thread that commits files kept open without writes.
@@ -1595,6 +1610,10 @@ impl Filesystem for DistriboxFs {
     }
 
     fn destroy(&mut self) {
+        let end = self.inner.session_end.lock().take();
+        if let Some(end) = end {
+            end();
+        }
         self.flush_all();
     }
 
