@@ -726,10 +726,13 @@ impl DistriboxFs {
         }
     }
 
-    /// Called before committing the removal of one of an entry's names when it
-    /// keeps others (unlink, or a rename over it).
-    fn note_lost_name(&self, entry: EntryId) {
-        let now = Instant::now();
+    /// Called before committing the removal of one of the names of `s` (unlink,
+    /// or a rename over it); only a file that keeps others is noted.
+    fn note_lost_name(&self, s: &EntryState) {
+        if s.record().content.is_dir() || s.record().location.len() < 2 {
+            return;
+        }
+        let (entry, now) = (s.id, Instant::now());
         let mut m = self.inner.lost_name.lock();
         m.retain(|_, at| now.duration_since(*at) < UNLINK_SETTLE);
         m.insert(entry, now);
@@ -1334,9 +1337,7 @@ impl DistriboxFs {
             // since the checks above.
             let _commit = self.inner.commit.lock();
             let s = self.live(child)?;
-            if !is_dir && s.record().location.len() > 1 {
-                self.note_lost_name(child);
-            }
+            self.note_lost_name(&s);
             e(self.repo().commit(vec![(child, without_link(&s, &link))]))?;
         }
         if is_dir {
@@ -1410,9 +1411,7 @@ impl DistriboxFs {
                 changes.push((src, without_link(&s, &src_link)));
                 adopt = Some(dst);
             } else {
-                if !dst_is_dir && d.record().location.len() > 1 {
-                    self.note_lost_name(dst);
-                }
+                self.note_lost_name(&d);
                 changes.push((dst, without_link(&d, &dst_link)));
             }
         }
@@ -1930,7 +1929,7 @@ impl Filesystem for DistriboxFs {
     /// No ioctl applies to these files, as on a local disk's regular files. Asked
     /// far more often than one might think: every `open()` in Python checks
     /// `isatty()` (TCGETS), and fuser's default answer logs a warning each time
-    /// (2,000 opens, 2,000 lines in node.log).
+    /// (2,000 opens, 2,000 warnings in node.log).
     #[allow(clippy::too_many_arguments)]
     fn ioctl(
         &self,
