@@ -118,7 +118,8 @@ pub enum Cmd {
     },
     /// List the versions of PATH (N, time, author, size), or recent changes across
     /// the folder when PATH is omitted (a directory PATH: changes under it). Read
-    /// an old version as `PATH@vN`.
+    /// an old version as `PATH@vN`. A PATH no file has any more lists the file
+    /// last deleted there.
     Log {
         path: Option<PathBuf>,
         /// How many recent changes to show (without PATH).
@@ -173,7 +174,10 @@ pub enum Cmd {
         dry_run: bool,
     },
     /// Record a new version of a file with the content of an old one:
-    /// `distribox restore notes.txt@v2`. History stays; conflicts stay.
+    /// `distribox restore notes.txt@v2`. History stays; conflicts stay. A deleted
+    /// file comes back the same way under its old name: `distribox log notes.txt`
+    /// lists its versions, `cat notes.txt@v2` reads one. A deleted directory comes
+    /// back with what was deleted beneath it up to an hour before it (`rm -r`).
     Restore {
         /// The old version, as PATH@vN.
         path: PathBuf,
@@ -633,6 +637,14 @@ pub fn run(cli: Cli) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&lines)?);
             } else if per_file {
+                if let (Some(l), Some(p)) = (lines.first(), &path) {
+                    if l.deleted {
+                        let p = p.display();
+                        eprintln!(
+                            "{p} is deleted; read a version as {p}@vN, bring it back with `distribox restore {p}@vN`"
+                        );
+                    }
+                }
                 println!("{:<6} {:<21} {:<9} {:>12}  KIND", "N", "TIME", "AUTHOR", "SIZE");
                 for l in lines {
                     let head = if l.head { "  (current)" } else { "" };
@@ -647,8 +659,9 @@ pub fn run(cli: Cli) -> Result<()> {
                     "TIME", "AUTHOR", "N", "SIZE", "KIND"
                 );
                 for l in lines {
+                    let gone = if l.deleted { "  (deleted)" } else { "" };
                     println!(
-                        "{:<21} {:<9} v{:<5} {:>12}  {:<8} {}",
+                        "{:<21} {:<9} v{:<5} {:>12}  {:<8} {}{gone}",
                         l.time, l.author, l.n, l.size, l.kind, l.path
                     );
                 }

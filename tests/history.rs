@@ -5,6 +5,7 @@ mod common;
 use common::*;
 use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 
 fn log_of(n: &Node, rel: &str) -> String {
     let out = cli(&n.data, &["log", n.path(rel).to_str().unwrap()]);
@@ -357,4 +358,87 @@ fn a_new_files_times_do_not_move_when_its_first_version_is_made() {
         (d2.ctime(), d2.ctime_nsec()),
         "d's ctime moved"
     );
+}
+
+fn cli_ok(n: &Node, args: &[&str]) -> (String, String) {
+    let out = cli(&n.data, args);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "{args:?} failed: {stderr}");
+    (stdout, stderr)
+}
+
+fn errno_of(n: &Node, rel: &str) -> Option<i32> {
+    fs::read(n.path(rel)).err().and_then(|e| e.raw_os_error())
+}
+
+#[test]
+fn a_deleted_file_stays_readable_and_can_be_brought_back() {
+    let mut n = Node::start();
+    fs::write(n.path("notes.txt"), b"first").unwrap(); // v1
+    fs::write(n.path("notes.txt"), b"second").unwrap(); // v2
+    std::os::unix::fs::symlink("notes.txt", n.path("link")).unwrap();
+    fs::create_dir_all(n.path("d/e")).unwrap();
+    fs::write(n.path("d/e/deep.txt"), b"deep").unwrap();
+    fs::remove_file(n.path("notes.txt")).unwrap(); // v3: deleted
+    fs::remove_file(n.path("link")).unwrap();
+    fs::remove_dir_all(n.path("d")).unwrap();
+    assert!(fs::read_dir(&n.mnt).unwrap().next().is_none(), "nothing is listed");
+
+    // Its versions are still there under its old name, read-only; the plain name
+    // and the deletion itself are not.
+    assert_eq!(fs::read(n.path("notes.txt@v1")).unwrap(), b"first");
+    assert_eq!(fs::read(n.path("notes.txt@v2")).unwrap(), b"second");
+    assert_eq!(fs::read_link(n.path("link@v1")).unwrap(), Path::new("notes.txt"));
+    assert_eq!(errno_of(&n, "notes.txt"), Some(libc::ENOENT));
+    assert_eq!(errno_of(&n, "notes.txt@v3"), Some(libc::ENOENT));
+    let err = fs::OpenOptions::new()
+        .write(true)
+        .open(n.path("notes.txt@v1"))
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    // A file in a deleted directory has no path until the directory is back.
+    assert_eq!(errno_of(&n, "d/e/deep.txt@v1"), Some(libc::ENOENT));
+
+    // The log of the path lists them and says the file is deleted.
+    let (log, hint) = cli_ok(&n, &["log", n.path("notes.txt").to_str().unwrap()]);
+    assert_eq!(log.lines().count(), 4, "header and three versions:\n{log}");
+    assert!(log.lines().last().unwrap().contains("deleted"), "{log}");
+    assert!(hint.contains("is deleted"), "{hint}");
+    let recent = n.log_json("");
+    assert!(
+        recent.iter().any(|l| l["path"] == "notes.txt" && l["deleted"] == true),
+        "{recent:?}"
+    );
+
+    // Restoring needs a version; with one, the file comes back under its name.
+    let out = cli(&n.data, &["restore", n.path("notes.txt").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("name a version"));
+    cli_ok(&n, &["restore", n.path("notes.txt@v1").to_str().unwrap()]);
+    assert_eq!(fs::read(n.path("notes.txt")).unwrap(), b"first");
+    let log = log_of(&n, "notes.txt");
+    assert!(log.lines().last().unwrap().starts_with("v4"), "{log}");
+
+    // A directory comes back with what was deleted with it.
+    let (msg, _) = cli_ok(&n, &["restore", n.path("d@v1").to_str().unwrap()]);
+    assert!(msg.contains("and 2 entries deleted with it"), "{msg}");
+    assert_eq!(fs::read(n.path("d/e/deep.txt")).unwrap(), b"deep");
+    // The index of deleted names survives a remount.
+    fs::remove_file(n.path("d/e/deep.txt")).unwrap();
+    n.remount();
+    assert_eq!(fs::read(n.path("d/e/deep.txt@v1")).unwrap(), b"deep");
+    assert_eq!(errno_of(&n, "d/e/deep.txt"), Some(libc::ENOENT));
+    // A live file is not "brought back": its version is restored as before.
+    let (msg, _) = cli_ok(&n, &["restore", n.path("notes.txt@v2").to_str().unwrap()]);
+    assert!(msg.contains("restored"), "{msg}");
+    assert_eq!(fs::read(n.path("notes.txt")).unwrap(), b"second");
+
+    // A new file under the old name: the name means the new file and its history.
+    fs::remove_file(n.path("notes.txt")).unwrap();
+    fs::write(n.path("notes.txt"), b"new").unwrap();
+    assert_eq!(fs::read(n.path("notes.txt@v1")).unwrap(), b"new");
+    assert_eq!(errno_of(&n, "notes.txt@v2"), Some(libc::ENOENT));
 }

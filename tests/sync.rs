@@ -40,6 +40,17 @@ fn three_nodes_see_each_others_changes() {
     fs::remove_file(b.path("docs/notes.md")).unwrap();
     wait_gone(&a, "docs/notes.md");
     wait_gone(&c, "docs/notes.md");
+    // Deleted on another member, it stays readable by its old name; brought back
+    // on one member, it is back on all.
+    assert_eq!(fs::read(a.path("docs/notes.md@v1")).unwrap(), b"# notes\n");
+    let out = cli(&c.data, &["restore", c.path("docs/notes.md@v1").to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_content(&a, "docs/notes.md", b"# notes\n");
+    wait_content(&b, "docs/notes.md", b"# notes\n");
 
     // A file of many chunks arrives whole.
     let big = random_bytes(24 << 20, 7);

@@ -173,8 +173,12 @@ pub struct LogLine {
     pub author: String,
     pub size: u64,
     pub kind: String,
+    /// Where the file is, or where it last was if it is deleted now.
     pub path: String,
     pub head: bool,
+    /// The file is deleted now (its versions stay readable as `path@vN`).
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 /// One version in an entry's graph (see `distribox versions`).

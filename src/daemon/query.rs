@@ -8,7 +8,7 @@
 
 use super::control::{ConflictInfo, DirItem, LogLine, TransferItem, VersionNode};
 use crate::chunking::ChunkList;
-use crate::model::{names, Content, EntryId, SignedRecord, VersionId};
+use crate::model::{names, Content, EntryId, Link, SignedRecord, VersionId};
 use crate::repo::{Repo, RepoError};
 use std::path::{Component, Path};
 use std::sync::Arc;
@@ -34,6 +34,7 @@ impl From<RepoError> for QueryError {
             RepoError::Purged { .. } => QueryError::Gone(e.to_string()),
             RepoError::NotFound { .. } => QueryError::NotFound(e.to_string()),
             RepoError::NotConflict { .. }
+            | RepoError::CannotRestore { .. }
             | RepoError::NotHead { .. }
             | RepoError::NotDir
             | RepoError::IsDir
@@ -81,29 +82,69 @@ pub fn resolve_path(repo: &Repo, rel: &str) -> Result<EntryId> {
     Ok(cur)
 }
 
+/// Splits a folder-relative path into its directory part and last name.
+fn split_last(rel: &str) -> (&str, &str) {
+    match rel.trim_end_matches('/').rsplit_once('/') {
+        Some((d, l)) => (d, l),
+        None => ("", rel.trim_end_matches('/')),
+    }
+}
+
 /// Splits `dir/report.txt@v3` into the entry of `dir/report.txt` and the version
-/// `v3` names (a real file called `report.txt@v3` wins).
+/// `v3` names (a real file called `report.txt@v3` wins). With no file at
+/// `dir/report.txt`, the version is looked for among the files deleted there.
 pub fn resolve_versioned_path(repo: &Repo, rel: &str) -> Result<(EntryId, Option<VersionId>)> {
+    let (entry, v, _) = resolve_version_at(repo, rel)?;
+    Ok((entry, v))
+}
+
+/// As `resolve_versioned_path`, with the name in its directory that a named
+/// version belongs to (where a deleted file comes back).
+fn resolve_version_at(repo: &Repo, rel: &str) -> Result<(EntryId, Option<VersionId>, Option<Link>)> {
+    let not_found = || QueryError::NotFound(format!("{rel}: no such file in the folder"));
     match resolve_path(repo, rel) {
-        Ok(e) => return Ok((e, None)),
+        Ok(e) => return Ok((e, None, None)),
         Err(QueryError::NotFound(_)) => {}
         Err(e) => return Err(e),
     }
-    let (dir, last) = match rel.rsplit_once('/') {
-        Some((d, l)) => (d, l),
-        None => ("", rel),
-    };
-    let (base, name) = names::parse_version_name(last.as_bytes())
-        .ok_or_else(|| QueryError::NotFound(format!("{rel}: no such file in the folder")))?;
+    let (dir, last) = split_last(rel);
+    let (base, name) = names::parse_version_name(last.as_bytes()).ok_or_else(not_found)?;
     let base = std::str::from_utf8(base).map_err(|_| QueryError::BadRequest(format!("{rel}: not a valid name")))?;
-    let entry = resolve_path(repo, &Path::new(dir).join(base).to_string_lossy())?;
-    let v = repo.version_by_name(entry, &name)?.ok_or_else(|| {
-        QueryError::NotFound(format!(
-            "{rel}: no such version (several versions may share v{}; see `distribox versions`)",
-            name.generation
-        ))
-    })?;
-    Ok((entry, Some(v.id)))
+    check_rel(&Path::new(dir).join(base).to_string_lossy())?;
+    let parent = resolve_path(repo, dir)?;
+    let candidates = repo.history_candidates(parent, base.as_bytes())?;
+    if candidates.is_empty() {
+        return Err(not_found());
+    }
+    for entry in candidates {
+        if let Some(v) = repo.version_by_name(entry, &name)? {
+            let at = Link {
+                parent,
+                name: base.as_bytes().to_vec(),
+            };
+            return Ok((entry, Some(v.id), Some(at)));
+        }
+    }
+    Err(QueryError::NotFound(format!(
+        "{rel}: no such version (several versions may share v{}; see `distribox versions`)",
+        name.generation
+    )))
+}
+
+/// The entry whose history a path shows: the file there, or if there is none the
+/// one most recently deleted there.
+pub fn resolve_history_path(repo: &Repo, rel: &str) -> Result<EntryId> {
+    match resolve_versioned_path(repo, rel) {
+        Err(QueryError::NotFound(msg)) => {
+            let (dir, last) = split_last(rel);
+            let parent = resolve_path(repo, dir).map_err(|_| QueryError::NotFound(msg.clone()))?;
+            repo.deleted_named(parent, last.as_bytes())?
+                .first()
+                .copied()
+                .ok_or(QueryError::NotFound(msg))
+        }
+        other => other.map(|(e, _)| e),
+    }
 }
 
 pub fn kind_of(c: &Content) -> &'static str {
@@ -130,7 +171,7 @@ fn unix_secs(t: std::time::SystemTime) -> i64 {
 
 /// Every version of a path, newest generation first.
 pub fn versions_of(repo: &Repo, rel: &str) -> Result<Vec<VersionNode>> {
-    let (entry, _) = resolve_versioned_path(repo, rel)?;
+    let entry = resolve_history_path(repo, rel)?;
     let state = repo.get(entry)?;
     let all = repo.version_names(entry)?;
     let mut out = Vec::new();
@@ -192,12 +233,43 @@ pub fn resolve_conflict(repo: &Repo, rel: &str, keep: &str) -> Result<String> {
 
 /// Records a new version of a file with the content of an old one (`notes.txt@v2`).
 pub fn restore_version(repo: &Repo, rel: &str) -> Result<String> {
-    let (entry, v) = resolve_versioned_path(repo, rel)?;
-    let v = v.ok_or_else(|| QueryError::BadRequest(format!("{rel}: name a version to restore, like {rel}@v2")))?;
+    let name_one = || {
+        QueryError::BadRequest(format!(
+            "{rel}: name a version to restore, like {rel}@v2 (`distribox log {rel}` lists them)"
+        ))
+    };
+    let (entry, v, at) = match resolve_version_at(repo, rel) {
+        Ok(found) => found,
+        // A deleted file's plain name.
+        Err(QueryError::NotFound(_)) if resolve_history_path(repo, rel).is_ok() => return Err(name_one()),
+        Err(e) => return Err(e),
+    };
+    let (Some(v), Some(at)) = (v, at) else {
+        return Err(name_one());
+    };
     if repo.is_purged(v)? {
         return Err(QueryError::Gone(format!(
             "{rel}: that version's data was purged by gc (retention policy); it cannot be restored"
         )));
+    }
+    let before = repo.get(entry)?;
+    if !before.is_alive() {
+        let st = repo.undelete(entry, v, at)?;
+        let (dir, _) = split_last(rel);
+        let path = Path::new(dir).join(String::from_utf8_lossy(&st.record().location[0].name).as_ref());
+        let mut msg = format!(
+            "brought back {} with the content of {rel} (as v{})",
+            path.display(),
+            st.generation
+        );
+        if st.record().content.is_dir() {
+            let r = repo.undelete_beneath(entry, before.record().hlc)?;
+            msg += &format!(" and {} entries deleted with it", r.restored);
+            if r.skipped > 0 {
+                msg += &format!(" ({} not: their name is taken or gc purged their data)", r.skipped);
+            }
+        }
+        return Ok(msg);
     }
     let st = repo.restore(entry, v)?;
     Ok(format!("restored the content of {rel} as v{}", st.generation))
@@ -233,7 +305,7 @@ pub fn log_lines(repo: &Repo, f: &LogFilter) -> Result<Vec<LogLine>> {
     };
     let (infos, heads): (Vec<_>, Vec<VersionId>) = match f.path.as_deref() {
         Some(p) if !p.is_empty() => {
-            let entry = resolve_path(repo, p)?;
+            let entry = resolve_history_path(repo, p)?;
             let heads = repo.get(entry)?.heads.iter().map(|h| h.0).collect();
             let mut h = repo.history(entry)?;
             h.retain(|v| keep(&v.record));
@@ -268,6 +340,7 @@ pub fn log_lines(repo: &Repo, f: &LogFilter) -> Result<Vec<LogLine>> {
         .into_iter()
         .map(|v| {
             let r = &v.record.record;
+            let (path, deleted) = repo.last_path_of(r.entry).unwrap_or_else(|| ("?".into(), true));
             LogLine {
                 n: v.generation,
                 version: v.record.id.to_string(),
@@ -275,8 +348,9 @@ pub fn log_lines(repo: &Repo, f: &LogFilter) -> Result<Vec<LogLine>> {
                 author: r.author.to_string(),
                 size: r.content.size(),
                 kind: kind_of(&r.content).into(),
-                path: repo.path_of(r.entry).unwrap_or_else(|| "(deleted)".into()),
+                path,
                 head: heads.contains(&v.record.id),
+                deleted,
             }
         })
         .collect())

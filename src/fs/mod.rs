@@ -69,7 +69,7 @@ struct SetAttr {
 /// Maps a domain error to the errno the caller sees (the one place this happens).
 fn errno(e: RepoError) -> Errno {
     match e {
-        RepoError::NotFound { .. } | RepoError::NotConflict { .. } => Errno::ENOENT,
+        RepoError::NotFound { .. } | RepoError::NotConflict { .. } | RepoError::CannotRestore { .. } => Errno::ENOENT,
         RepoError::Exists { .. } => Errno::EEXIST,
         RepoError::NotEmpty => Errno::ENOTEMPTY,
         RepoError::NotDir => Errno::ENOTDIR,
@@ -768,8 +768,8 @@ impl DistriboxFs {
     }
 
     /// What `name` in `dir` shows: a real entry, or — only if no entry has that
-    /// name — a version of one as `name@vN` (history, or a conflict listed by
-    /// readdir; read-only either way).
+    /// name — a version of one as `name@vN` (history, a conflict listed by
+    /// readdir, or a deleted file's; read-only either way).
     fn child_target(&self, dir: EntryId, name: &[u8]) -> FsResult<Option<Target>> {
         if let Some(child) = self.fresh_named(dir, name) {
             return Ok(Some(Target::Entry(child)));
@@ -780,16 +780,15 @@ impl DistriboxFs {
         let Some((base, n)) = names::parse_version_name(name) else {
             return Ok(None);
         };
-        let Some(child) = e(self.repo().lookup(dir, base))? else {
-            return Ok(None);
-        };
-        let Some(rec) = e(self.repo().version_by_name(child, &n))? else {
-            return Ok(None);
-        };
-        if !matches!(rec.record.content, Content::File { .. } | Content::Symlink { .. }) {
-            return Ok(None);
+        for child in e(self.repo().history_candidates(dir, base))? {
+            let Some(rec) = e(self.repo().version_by_name(child, &n))? else {
+                continue;
+            };
+            if matches!(rec.record.content, Content::File { .. } | Content::Symlink { .. }) {
+                return Ok(Some(Target::Version(child, rec.id)));
+            }
         }
-        Ok(Some(Target::Version(child, rec.id)))
+        Ok(None)
     }
 
     fn new_attrs(req: &Request, mode: u32, umask: u32) -> Attrs {

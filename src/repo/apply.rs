@@ -423,6 +423,16 @@ impl<'a> Apply<'a> {
         for (l, e) in &added {
             self.batch.put_child(l.parent, &l.name, *e);
         }
+        let deleted: Vec<(EntryId, Vec<Link>)> = self
+            .before_and_after()
+            .filter(|(_, old, new)| new.is_empty() && !old.is_empty())
+            .map(|(entry, old, _)| (entry, old.to_vec()))
+            .collect();
+        for (entry, links) in deleted {
+            for l in links {
+                self.batch.put_gone(l.parent, &l.name, entry);
+            }
+        }
         let mut new_dir_times: Vec<(EntryId, DirTime)> = Vec::new();
         for (dir, ev) in std::mem::take(&mut self.dir_events) {
             let cur = match new_dir_times.iter().find(|(d, _)| *d == dir) {

@@ -57,6 +57,8 @@ pub enum RepoError {
     NotHead { version: VersionId },
     #[error("{name}: no such conflicting version (see `distribox versions`)")]
     NotConflict { name: String },
+    #[error("{what}: {why}")]
+    CannotRestore { what: String, why: &'static str },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -288,6 +290,29 @@ const CACHED_CHUNKS: usize = 128;
 const META_GROUP: &str = "group";
 const META_HLC: &str = "hlc";
 const META_CYCLE_BREAKS: &str = "cycle_breaks";
+/// How long before a directory's deletion something deleted beneath it still
+/// counts as deleted with it (`rm -r` removes the contents first), for
+/// `Repo::undelete_beneath`.
+pub const DELETED_WITH: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// What `Repo::undelete_beneath` did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UndeleteReport {
+    pub restored: usize,
+    pub skipped: usize,
+}
+
+/// True for what a deleted entry can come back with: not a deletion or a gc record.
+fn has_content(c: &Content) -> bool {
+    matches!(
+        c,
+        Content::File { .. } | Content::Symlink { .. } | Content::Dir | Content::Special { .. }
+    )
+}
+
+/// Set once the `gone` index holds every entry deleted so far (stores from before
+/// it existed are indexed on their first open).
+const META_GONE_INDEXED: &str = "gone_indexed";
 
 impl Repo {
     /// Opens the repository of an initialised data dir. The caller holds the data
@@ -372,6 +397,7 @@ impl Repo {
             epoch: std::sync::atomic::AtomicU64::new(0),
         };
         repo.queue_unsigned_from_store()?;
+        repo.index_gone_once()?;
         // The root's first version is deterministic (author-independent content is not
         // possible: records are signed), so each member creates its own; the root
         // then has one head per member until someone changes it, which is harmless:
@@ -1014,6 +1040,105 @@ impl Repo {
         names::select(&same_gen, name).map(|v| self.record(v)).transpose()
     }
 
+    /// Deleted entries that last held `name` in `parent`, most recently deleted
+    /// first: where `name@vN` and `distribox restore` look once no entry holds the
+    /// name any more.
+    pub fn deleted_named(&self, parent: EntryId, name: &[u8]) -> Result<Vec<EntryId>> {
+        let mut found = Vec::new();
+        for entry in self.store.get_gone_named(parent, name)? {
+            let st = self.get(entry)?;
+            if !st.is_alive() {
+                found.push((st.record().hlc, entry));
+            }
+        }
+        found.sort_by(|a, b| b.cmp(a));
+        Ok(found.into_iter().map(|(_, e)| e).collect())
+    }
+
+    /// Entries whose history `name@vN` in `parent` searches, in order: the live
+    /// one holding `name`, or when none does, those deleted under it (so `rm f;
+    /// cat f@v2` still works).
+    pub fn history_candidates(&self, parent: EntryId, name: &[u8]) -> Result<Vec<EntryId>> {
+        Ok(match self.lookup(parent, name)? {
+            Some(e) => vec![e],
+            None => self.deleted_named(parent, name)?,
+        })
+    }
+
+    /// Fills the `gone` index from the records of a store written before it
+    /// existed: every deleted entry under the location its last live version had.
+    fn index_gone_once(&self) -> Result<()> {
+        if self.store.get_meta(META_GONE_INDEXED)?.is_some() {
+            return Ok(());
+        }
+        let mut batch = self.store.batch();
+        let mut n = 0u64;
+        for entry in self.store.all_entries()? {
+            let st = self.get(entry)?;
+            if st.is_alive() {
+                continue;
+            }
+            for l in self.last_location(entry)? {
+                batch.put_gone(l.parent, &l.name, entry);
+                n += 1;
+            }
+        }
+        batch.put_meta(META_GONE_INDEXED, &[1]);
+        self.store.write(batch)?;
+        if n > 0 {
+            tracing::info!(names = n, "indexed the names of deleted files");
+        }
+        Ok(())
+    }
+
+    /// The links of an entry's latest version that had any (where a deleted entry
+    /// last was; empty if it never had a place).
+    fn last_location(&self, entry: EntryId) -> Result<Vec<Link>> {
+        Ok(self
+            .latest_version_where(entry, |r| !r.location.is_empty())?
+            .map(|r| r.record.location)
+            .unwrap_or_default())
+    }
+
+    /// An entry's latest version (by clock) that `keep` accepts.
+    fn latest_version_where(
+        &self,
+        entry: EntryId,
+        keep: impl Fn(&VersionRecord) -> bool,
+    ) -> Result<Option<SignedRecord>> {
+        let mut last: Option<SignedRecord> = None;
+        for (_, v) in self.store.entry_versions(entry)? {
+            let r = self.record(v)?;
+            if keep(&r.record) && last.as_ref().is_none_or(|l| r.record.hlc > l.record.hlc) {
+                last = Some(r);
+            }
+        }
+        Ok(last)
+    }
+
+    /// `path_of`, or for a deleted entry the path it last had (through deleted
+    /// directories too) and `true`.
+    pub fn last_path_of(&self, entry: EntryId) -> Option<(String, bool)> {
+        if let Some(p) = self.path_of(entry) {
+            return Some((p, false));
+        }
+        let mut parts = Vec::new();
+        let mut cur = entry;
+        while cur != self.root {
+            let link = match self.get(cur).ok()?.record().location.first() {
+                Some(l) => l.clone(),
+                None => self.last_location(cur).ok()?.into_iter().next()?,
+            };
+            parts.push(String::from_utf8_lossy(&link.name).into_owned());
+            cur = link.parent;
+            if parts.len() > 4096 {
+                return None;
+            }
+        }
+        parts.reverse();
+        Some((parts.join("/"), true))
+    }
+
     /// The `name@vN` suffixes under which an entry's conflicting versions are listed,
     /// each the shortest that means that version.
     pub fn conflict_names(&self, state: &EntryState) -> Result<Vec<(String, VersionId)>> {
@@ -1057,6 +1182,12 @@ impl Repo {
         if self.is_purged(version)? {
             return Err(RepoError::Purged { version });
         }
+        if !p.is_alive() {
+            return Err(RepoError::CannotRestore {
+                what: format!("version {version}"),
+                why: "its file is deleted; bring it back with `distribox restore`",
+            });
+        }
         if keep.record.entry != entry || keep.record.content.is_tombstone() {
             return Err(RepoError::NotConflict {
                 name: format!("version {version}"),
@@ -1081,7 +1212,10 @@ impl Repo {
         if self.is_purged(version)? {
             return Err(RepoError::Purged { version });
         }
-        if old.record.entry != entry || !matches!(old.record.content, Content::File { .. } | Content::Symlink { .. }) {
+        if !p.is_alive()
+            || old.record.entry != entry
+            || !matches!(old.record.content, Content::File { .. } | Content::Symlink { .. })
+        {
             return Err(RepoError::NotConflict {
                 name: format!("version {version}"),
             });
@@ -1090,6 +1224,81 @@ impl Repo {
         draft.content = old.record.content.clone();
         draft.attrs.mtime = old.record.attrs.mtime;
         Ok(self.commit(vec![(entry, draft)])?.remove(0))
+    }
+
+    /// Brings a deleted entry back at `at` as a new version with an old version's
+    /// content and attributes (a directory comes back empty; what was deleted in
+    /// it can be brought back the same way once it is there).
+    pub fn undelete(&self, entry: EntryId, version: VersionId, at: Link) -> Result<Arc<EntryState>> {
+        let p = self.get(entry)?;
+        let old = self.record(version)?;
+        if self.is_purged(version)? {
+            return Err(RepoError::Purged { version });
+        }
+        let what = format!("version {version}");
+        if p.is_alive() {
+            return Err(RepoError::CannotRestore {
+                what,
+                why: "its file is not deleted",
+            });
+        }
+        if old.record.entry != entry || !has_content(&old.record.content) {
+            return Err(RepoError::CannotRestore {
+                what,
+                why: "not a version with content",
+            });
+        }
+        let draft = Draft {
+            location: vec![at],
+            attrs: old.record.attrs,
+            content: old.record.content.clone(),
+        };
+        Ok(self.commit(vec![(entry, draft)])?.remove(0))
+    }
+
+    /// After a directory came back (`undelete`), brings back what was deleted
+    /// beneath it together with it: every entry deleted at most `DELETED_WITH` before
+    /// the directory (or later), each with its last version that had content, under
+    /// its old name, directories first. Names taken since and versions whose data
+    /// gc purged stay as they are and are counted as skipped.
+    pub fn undelete_beneath(&self, dir: EntryId, deleted_at: Hlc) -> Result<UndeleteReport> {
+        let cutoff = deleted_at.wall_ns.saturating_sub(DELETED_WITH.as_nanos() as u64);
+        let mut report = UndeleteReport::default();
+        let mut dirs = vec![dir];
+        while let Some(d) = dirs.pop() {
+            let mut names: Vec<Vec<u8>> = self.store.list_gone(d)?.into_iter().map(|(n, _)| n).collect();
+            names.dedup();
+            for name in names {
+                // The latest deletion under this name decides, as for `name@vN`.
+                let Some(&latest) = self.deleted_named(d, &name)?.first() else {
+                    continue;
+                };
+                let st = self.get(latest)?;
+                if st.record().hlc.wall_ns < cutoff {
+                    continue;
+                }
+                let Some(last) = self.latest_version_where(latest, |r| has_content(&r.content))? else {
+                    continue;
+                };
+                let last = last.id;
+                if self.is_purged(last)? || self.lookup(d, &name)?.is_some() {
+                    report.skipped += 1;
+                    continue;
+                }
+                let at = Link { parent: d, name };
+                match self.undelete(latest, last, at) {
+                    Ok(back) => {
+                        report.restored += 1;
+                        if back.record().content.is_dir() {
+                            dirs.push(latest);
+                        }
+                    }
+                    Err(RepoError::Exists { .. }) => report.skipped += 1,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(report)
     }
 
     /// Every version of an entry, oldest first.

@@ -20,6 +20,10 @@
 //! - `children`: parent entry id ‖ name ‖ 0 ‖ child entry id → (). Several entries
 //!   may hold one name (two nodes created it at once); names never contain NUL, so
 //!   the 0 byte ends the name
+//! - `gone`: parent entry id ‖ name ‖ 0 ‖ entry id → (), same layout as `children`:
+//!   the names deleted entries held when they were deleted, so that `name@vN` and
+//!   `distribox restore` still find a file after `rm` (a row stays when the entry
+//!   comes back; readers check that it is still deleted)
 //! - `pending`: version id → (): records received from peers but not yet part of
 //!   the tree (a parent or a chunk is still missing)
 //! - `entry_versions`: entry id ‖ generation ‖ version id → () (history, `@vN` lookup)
@@ -56,7 +60,8 @@ const CF_ENTRY_VERSIONS: &str = "entry_versions";
 const CF_META: &str = "meta";
 const CF_DIR_TIMES: &str = "dir_times";
 const CF_PENDING: &str = "pending";
-const ALL_CFS: [&str; 10] = [
+const CF_GONE: &str = "gone";
+const ALL_CFS: [&str; 11] = [
     CF_CHUNKS,
     CF_CHUNK_INDEX,
     CF_VERSIONS,
@@ -67,6 +72,7 @@ const ALL_CFS: [&str; 10] = [
     CF_META,
     CF_DIR_TIMES,
     CF_PENDING,
+    CF_GONE,
 ];
 
 /// Leading byte of every value we bincode into the store.
@@ -306,6 +312,11 @@ impl Batch<'_> {
         self.batch
             .delete_cf(self.store.cf(CF_CHILDREN), child_key(parent, name, child));
     }
+    /// Remembers that `child`, now deleted, was last at `name` in `parent`.
+    pub fn put_gone(&mut self, parent: EntryId, name: &[u8], child: EntryId) {
+        self.batch
+            .put_cf(self.store.cf(CF_GONE), child_key(parent, name, child), []);
+    }
     pub fn put_pending(&mut self, v: VersionId) {
         self.batch.put_cf(self.store.cf(CF_PENDING), v.as_bytes(), []);
     }
@@ -396,7 +407,7 @@ impl Store {
             table.set_block_cache(&cache);
             table.set_bloom_filter(10.0, false);
             o.set_memtable_prefix_bloom_ratio(0.05);
-            if *name == CF_CHILDREN {
+            if *name == CF_CHILDREN || *name == CF_GONE {
                 // Filters by (parent, name): `get_children_named` is a seek, and
                 // a whole-key filter cannot answer a seek.
                 table.set_whole_key_filtering(false);
@@ -693,6 +704,36 @@ impl Store {
         let prefix = child_prefix(parent, name);
         self.scan(CF_CHILDREN, &prefix, Prefix::Extracted)
             .map(|item| Ok(split_child_key(&item?.0)?.1))
+            .collect()
+    }
+
+    /// Entries that held `name` in `parent` when they were deleted (some may have
+    /// come back since), in entry id order.
+    pub fn get_gone_named(&self, parent: EntryId, name: &[u8]) -> Result<Vec<EntryId>> {
+        let prefix = child_prefix(parent, name);
+        self.scan(CF_GONE, &prefix, Prefix::Extracted)
+            .map(|item| Ok(split_child_key(&item?.0)?.1))
+            .collect()
+    }
+
+    /// (name, entry) of every entry deleted directly in `parent` (some may have
+    /// come back since), in name order.
+    pub fn list_gone(&self, parent: EntryId) -> Result<Vec<(Vec<u8>, EntryId)>> {
+        self.scan(CF_GONE, parent.as_bytes(), Prefix::Any)
+            .map(|item| split_child_key(&item?.0))
+            .collect()
+    }
+
+    /// Every entry id with heads, in id order (one pass over the `entries` CF).
+    pub fn all_entries(&self) -> Result<Vec<EntryId>> {
+        self.scan(CF_ENTRIES, &[], Prefix::Any)
+            .map(|item| {
+                let (k, _) = item?;
+                EntryId::from_slice(&k).ok_or_else(|| StoreError::CorruptValue {
+                    what: "entries",
+                    detail: "bad key".into(),
+                })
+            })
             .collect()
     }
 

@@ -328,7 +328,9 @@ function graph(versions, col) {
 }
 
 function logPath(l) {
-  if (l.kind === "deleted" || l.path === "(deleted)") return l.path;
+  // A deleted file's history page still works (its versions stay readable).
+  if (l.deleted) return l.kind === "dir" ? l.path + " (deleted)" : h("a", { href: fileHref(l.path) }, l.path + " (deleted)");
+  if (l.kind === "deleted") return l.path;
   if (l.kind === "dir") return h("a", { href: dirHref(l.path) }, l.path ? l.path + "/" : "(the folder)");
   return h("a", { href: fileHref(l.path) }, l.path);
 }
