@@ -413,14 +413,19 @@ fn a_deleted_file_stays_readable_and_can_be_brought_back() {
         "{recent:?}"
     );
 
-    // Restoring needs a version; with one, the file comes back under its name.
-    let out = cli(&n.data, &["restore", n.path("notes.txt").to_str().unwrap()]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("name a version"));
+    // Its plain name brings back its last content; a version name, that version.
+    let (msg, _) = cli_ok(&n, &["restore", n.path("notes.txt").to_str().unwrap()]);
+    assert!(msg.contains("notes.txt@v2"), "{msg}");
+    assert_eq!(fs::read(n.path("notes.txt")).unwrap(), b"second"); // v4
+    fs::remove_file(n.path("notes.txt")).unwrap(); // v5
     cli_ok(&n, &["restore", n.path("notes.txt@v1").to_str().unwrap()]);
     assert_eq!(fs::read(n.path("notes.txt")).unwrap(), b"first");
     let log = log_of(&n, "notes.txt");
-    assert!(log.lines().last().unwrap().starts_with("v4"), "{log}");
+    assert!(log.lines().last().unwrap().starts_with("v6"), "{log}");
+    // A file that is there needs a version named.
+    let out = cli(&n.data, &["restore", n.path("notes.txt").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("name a version"));
 
     // A directory comes back with what was deleted with it.
     let (msg, _) = cli_ok(&n, &["restore", n.path("d@v1").to_str().unwrap()]);

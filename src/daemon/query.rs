@@ -135,14 +135,9 @@ fn resolve_version_at(repo: &Repo, rel: &str) -> Result<(EntryId, Option<Version
 /// one most recently deleted there.
 pub fn resolve_history_path(repo: &Repo, rel: &str) -> Result<EntryId> {
     match resolve_versioned_path(repo, rel) {
-        Err(QueryError::NotFound(msg)) => {
-            let (dir, last) = split_last(rel);
-            let parent = resolve_path(repo, dir).map_err(|_| QueryError::NotFound(msg.clone()))?;
-            repo.deleted_named(parent, last.as_bytes())?
-                .first()
-                .copied()
-                .ok_or(QueryError::NotFound(msg))
-        }
+        Err(QueryError::NotFound(msg)) => deleted_at_path(repo, rel)?
+            .map(|(e, _)| e)
+            .ok_or(QueryError::NotFound(msg)),
         other => other.map(|(e, _)| e),
     }
 }
@@ -232,20 +227,21 @@ pub fn resolve_conflict(repo: &Repo, rel: &str, keep: &str) -> Result<String> {
 }
 
 /// Records a new version of a file with the content of an old one (`notes.txt@v2`).
+/// A deleted file (or directory) comes back under its old name, with the named
+/// version or, given its plain name, its last content.
 pub fn restore_version(repo: &Repo, rel: &str) -> Result<String> {
-    let name_one = || {
-        QueryError::BadRequest(format!(
-            "{rel}: name a version to restore, like {rel}@v2 (`distribox log {rel}` lists them)"
-        ))
-    };
     let (entry, v, at) = match resolve_version_at(repo, rel) {
         Ok(found) => found,
-        // A deleted file's plain name.
-        Err(QueryError::NotFound(_)) if resolve_history_path(repo, rel).is_ok() => return Err(name_one()),
+        Err(QueryError::NotFound(msg)) => match deleted_at_path(repo, rel)? {
+            Some((entry, at)) => (entry, repo.last_content(entry)?, Some(at)),
+            None => return Err(QueryError::NotFound(msg)),
+        },
         Err(e) => return Err(e),
     };
     let (Some(v), Some(at)) = (v, at) else {
-        return Err(name_one());
+        return Err(QueryError::BadRequest(format!(
+            "{rel}: name a version to restore, like {rel}@v2 (`distribox log {rel}` lists them)"
+        )));
     };
     if repo.is_purged(v)? {
         return Err(QueryError::Gone(format!(
@@ -253,26 +249,46 @@ pub fn restore_version(repo: &Repo, rel: &str) -> Result<String> {
         )));
     }
     let before = repo.get(entry)?;
-    if !before.is_alive() {
-        let st = repo.undelete(entry, v, at)?;
-        let (dir, _) = split_last(rel);
-        let path = Path::new(dir).join(String::from_utf8_lossy(&st.record().location[0].name).as_ref());
-        let mut msg = format!(
-            "brought back {} with the content of {rel} (as v{})",
-            path.display(),
-            st.generation
-        );
-        if st.record().content.is_dir() {
-            let r = repo.undelete_beneath(entry, before.record().hlc)?;
-            msg += &format!(" and {} entries deleted with it", r.restored);
-            if r.skipped > 0 {
-                msg += &format!(" ({} not: their name is taken or gc purged their data)", r.skipped);
-            }
-        }
-        return Ok(msg);
+    if before.is_alive() {
+        let st = repo.restore(entry, v)?;
+        return Ok(format!("restored the content of {rel} as v{}", st.generation));
     }
-    let st = repo.restore(entry, v)?;
-    Ok(format!("restored the content of {rel} as v{}", st.generation))
+    let st = repo.undelete(entry, v, at.clone())?;
+    let (dir, _) = split_last(rel);
+    let path = Path::new(dir).join(String::from_utf8_lossy(&at.name).as_ref());
+    let from = names::shortest_name(&repo.version_names(entry)?, v)
+        .map(|n| n.suffix())
+        .unwrap_or_default();
+    let mut msg = format!(
+        "brought back {} as it was in {}@{from} (now v{})",
+        path.display(),
+        path.display(),
+        st.generation
+    );
+    if st.record().content.is_dir() {
+        let r = repo.undelete_beneath(entry, before.record().hlc)?;
+        msg += &format!(", and {} entries deleted with it", r.restored);
+        if r.skipped > 0 {
+            msg += &format!(" ({} not: their name is taken or gc purged their data)", r.skipped);
+        }
+    }
+    Ok(msg)
+}
+
+/// The entry most recently deleted at `rel`, with the name it had there; None if
+/// none was (or `rel`'s directory does not exist).
+fn deleted_at_path(repo: &Repo, rel: &str) -> Result<Option<(EntryId, Link)>> {
+    let (dir, last) = split_last(rel);
+    let parent = match resolve_path(repo, dir) {
+        Ok(p) => p,
+        Err(QueryError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let name = last.as_bytes().to_vec();
+    Ok(repo
+        .deleted_named(parent, &name)?
+        .first()
+        .map(|e| (*e, Link { parent, name })))
 }
 
 /// Which versions `log_lines` reports.

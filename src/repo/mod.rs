@@ -1100,6 +1100,13 @@ impl Repo {
             .unwrap_or_default())
     }
 
+    /// An entry's latest version with content (what a deleted entry had last).
+    pub fn last_content(&self, entry: EntryId) -> Result<Option<VersionId>> {
+        Ok(self
+            .latest_version_where(entry, |r| has_content(&r.content))?
+            .map(|r| r.id))
+    }
+
     /// An entry's latest version (by clock) that `keep` accepts.
     fn latest_version_where(
         &self,
@@ -1277,10 +1284,9 @@ impl Repo {
                 if st.record().hlc.wall_ns < cutoff {
                     continue;
                 }
-                let Some(last) = self.latest_version_where(latest, |r| has_content(&r.content))? else {
+                let Some(last) = self.last_content(latest)? else {
                     continue;
                 };
-                let last = last.id;
                 if self.is_purged(last)? || self.lookup(d, &name)?.is_some() {
                     report.skipped += 1;
                     continue;
