@@ -175,11 +175,12 @@ pub enum Cmd {
     },
     /// Record a new version of a file with the content of an old one:
     /// `distribox restore notes.txt@v2`. History stays; conflicts stay. A deleted
-    /// file comes back the same way under its old name: `distribox log notes.txt`
-    /// lists its versions, `cat notes.txt@v2` reads one. A deleted directory comes
-    /// back with what was deleted beneath it up to an hour before it (`rm -r`).
+    /// file comes back under its old name: `distribox restore notes.txt` with its
+    /// last content, or with any version (`distribox log notes.txt` lists them,
+    /// `cat notes.txt@v2` reads one). A deleted directory comes back with what was
+    /// deleted beneath it up to an hour before it (`rm -r`).
     Restore {
-        /// The old version, as PATH@vN.
+        /// The old version, as PATH@vN (or the PATH of a deleted file).
         path: PathBuf,
     },
     /// Print a tab-completion script for SHELL on stdout (subcommands, options).
@@ -372,6 +373,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 bail!("`serve` without a network does nothing; drop --no-net");
             };
             data_dir.check()?;
+            let log = data_dir.log_path();
             report_failure(daemon::run_serve(
                 ServeConfig {
                     data_dir,
@@ -379,7 +381,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     gc_every: gc.interval(),
                     gui: gui.config()?,
                 },
-                &mut StdoutReady,
+                &mut StdoutReady { log },
             ))
         }
         Cmd::Invite => {
@@ -641,7 +643,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     if l.deleted {
                         let p = p.display();
                         eprintln!(
-                            "{p} is deleted; read a version as {p}@vN, bring it back with `distribox restore {p}@vN`"
+                            "{p} is deleted; read a version as {p}@vN, bring it back with `distribox restore {p}` (its last content) or `{p}@vN`"
                         );
                     }
                 }
@@ -1012,11 +1014,16 @@ fn folder_relative(data_dir: &DataDir, path: &Path) -> Result<String> {
     Ok(rel.to_string_lossy().into_owned())
 }
 
-struct StdoutReady;
+/// Tells a waiting `distribox mount` that the node is up; `log` is the node's
+/// stderr in that case (`node.log`), kept bounded from then on.
+struct StdoutReady {
+    log: PathBuf,
+}
 
 impl Ready for StdoutReady {
     fn ready(&mut self, mountpoint: &Path) {
         if std::env::var_os(READY_ENV).is_some() {
+            daemon::logfile::keep_bounded(self.log.clone());
             // The parent reads this line; afterwards nobody reads our stdout, so
             // point it at /dev/null rather than risk EPIPE later.
             let mut out = std::io::stdout();
@@ -1032,7 +1039,8 @@ impl Ready for StdoutReady {
 }
 
 fn mount_foreground(cfg: MountConfig) -> Result<()> {
-    report_failure(daemon::run_mount(cfg, &mut StdoutReady))
+    let log = cfg.data_dir.log_path();
+    report_failure(daemon::run_mount(cfg, &mut StdoutReady { log }))
 }
 
 /// A node that fails to start tells a waiting `distribox mount` why (its `ERROR`
@@ -1063,6 +1071,9 @@ fn mount_background(cfg: MountConfig, extra: &[String]) -> Result<()> {
         cfg.data_dir.init(None)?;
     }
     let log_path = cfg.data_dir.log_path();
+    if let Err(e) = daemon::logfile::rotate_if_large(&log_path, daemon::logfile::ROTATE_AT) {
+        eprintln!("warning: cannot rotate {}: {e}", log_path.display());
+    }
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

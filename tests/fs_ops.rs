@@ -210,6 +210,25 @@ fn an_unmount_leaves_no_warning_in_the_log() {
 }
 
 #[test]
+fn a_large_node_log_is_moved_aside_when_the_node_starts() {
+    let mut n = Node::start();
+    n.unmount();
+    let log = n.data.join("node.log");
+    let mut big = fs::read(&log).unwrap();
+    big.resize((16 << 20) + 1, b'.');
+    fs::write(&log, &big).unwrap();
+    n.mount();
+    let rotated = n.data.join("node.log.1");
+    assert_eq!(fs::metadata(&rotated).unwrap().len(), big.len() as u64);
+    let fresh = n.log();
+    assert!(fresh.len() < 1 << 20, "node.log holds {} bytes", fresh.len());
+    assert!(
+        fresh.contains("mounted"),
+        "the running node logs to a fresh node.log:\n{fresh}"
+    );
+}
+
+#[test]
 fn rename_noreplace_and_over_existing() {
     let n = Node::start();
     fs::write(n.path("x"), b"x").unwrap();

@@ -8,6 +8,7 @@
 //! `distribox unmount`, SIGTERM), then commits pending writes, syncs and exits 0.
 
 pub mod control;
+pub mod logfile;
 mod mountpoint;
 pub mod query;
 pub mod web;

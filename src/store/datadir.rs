@@ -3,7 +3,8 @@
 //! Layout: `FORMAT` (text: `distribox-data-dir <N>`), `node.key` (Ed25519 secret,
 //! mode 0600), `group.key` (group id ‖ group secret, 64 bytes, mode 0600: whoever
 //! holds it is a member), `node.lock` (flock'd by the running node; holds its pid), `db/`
-//! (RocksDB), `spill/` (write-back staging of open files), `control.sock`, `node.log`.
+//! (RocksDB), `spill/` (write-back staging of open files), `control.sock`, `node.log`
+//! (and `node.log.1`, see `daemon::logfile`).
 
 use ed25519_dalek::SigningKey;
 use std::fs::{self, File, OpenOptions};
