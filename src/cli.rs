@@ -86,6 +86,16 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// List what was deleted in DIR and can be brought back: path, when and by
+    /// whom it was deleted, its last version and size. `distribox restore PATH`
+    /// brings one back with that last content.
+    Deleted {
+        /// A directory inside the mounted folder (default: the current directory
+        /// if it is inside the folder, else the folder's top).
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Wait until this node holds every version its online members have, with
     /// their data (a progress bar on a terminal): at least one member must be
     /// online and have compared version lists with us. Exits 1 if that takes
@@ -178,7 +188,7 @@ pub enum Cmd {
     /// file comes back under its old name: `distribox restore notes.txt` with its
     /// last content, or with any version (`distribox log notes.txt` lists them,
     /// `cat notes.txt@v2` reads one). A deleted directory comes back with what was
-    /// deleted beneath it up to an hour before it (`rm -r`).
+    /// deleted beneath it together with it (`rm -r`).
     Restore {
         /// The old version, as PATH@vN (or the PATH of a deleted file).
         path: PathBuf,
@@ -553,6 +563,38 @@ pub fn run(cli: Cli) -> Result<()> {
                     println!("{}  (shows {})  also: {}", c.path, c.shown, others.join("  "));
                 }
                 println!("(keep one: `distribox resolve FILE --keep vN`; drop one: `rm FILE@vN`)");
+            }
+            Ok(())
+        }
+        Cmd::Deleted { dir, json } => {
+            let rel = match &dir {
+                Some(d) => folder_relative(&data_dir, d)?,
+                // The current directory when it is inside the folder.
+                None => std::env::current_dir()
+                    .ok()
+                    .and_then(|cwd| folder_relative(&data_dir, &cwd).ok())
+                    .unwrap_or_default(),
+            };
+            let items = expect_answer!(
+                call(&data_dir, &ControlRequest::Deleted { path: rel })?,
+                ControlResponse::Deleted { items } => items
+            );
+            if json {
+                println!("{}", serde_json::to_string_pretty(&items)?);
+            } else if items.is_empty() {
+                println!("nothing deleted here that could be brought back");
+            } else {
+                println!(
+                    "{:<21} {:<9} {:<6} {:>12}  {:<8} PATH",
+                    "DELETED", "BY", "LAST", "SIZE", "KIND"
+                );
+                for i in &items {
+                    println!(
+                        "{:<21} {:<9} {:<6} {:>12}  {:<8} {}",
+                        i.deleted, i.deleted_by, i.last, i.size, i.kind, i.path
+                    );
+                }
+                println!("(bring one back: `distribox restore PATH`, or PATH@vN for an older version)");
             }
             Ok(())
         }

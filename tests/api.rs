@@ -162,7 +162,7 @@ fn paths_cannot_leave_the_folder() {
         "../dir/in.txt",
     ];
     for p in bad {
-        for endpoint in ["tree", "versions", "content", "log"] {
+        for endpoint in ["tree", "versions", "content", "log", "deleted"] {
             let r = get(&addr, &key, &format!("/api/v1/{endpoint}?path={p}"));
             assert_eq!(r.status, 400, "{endpoint}?path={p} answered {}: {}", r.status, r.text());
             assert!(r.json()["error"].is_string());

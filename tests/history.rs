@@ -402,6 +402,20 @@ fn a_deleted_file_stays_readable_and_can_be_brought_back() {
     // A file in a deleted directory has no path until the directory is back.
     assert_eq!(errno_of(&n, "d/e/deep.txt@v1"), Some(libc::ENOENT));
 
+    // `distribox deleted` lists what can be brought back, latest deletion first.
+    let (listed, _) = cli_ok(&n, &["deleted", n.mnt.to_str().unwrap(), "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let paths: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["d", "link", "notes.txt"], "{listed}");
+    assert_eq!(listed[2]["last"], "v2");
+    assert_eq!(listed[2]["size"], 6);
+    assert_eq!(listed[0]["kind"], "dir");
+
     // The log of the path lists them and says the file is deleted.
     let (log, hint) = cli_ok(&n, &["log", n.path("notes.txt").to_str().unwrap()]);
     assert_eq!(log.lines().count(), 4, "header and three versions:\n{log}");
@@ -441,9 +455,59 @@ fn a_deleted_file_stays_readable_and_can_be_brought_back() {
     assert!(msg.contains("restored"), "{msg}");
     assert_eq!(fs::read(n.path("notes.txt")).unwrap(), b"second");
 
+    let (listed, _) = cli_ok(&n, &["deleted", n.mnt.to_str().unwrap()]);
+    assert!(listed.contains("link") && !listed.contains("notes.txt"), "{listed}");
+
     // A new file under the old name: the name means the new file and its history.
     fs::remove_file(n.path("notes.txt")).unwrap();
     fs::write(n.path("notes.txt"), b"new").unwrap();
     assert_eq!(fs::read(n.path("notes.txt@v1")).unwrap(), b"new");
     assert_eq!(errno_of(&n, "notes.txt@v2"), Some(libc::ENOENT));
+}
+
+#[test]
+fn a_name_means_the_file_deleted_there_last() {
+    let n = Node::start();
+    // A: deleted at x, brought back, moved to y. B: made at x and deleted there.
+    // Then A is deleted at y, later than B at x.
+    fs::write(n.path("x"), b"A").unwrap();
+    fs::remove_file(n.path("x")).unwrap();
+    cli_ok(&n, &["restore", n.path("x").to_str().unwrap()]);
+    fs::rename(n.path("x"), n.path("y")).unwrap();
+    fs::write(n.path("x"), b"B").unwrap();
+    fs::remove_file(n.path("x")).unwrap();
+    fs::remove_file(n.path("y")).unwrap();
+    assert_eq!(fs::read(n.path("x@v1")).unwrap(), b"B");
+    assert_eq!(fs::read(n.path("y@v1")).unwrap(), b"A");
+    let (listed, _) = cli_ok(&n, &["deleted", n.mnt.to_str().unwrap(), "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let paths: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["y", "x"], "{listed}");
+    cli_ok(&n, &["restore", n.path("x").to_str().unwrap()]);
+    assert_eq!(fs::read(n.path("x")).unwrap(), b"B");
+    assert_eq!(errno_of(&n, "y"), Some(libc::ENOENT));
+}
+
+#[test]
+fn a_directory_comes_back_with_what_was_deleted_with_it_only() {
+    let n = Node::start();
+    fs::create_dir_all(n.path("proj/src")).unwrap();
+    fs::write(n.path("proj/old.txt"), b"removed on purpose").unwrap();
+    fs::write(n.path("proj/src/main.rs"), b"fn main() {}").unwrap();
+    fs::write(n.path("proj/README"), b"readme").unwrap();
+    fs::remove_file(n.path("proj/old.txt")).unwrap();
+    // More than `BURST_GAP` (10 s) before the `rm -r`: not part of it.
+    std::thread::sleep(std::time::Duration::from_secs(11));
+    fs::remove_dir_all(n.path("proj")).unwrap();
+    let (msg, _) = cli_ok(&n, &["restore", n.path("proj").to_str().unwrap()]);
+    assert!(msg.contains("and 3 entries deleted with it"), "{msg}");
+    assert_eq!(fs::read(n.path("proj/src/main.rs")).unwrap(), b"fn main() {}");
+    assert_eq!(fs::read(n.path("proj/README")).unwrap(), b"readme");
+    assert_eq!(errno_of(&n, "proj/old.txt"), Some(libc::ENOENT));
+    assert_eq!(fs::read(n.path("proj/old.txt@v1")).unwrap(), b"removed on purpose");
 }

@@ -18,6 +18,10 @@ pub enum ControlRequest {
     Tree {
         path: String,
     },
+    /// Entries deleted in a directory that `restore` can bring back by name.
+    Deleted {
+        path: String,
+    },
     /// Every file that shows conflicting versions.
     Conflicts,
     /// Versions arriving from peers: what is still to come, rate, ETA.
@@ -65,6 +69,9 @@ pub enum ControlResponse {
     },
     Tree {
         items: Vec<DirItem>,
+    },
+    Deleted {
+        items: Vec<DeletedItem>,
     },
     Conflicts {
         conflicts: Vec<ConflictInfo>,
@@ -130,6 +137,22 @@ pub struct DirItem {
     pub conflict_of: Option<String>,
     /// How many conflicting versions the entry lists next to it.
     pub conflicts: usize,
+}
+
+/// An entry deleted in a directory whose name no other entry holds since (so
+/// `distribox restore PATH` brings it back).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeletedItem {
+    /// Folder-relative path it had.
+    pub path: String,
+    /// What it was last: file, dir, symlink or special.
+    pub kind: String,
+    pub size: u64,
+    /// Its last version with content (`v2`): what `restore PATH` brings back.
+    pub last: String,
+    /// When it was deleted (RFC 3339) and by which member.
+    pub deleted: String,
+    pub deleted_by: String,
 }
 
 /// A file showing conflicting versions.

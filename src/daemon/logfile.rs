@@ -39,7 +39,8 @@ pub fn rotate_if_large(path: &Path, limit: u64) -> std::io::Result<bool> {
 }
 
 /// In a node whose stderr is the file at `path`: once a minute, rotates it if it
-/// is past `ROTATE_AT` and points stderr at a fresh file there.
+/// is past `ROTATE_AT` (or it was deleted) and points stderr at a fresh file there.
+/// Nothing happens while stderr is some other file.
 pub fn keep_bounded(path: PathBuf) {
     let spawned = std::thread::Builder::new()
         .name("log-rotate".into())
@@ -55,9 +56,29 @@ pub fn keep_bounded(path: PathBuf) {
 }
 
 fn rotate_stderr(path: &Path) -> std::io::Result<()> {
-    if !rotate_if_large(path, ROTATE_AT)? {
-        return Ok(());
-    }
+    use std::os::unix::fs::MetadataExt;
+    // Only ever touch the file stderr really is: fd 2 and `path` must be one inode.
+    let fd2 = {
+        // SAFETY: fstat on fd 2 into a zeroed stat buffer we own.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(2, &mut st) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        (st.st_dev, st.st_ino, st.st_nlink)
+    };
+    let reason = match std::fs::metadata(path) {
+        Ok(m) if (m.dev(), m.ino()) != (fd2.0, fd2.1) => return Ok(()),
+        Ok(m) if m.len() > ROTATE_AT => {
+            std::fs::rename(path, rotated_path(path))?;
+            "rotated"
+        }
+        Ok(_) => return Ok(()),
+        // Removed by hand while we held it open: we were logging into a file
+        // nobody can read any more.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && fd2.2 == 0 => "removed",
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
     let fresh = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
     use std::os::fd::AsRawFd;
     // SAFETY: dup2 onto fd 2 with a valid fd we own; fd 2 stays open throughout
@@ -65,7 +86,7 @@ fn rotate_stderr(path: &Path) -> std::io::Result<()> {
     if unsafe { libc::dup2(fresh.as_raw_fd(), 2) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    tracing::info!(old = %rotated_path(path).display(), "node log rotated");
+    tracing::info!(path = %path.display(), reason, "node log started afresh");
     Ok(())
 }
 

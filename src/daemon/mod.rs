@@ -427,6 +427,9 @@ fn answer_control(ctl: &Mutex<NodeCtl>, req: ControlRequest) -> ControlResponse 
                 message: "this node runs without a network (--no-net)".into(),
             },
         },
+        ControlRequest::Deleted { path } => answer(query::deleted_in(repo, &path), |items| ControlResponse::Deleted {
+            items,
+        }),
         ControlRequest::Versions { path } => answer(query::versions_of(repo, &path), |versions| {
             ControlResponse::Versions { versions }
         }),

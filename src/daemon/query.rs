@@ -6,7 +6,7 @@
 //! absolute path, a `..` component or a NUL byte is refused, so no request can name
 //! anything outside the folder.
 
-use super::control::{ConflictInfo, DirItem, LogLine, TransferItem, VersionNode};
+use super::control::{ConflictInfo, DeletedItem, DirItem, LogLine, TransferItem, VersionNode};
 use crate::chunking::ChunkList;
 use crate::model::{names, Content, EntryId, Link, SignedRecord, VersionId};
 use crate::repo::{Repo, RepoError};
@@ -112,23 +112,18 @@ fn resolve_version_at(repo: &Repo, rel: &str) -> Result<(EntryId, Option<Version
     let base = std::str::from_utf8(base).map_err(|_| QueryError::BadRequest(format!("{rel}: not a valid name")))?;
     check_rel(&Path::new(dir).join(base).to_string_lossy())?;
     let parent = resolve_path(repo, dir)?;
-    let candidates = repo.history_candidates(parent, base.as_bytes())?;
-    if candidates.is_empty() {
-        return Err(not_found());
-    }
-    for entry in candidates {
-        if let Some(v) = repo.version_by_name(entry, &name)? {
-            let at = Link {
-                parent,
-                name: base.as_bytes().to_vec(),
-            };
-            return Ok((entry, Some(v.id), Some(at)));
-        }
-    }
-    Err(QueryError::NotFound(format!(
-        "{rel}: no such version (several versions may share v{}; see `distribox versions`)",
-        name.generation
-    )))
+    let entry = repo.history_entry(parent, base.as_bytes())?.ok_or_else(not_found)?;
+    let v = repo.version_by_name(entry, &name)?.ok_or_else(|| {
+        QueryError::NotFound(format!(
+            "{rel}: no such version (several versions may share v{}; see `distribox versions`)",
+            name.generation
+        ))
+    })?;
+    let at = Link {
+        parent,
+        name: base.as_bytes().to_vec(),
+    };
+    Ok((entry, Some(v.id), Some(at)))
 }
 
 /// The entry whose history a path shows: the file there, or if there is none the
@@ -266,10 +261,13 @@ pub fn restore_version(repo: &Repo, rel: &str) -> Result<String> {
         st.generation
     );
     if st.record().content.is_dir() {
-        let r = repo.undelete_beneath(entry, before.record().hlc)?;
+        let r = repo.undelete_beneath(entry, before.record())?;
         msg += &format!(", and {} entries deleted with it", r.restored);
         if r.skipped > 0 {
-            msg += &format!(" ({} not: their name is taken or gc purged their data)", r.skipped);
+            msg += &format!(
+                " ({} not: their name was taken since, their directory stays deleted, or gc purged their data)",
+                r.skipped
+            );
         }
     }
     Ok(msg)
@@ -352,11 +350,16 @@ pub fn log_lines(repo: &Repo, f: &LogFilter) -> Result<Vec<LogLine>> {
             (repo.recent(f.limit, |r| keep(r) && inside(r))?, Vec::new())
         }
     };
+    // One path per entry: a deleted one's takes a pass over its history.
+    let mut paths: std::collections::HashMap<EntryId, (String, bool)> = std::collections::HashMap::new();
     Ok(infos
         .into_iter()
         .map(|v| {
             let r = &v.record.record;
-            let (path, deleted) = repo.last_path_of(r.entry).unwrap_or_else(|| ("?".into(), true));
+            let (path, deleted) = paths
+                .entry(r.entry)
+                .or_insert_with(|| repo.last_path_of(r.entry).unwrap_or_else(|| ("?".into(), true)))
+                .clone();
             LogLine {
                 n: v.generation,
                 version: v.record.id.to_string(),
@@ -370,6 +373,38 @@ pub fn log_lines(repo: &Repo, f: &LogFilter) -> Result<Vec<LogLine>> {
             }
         })
         .collect())
+}
+
+/// What was deleted in a directory and can be brought back by its path (no entry
+/// holds the name since), latest deletion first.
+pub fn deleted_in(repo: &Repo, rel: &str) -> Result<Vec<DeletedItem>> {
+    let dir = resolve_path(repo, rel)?;
+    if !matches!(repo.get(dir)?.record().content, Content::Dir) {
+        return Err(QueryError::BadRequest(format!("{rel}: not a directory")));
+    }
+    let mut out = Vec::new();
+    for (name, entry) in repo.deleted_in(dir)? {
+        let Some(last) = repo.last_content(entry)? else {
+            continue;
+        };
+        let (st, rec) = (repo.get(entry)?, repo.record(last)?);
+        let name = String::from_utf8_lossy(&name).into_owned();
+        out.push((
+            st.record().hlc,
+            DeletedItem {
+                path: Path::new(rel).join(&name).to_string_lossy().into_owned(),
+                kind: kind_of(&rec.record.content).into(),
+                size: rec.record.content.size(),
+                last: names::shortest_name(&repo.version_names(entry)?, last)
+                    .map(|n| n.suffix())
+                    .unwrap_or_default(),
+                deleted: format_time(st.record().hlc),
+                deleted_by: st.record().author.to_string(),
+            },
+        ));
+    }
+    out.sort_by_key(|(hlc, _)| std::cmp::Reverse(*hlc));
+    Ok(out.into_iter().map(|(_, item)| item).collect())
 }
 
 /// A directory's listing as the mount shows it: every entry, then each conflicting

@@ -780,15 +780,20 @@ impl DistriboxFs {
         let Some((base, n)) = names::parse_version_name(name) else {
             return Ok(None);
         };
-        for child in e(self.repo().history_candidates(dir, base))? {
-            let Some(rec) = e(self.repo().version_by_name(child, &n))? else {
-                continue;
-            };
-            if matches!(rec.record.content, Content::File { .. } | Content::Symlink { .. }) {
-                return Ok(Some(Target::Version(child, rec.id)));
-            }
+        // A new file not committed yet holds the name but has no versions.
+        if self.fresh_named(dir, base).is_some() {
+            return Ok(None);
         }
-        Ok(None)
+        let Some(child) = e(self.repo().history_entry(dir, base))? else {
+            return Ok(None);
+        };
+        let Some(rec) = e(self.repo().version_by_name(child, &n))? else {
+            return Ok(None);
+        };
+        if !matches!(rec.record.content, Content::File { .. } | Content::Symlink { .. }) {
+            return Ok(None);
+        }
+        Ok(Some(Target::Version(child, rec.id)))
     }
 
     fn new_attrs(req: &Request, mode: u32, umask: u32) -> Attrs {

@@ -423,14 +423,16 @@ impl<'a> Apply<'a> {
         for (l, e) in &added {
             self.batch.put_child(l.parent, &l.name, *e);
         }
-        let deleted: Vec<(EntryId, Vec<Link>)> = self
-            .before_and_after()
-            .filter(|(_, old, new)| new.is_empty() && !old.is_empty())
-            .map(|(entry, old, _)| (entry, old.to_vec()))
-            .collect();
-        for (entry, links) in deleted {
-            for l in links {
-                self.batch.put_gone(l.parent, &l.name, entry);
+        // An entry left with no link is deleted: remember the names it had.
+        for (l, e) in &removed {
+            let deleted = self
+                .states
+                .iter()
+                .rev()
+                .find(|s| s.id == *e)
+                .is_some_and(|s| !s.is_alive());
+            if deleted {
+                self.batch.put_gone(l.parent, &l.name, *e);
             }
         }
         let mut new_dir_times: Vec<(EntryId, DirTime)> = Vec::new();

@@ -290,10 +290,11 @@ const CACHED_CHUNKS: usize = 128;
 const META_GROUP: &str = "group";
 const META_HLC: &str = "hlc";
 const META_CYCLE_BREAKS: &str = "cycle_breaks";
-/// How long before a directory's deletion something deleted beneath it still
-/// counts as deleted with it (`rm -r` removes the contents first), for
-/// `Repo::undelete_beneath`.
-pub const DELETED_WITH: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Deletions beneath a directory count as deleted with it (`Repo::undelete_beneath`)
+/// while each follows the next within this: `rm -r` deletes entry after entry with
+/// milliseconds between them, and an editor's swap file deleted minutes earlier is
+/// not part of it.
+pub const BURST_GAP: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What `Repo::undelete_beneath` did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -1044,10 +1045,13 @@ impl Repo {
     /// first: where `name@vN` and `distribox restore` look once no entry holds the
     /// name any more.
     pub fn deleted_named(&self, parent: EntryId, name: &[u8]) -> Result<Vec<EntryId>> {
+        let link = Link {
+            parent,
+            name: name.to_vec(),
+        };
         let mut found = Vec::new();
         for entry in self.store.get_gone_named(parent, name)? {
-            let st = self.get(entry)?;
-            if !st.is_alive() {
+            if let Some(st) = self.deleted_from(entry, &link)? {
                 found.push((st.record().hlc, entry));
             }
         }
@@ -1055,13 +1059,41 @@ impl Repo {
         Ok(found.into_iter().map(|(_, e)| e).collect())
     }
 
-    /// Entries whose history `name@vN` in `parent` searches, in order: the live
-    /// one holding `name`, or when none does, those deleted under it (so `rm f;
-    /// cat f@v2` still works).
-    pub fn history_candidates(&self, parent: EntryId, name: &[u8]) -> Result<Vec<EntryId>> {
+    /// What was deleted in `dir` and can be brought back by name: for each name no
+    /// entry holds now, the entry deleted under it last, in name order.
+    pub fn deleted_in(&self, dir: EntryId) -> Result<Vec<(Vec<u8>, EntryId)>> {
+        let mut names: Vec<Vec<u8>> = self.store.list_gone(dir)?.into_iter().map(|(n, _)| n).collect();
+        names.dedup();
+        let mut out = Vec::new();
+        for name in names {
+            if self.lookup(dir, &name)?.is_some() {
+                continue;
+            }
+            if let Some(&entry) = self.deleted_named(dir, &name)?.first() {
+                out.push((name, entry));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The state of `entry` if it is deleted and `link` was one of its names when
+    /// it was (a `gone` row stays when an entry comes back, moves and is deleted
+    /// elsewhere: that row no longer says where it was).
+    fn deleted_from(&self, entry: EntryId, link: &Link) -> Result<Option<Arc<EntryState>>> {
+        let st = self.get(entry)?;
+        if st.is_alive() || !self.last_location(entry)?.contains(link) {
+            return Ok(None);
+        }
+        Ok(Some(st))
+    }
+
+    /// The entry whose history `name@vN` in `parent` names: the live one holding
+    /// `name`, or when none does, the one deleted under it last (so `rm f; cat
+    /// f@v2` still works), as `distribox log` and `restore` take it.
+    pub fn history_entry(&self, parent: EntryId, name: &[u8]) -> Result<Option<EntryId>> {
         Ok(match self.lookup(parent, name)? {
-            Some(e) => vec![e],
-            None => self.deleted_named(parent, name)?,
+            Some(e) => Some(e),
+            None => self.deleted_named(parent, name)?.first().copied(),
         })
     }
 
@@ -1074,13 +1106,29 @@ impl Repo {
         let mut batch = self.store.batch();
         let mut n = 0u64;
         for entry in self.store.all_entries()? {
-            let st = self.get(entry)?;
-            if st.is_alive() {
-                continue;
-            }
-            for l in self.last_location(entry)? {
-                batch.put_gone(l.parent, &l.name, entry);
-                n += 1;
+            // Resolved without the cache: that would keep every entry of the store
+            // in memory for the life of the process.
+            let links = self
+                .store
+                .get_heads(entry)
+                .map_err(RepoError::from)
+                .and_then(|h| h.ok_or(RepoError::NotFound { entry }))
+                .and_then(|h| self.resolve(entry, h))
+                .and_then(|st| {
+                    if st.is_alive() {
+                        Ok(Vec::new())
+                    } else {
+                        self.last_location(entry)
+                    }
+                });
+            match links {
+                Ok(links) => {
+                    for l in links {
+                        batch.put_gone(l.parent, &l.name, entry);
+                        n += 1;
+                    }
+                }
+                Err(e) => tracing::warn!(%entry, error = %e, "cannot index this entry's deleted names"),
             }
         }
         batch.put_meta(META_GONE_INDEXED, &[1]);
@@ -1264,44 +1312,56 @@ impl Repo {
     }
 
     /// After a directory came back (`undelete`), brings back what was deleted
-    /// beneath it together with it: every entry deleted at most `DELETED_WITH` before
-    /// the directory (or later), each with its last version that had content, under
-    /// its old name, directories first. Names taken since and versions whose data
-    /// gc purged stay as they are and are counted as skipped.
-    pub fn undelete_beneath(&self, dir: EntryId, deleted_at: Hlc) -> Result<UndeleteReport> {
-        let cutoff = deleted_at.wall_ns.saturating_sub(DELETED_WITH.as_nanos() as u64);
+    /// beneath it together with it: the entries its deleting member deleted beneath
+    /// it in one burst ending with the directory (each deletion at most `BURST_GAP`
+    /// before the next; `rm -r` deletes the contents first), each with its last
+    /// version that had content, under its old name, parents first. An entry whose
+    /// name was taken since, whose directory stays deleted, or whose data gc purged
+    /// is left as it is and counted as skipped.
+    pub fn undelete_beneath(&self, dir: EntryId, dir_deleted: &VersionRecord) -> Result<UndeleteReport> {
+        let mut found: Vec<(Hlc, EntryId, VersionId, Link)> = Vec::new();
+        let mut queue = vec![dir];
+        while let Some(d) = queue.pop() {
+            for (name, entry) in self.store.list_gone(d)? {
+                let link = Link { parent: d, name };
+                let Some(st) = self.deleted_from(entry, &link)? else {
+                    continue;
+                };
+                if st.record().author != dir_deleted.author {
+                    continue;
+                }
+                let Some(last) = self.latest_version_where(entry, |r| has_content(&r.content))? else {
+                    continue;
+                };
+                if last.record.content.is_dir() {
+                    queue.push(entry);
+                }
+                found.push((st.record().hlc, entry, last.id, link));
+            }
+        }
+        // Latest deletion first: a directory's own deletion follows its contents'.
+        found.sort_by_key(|f| std::cmp::Reverse(f.0));
+        let gap = BURST_GAP.as_nanos() as u64;
+        let mut edge = dir_deleted.hlc.wall_ns;
         let mut report = UndeleteReport::default();
-        let mut dirs = vec![dir];
-        while let Some(d) = dirs.pop() {
-            let mut names: Vec<Vec<u8>> = self.store.list_gone(d)?.into_iter().map(|(n, _)| n).collect();
-            names.dedup();
-            for name in names {
-                // The latest deletion under this name decides, as for `name@vN`.
-                let Some(&latest) = self.deleted_named(d, &name)?.first() else {
-                    continue;
-                };
-                let st = self.get(latest)?;
-                if st.record().hlc.wall_ns < cutoff {
-                    continue;
-                }
-                let Some(last) = self.last_content(latest)? else {
-                    continue;
-                };
-                if self.is_purged(last)? || self.lookup(d, &name)?.is_some() {
-                    report.skipped += 1;
-                    continue;
-                }
-                let at = Link { parent: d, name };
-                match self.undelete(latest, last, at) {
-                    Ok(back) => {
-                        report.restored += 1;
-                        if back.record().content.is_dir() {
-                            dirs.push(latest);
-                        }
-                    }
-                    Err(RepoError::Exists { .. }) => report.skipped += 1,
-                    Err(e) => return Err(e),
-                }
+        for (at, entry, last, link) in found {
+            if at.wall_ns.saturating_add(gap) < edge {
+                break;
+            }
+            edge = edge.min(at.wall_ns);
+            if !self.get(link.parent)?.is_alive() || self.lookup(link.parent, &link.name)?.is_some() {
+                report.skipped += 1;
+                continue;
+            }
+            match self.undelete(entry, last, link) {
+                Ok(_) => report.restored += 1,
+                Err(
+                    RepoError::Exists { .. }
+                    | RepoError::Purged { .. }
+                    | RepoError::CannotRestore { .. }
+                    | RepoError::Store(StoreError::MissingChunk { .. }),
+                ) => report.skipped += 1,
+                Err(e) => return Err(e),
             }
         }
         Ok(report)

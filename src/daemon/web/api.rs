@@ -142,6 +142,14 @@ pub async fn versions(
     Ok(Json(on_repo(&w, move |repo| query::versions_of(repo, &rel)).await?))
 }
 
+pub async fn deleted(
+    State(w): State<Web>,
+    Params(q): Params<PathQuery>,
+) -> ApiResult<Json<Vec<crate::daemon::control::DeletedItem>>> {
+    let rel = folder_path(&q.path)?;
+    Ok(Json(on_repo(&w, move |repo| query::deleted_in(repo, &rel)).await?))
+}
+
 pub async fn conflicts(State(w): State<Web>) -> ApiResult<Json<Vec<crate::daemon::control::ConflictInfo>>> {
     Ok(Json(on_repo(&w, query::conflicts).await?))
 }

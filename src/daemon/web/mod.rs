@@ -233,6 +233,7 @@ fn router(web: Web) -> axum::Router {
         .route("/peers", get(api::peers))
         .route("/tree", get(api::tree))
         .route("/versions", get(api::versions))
+        .route("/deleted", get(api::deleted))
         .route("/content", get(api::content))
         .route("/log", get(api::log))
         .route("/conflicts", get(api::conflicts))

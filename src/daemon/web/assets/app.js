@@ -138,7 +138,7 @@ const views = {
   },
 
   async files(path) {
-    const t = await api("/tree?path=" + q(path));
+    const [t, gone] = await Promise.all([api("/tree?path=" + q(path)), api("/deleted?path=" + q(path)).catch(() => [])]);
     const rows = t.items.map((it) => {
       const full = path ? path + "/" + it.name : it.name;
       const link = it.kind === "dir" ? h("a", { href: dirHref(full) }, it.name + "/")
@@ -151,6 +151,19 @@ const views = {
         h("td", { class: "mono" }, it.version),
         h("td", {}, when(it.mtime)));
     });
+    // Deleted here: each still readable (history page) and restorable by its path.
+    const goneRows = gone.map((g) => {
+      const name = g.path.split("/").pop();
+      return h("tr", { class: "deleted", "data-name": name },
+        h("td", {}, g.kind === "dir" ? name + "/" : h("a", { href: fileHref(g.path) }, name)),
+        h("td", {}, g.kind),
+        h("td", { class: "num" }, g.kind === "dir" ? "" : bytes(g.size)),
+        h("td", { class: "mono" }, g.last),
+        h("td", {}, g.deleted.replace("T", " ")),
+        h("td", { class: "mono" }, g.deleted_by),
+        h("td", {}, h("button", { class: "restore", onclick: () => act("/restore", { path: g.path },
+          `Bring ${name} back with its last content (${g.last})?`) }, "Restore")));
+    });
     return [
       h("h1", {}, "Files"),
       crumbs(path, false),
@@ -158,6 +171,12 @@ const views = {
         : h("table", { id: "listing" },
           h("thead", {}, h("tr", {}, ["name", "kind", "size", "version", "modified"].map((c) => h("th", {}, c)))),
           h("tbody", {}, rows)),
+      goneRows.length === 0 ? null : [
+        h("h2", {}, "Deleted here"),
+        h("table", { id: "deleted" },
+          h("thead", {}, h("tr", {}, ["name", "kind", "size", "last", "deleted", "by", ""].map((c) => h("th", {}, c)))),
+          h("tbody", {}, goneRows)),
+      ],
     ];
   },
 
@@ -329,7 +348,7 @@ function graph(versions, col) {
 
 function logPath(l) {
   // A deleted file's history page still works (its versions stay readable).
-  if (l.deleted) return l.kind === "dir" ? l.path + " (deleted)" : h("a", { href: fileHref(l.path) }, l.path + " (deleted)");
+  if (l.deleted) return l.kind === "dir" || l.path === "?" ? l.path + " (deleted)" : h("a", { href: fileHref(l.path) }, l.path + " (deleted)");
   if (l.kind === "deleted") return l.path;
   if (l.kind === "dir") return h("a", { href: dirHref(l.path) }, l.path ? l.path + "/" : "(the folder)");
   return h("a", { href: fileHref(l.path) }, l.path);
