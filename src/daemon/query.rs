@@ -262,7 +262,8 @@ pub fn restore_version(repo: &Repo, rel: &str) -> Result<String> {
     );
     if st.record().content.is_dir() {
         let r = repo.undelete_beneath(entry, before.record())?;
-        msg += &format!(", and {} entries deleted with it", r.restored);
+        let noun = if r.restored == 1 { "entry" } else { "entries" };
+        msg += &format!(", and {} {noun} deleted with it", r.restored);
         if r.skipped > 0 {
             msg += &format!(
                 " ({} not: their name was taken since, their directory stays deleted, or gc purged their data)",
