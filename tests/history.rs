@@ -374,6 +374,19 @@ fn errno_of(n: &Node, rel: &str) -> Option<i32> {
     fs::read(n.path(rel)).err().and_then(|e| e.raw_os_error())
 }
 
+/// `distribox deleted --json` of the folder's top, and its paths in order.
+fn deleted_listing(n: &Node) -> (serde_json::Value, Vec<String>) {
+    let (out, _) = cli_ok(n, &["deleted", n.mnt.to_str().unwrap(), "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let paths = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["path"].as_str().unwrap().to_string())
+        .collect();
+    (listed, paths)
+}
+
 #[test]
 fn a_deleted_file_stays_readable_and_can_be_brought_back() {
     let mut n = Node::start();
@@ -403,14 +416,7 @@ fn a_deleted_file_stays_readable_and_can_be_brought_back() {
     assert_eq!(errno_of(&n, "d/e/deep.txt@v1"), Some(libc::ENOENT));
 
     // `distribox deleted` lists what can be brought back, latest deletion first.
-    let (listed, _) = cli_ok(&n, &["deleted", n.mnt.to_str().unwrap(), "--json"]);
-    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
-    let paths: Vec<&str> = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["path"].as_str().unwrap())
-        .collect();
+    let (listed, paths) = deleted_listing(&n);
     assert_eq!(paths, ["d", "link", "notes.txt"], "{listed}");
     assert_eq!(listed[2]["last"], "v2");
     assert_eq!(listed[2]["size"], 6);
@@ -479,14 +485,7 @@ fn a_name_means_the_file_deleted_there_last() {
     fs::remove_file(n.path("y")).unwrap();
     assert_eq!(fs::read(n.path("x@v1")).unwrap(), b"B");
     assert_eq!(fs::read(n.path("y@v1")).unwrap(), b"A");
-    let (listed, _) = cli_ok(&n, &["deleted", n.mnt.to_str().unwrap(), "--json"]);
-    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
-    let paths: Vec<&str> = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["path"].as_str().unwrap())
-        .collect();
+    let (listed, paths) = deleted_listing(&n);
     assert_eq!(paths, ["y", "x"], "{listed}");
     cli_ok(&n, &["restore", n.path("x").to_str().unwrap()]);
     assert_eq!(fs::read(n.path("x")).unwrap(), b"B");
