@@ -1080,7 +1080,12 @@ impl Repo {
     /// it was (a `gone` row stays when an entry comes back, moves and is deleted
     /// elsewhere: that row no longer says where it was).
     fn deleted_from(&self, entry: EntryId, link: &Link) -> Result<Option<Arc<EntryState>>> {
-        let st = self.get(entry)?;
+        let st = match self.get(entry) {
+            Ok(st) => st,
+            // A row whose entry the store no longer has says nothing.
+            Err(RepoError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
         if st.is_alive() || !self.last_location(entry)?.contains(link) {
             return Ok(None);
         }
