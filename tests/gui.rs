@@ -184,6 +184,15 @@ fn gui_shows_hostile_names_as_text() {
         browser.wait_text("#viewer", &format!("content {i}"), 30);
         assert!(browser.find("#view img").is_none());
     }
+    // Deleted, it is listed under "Deleted here" as text, and Restore brings it back.
+    fs::remove_file(a.path(names[0])).unwrap();
+    browser.goto(&format!("http://{}/#/files/", a.gui_addr()));
+    browser.wait_text("#deleted", "onerror", 30);
+    assert!(browser.find("#view img").is_none(), "a deleted name became an element");
+    browser.click_when("#deleted tr.deleted button.restore", 30);
+    browser.accept_alert();
+    browser.wait_text("#flash", "brought back", 30);
+    assert_eq!(fs::read(a.path(names[0])).unwrap(), b"content 0\n");
     browser.goto(&format!("http://{}/#/log", a.gui_addr()));
     browser.wait_text("#log", "onerror", 30);
     assert!(browser.find("#log img").is_none());
