@@ -376,13 +376,19 @@ pub fn log_lines(repo: &Repo, f: &LogFilter) -> Result<Vec<LogLine>> {
         .collect())
 }
 
-/// What was deleted in a directory and can be brought back by its path (no entry
-/// holds the name since), latest deletion first.
-pub fn deleted_in(repo: &Repo, rel: &str) -> Result<Vec<DeletedItem>> {
+/// Finds the directory at a folder-relative path (a file there is bad input).
+fn resolve_dir(repo: &Repo, rel: &str) -> Result<EntryId> {
     let dir = resolve_path(repo, rel)?;
     if !matches!(repo.get(dir)?.record().content, Content::Dir) {
         return Err(QueryError::BadRequest(format!("{rel}: not a directory")));
     }
+    Ok(dir)
+}
+
+/// What was deleted in a directory and can be brought back by its path (no entry
+/// holds the name since), latest deletion first.
+pub fn deleted_in(repo: &Repo, rel: &str) -> Result<Vec<DeletedItem>> {
+    let dir = resolve_dir(repo, rel)?;
     let mut out = Vec::new();
     for (name, entry) in repo.deleted_in(dir)? {
         let Some(last) = repo.last_content(entry)? else {
@@ -411,10 +417,7 @@ pub fn deleted_in(repo: &Repo, rel: &str) -> Result<Vec<DeletedItem>> {
 /// A directory's listing as the mount shows it: every entry, then each conflicting
 /// version of it as `name@vN`.
 pub fn list_dir(repo: &Repo, rel: &str) -> Result<Vec<DirItem>> {
-    let dir = resolve_path(repo, rel)?;
-    if !matches!(repo.get(dir)?.record().content, Content::Dir) {
-        return Err(QueryError::BadRequest(format!("{rel}: not a directory")));
-    }
+    let dir = resolve_dir(repo, rel)?;
     let mut out = Vec::new();
     for (name, child) in repo.children(dir)? {
         let st = repo.get(child)?;

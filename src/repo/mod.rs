@@ -625,11 +625,22 @@ impl Repo {
 
     /// A path for display ("docs/a.txt"), from the entry's first link.
     pub fn path_of(&self, entry: EntryId) -> Option<String> {
-        let mut parts = Vec::new();
-        let mut cur = entry;
+        self.walk_path(entry, |_| None).map(|(p, _)| p)
+    }
+
+    /// The path from the root to `entry` through each entry's first link; where an
+    /// entry has none (it is deleted), `gone_link` may supply the link it had.
+    /// Also true if it did. None if a link is missing or the walk does not end.
+    fn walk_path(&self, entry: EntryId, gone_link: impl Fn(EntryId) -> Option<Link>) -> Option<(String, bool)> {
+        let (mut parts, mut cur, mut gone) = (Vec::new(), entry, false);
         while cur != self.root {
-            let s = self.get(cur).ok()?;
-            let l = s.record().location.first()?.clone();
+            let l = match self.get(cur).ok()?.record().location.first() {
+                Some(l) => l.clone(),
+                None => {
+                    gone = true;
+                    gone_link(cur)?
+                }
+            };
             parts.push(String::from_utf8_lossy(&l.name).into_owned());
             cur = l.parent;
             if parts.len() > 4096 {
@@ -637,7 +648,7 @@ impl Repo {
             }
         }
         parts.reverse();
-        Some(parts.join("/"))
+        Some((parts.join("/"), gone))
     }
 
     /// Commits new versions of several entries in one atomic batch (a rename over an
@@ -1179,24 +1190,7 @@ impl Repo {
     /// `path_of`, or for a deleted entry the path it last had (through deleted
     /// directories too) and `true`.
     pub fn last_path_of(&self, entry: EntryId) -> Option<(String, bool)> {
-        if let Some(p) = self.path_of(entry) {
-            return Some((p, false));
-        }
-        let mut parts = Vec::new();
-        let mut cur = entry;
-        while cur != self.root {
-            let link = match self.get(cur).ok()?.record().location.first() {
-                Some(l) => l.clone(),
-                None => self.last_location(cur).ok()?.into_iter().next()?,
-            };
-            parts.push(String::from_utf8_lossy(&link.name).into_owned());
-            cur = link.parent;
-            if parts.len() > 4096 {
-                return None;
-            }
-        }
-        parts.reverse();
-        Some((parts.join("/"), true))
+        self.walk_path(entry, |e| self.last_location(e).ok()?.into_iter().next())
     }
 
     /// The `name@vN` suffixes under which an entry's conflicting versions are listed,
