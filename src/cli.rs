@@ -642,6 +642,11 @@ pub fn run(cli: Cli) -> Result<()> {
             );
             if report.swept {
                 println!("freed {} chunk(s), {} bytes", report.chunks_freed, report.bytes_freed);
+                if report.reclaiming {
+                    println!(
+                        "giving their disk space back in the background (store_bytes in `distribox status` shows it)"
+                    );
+                }
             } else if !dry_run {
                 println!("chunks not swept: files are being written; the next run frees them");
             }

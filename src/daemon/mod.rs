@@ -522,7 +522,7 @@ fn eta(missing: u64, rate_bps: u64) -> Option<u64> {
 /// Applies a retention policy. Chunks are swept only while no file has unwritten
 /// changes: those changes' chunks are not named by any record yet.
 pub fn run_gc(
-    repo: &Repo,
+    repo: &Arc<Repo>,
     fs: Option<&DistriboxFs>,
     policy: &crate::repo::Policy,
     dry_run: bool,
@@ -543,8 +543,53 @@ pub fn run_gc(
         report.swept = true;
         report.chunks_freed = chunks;
         report.bytes_freed = bytes;
+        if chunks > 0 {
+            reclaim_in_background(repo);
+            report.reclaiming = true;
+        }
     }
     Ok(report)
+}
+
+/// Gives the disk space of swept chunks back (`Store::reclaim_space`) in a thread
+/// of its own: on a big store that takes minutes, longer than a CLI waits for an
+/// answer. One at a time; a request while one runs makes it go round once more.
+fn reclaim_in_background(repo: &Arc<Repo>) {
+    /// (running, asked again meanwhile)
+    static STATE: Mutex<(bool, bool)> = Mutex::new((false, false));
+    {
+        let mut st = STATE.lock();
+        if st.0 {
+            st.1 = true;
+            return;
+        }
+        *st = (true, false);
+    }
+    let repo = repo.clone();
+    let spawned = std::thread::Builder::new().name("reclaim".into()).spawn(move || loop {
+        let started = Instant::now();
+        match repo.store().reclaim_space() {
+            Ok(r) => tracing::info!(
+                before = r.before,
+                after = r.after,
+                rewrote = r.rewrote,
+                no_room = r.no_room,
+                secs = started.elapsed().as_secs_f64(),
+                "gave the disk space of deleted chunks back"
+            ),
+            Err(e) => tracing::warn!(error = %e, "giving the disk space of deleted chunks back failed"),
+        }
+        let mut st = STATE.lock();
+        if !st.1 {
+            *st = (false, false);
+            return;
+        }
+        st.1 = false;
+    });
+    if let Err(e) = spawned {
+        *STATE.lock() = (false, false);
+        tracing::warn!(error = %e, "cannot start the thread that gives disk space back");
+    }
 }
 
 /// Runs the default retention policy every `every` until the node stops.

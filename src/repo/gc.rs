@@ -46,6 +46,10 @@ pub struct GcReport {
     pub swept: bool,
     pub chunks_freed: u64,
     pub bytes_freed: u64,
+    /// The freed chunks' disk space is being given back in the background
+    /// (`Store::reclaim_space`).
+    #[serde(default)]
+    pub reclaiming: bool,
 }
 
 /// How old a chunk must be before a sweep may take it for an orphan: a chunk a
