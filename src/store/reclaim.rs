@@ -23,30 +23,42 @@ pub struct Reclaimed {
     pub after: u64,
     /// Live chunks were copied out of files that were mostly garbage.
     pub rewrote: bool,
-    /// Garbage was worth a rewrite, but the disk had no room for the copy.
+    /// A step was skipped: the disk had no room for what it would write.
     pub no_room: bool,
 }
 
 impl Store {
     /// Drops the keys of deleted chunks so blob files holding only those go away,
     /// then, where at least a quarter of what the blob files hold is garbage,
-    /// copies their live chunks into new files (only if the disk has room for
-    /// that copy above the reserve). Runs alongside reads and writes; it can take
-    /// a while (it reads and writes every live chunk when it rewrites).
+    /// copies their live chunks into new files. Each step runs only if the disk
+    /// has room for what it writes above the reserve (`SpaceGuard`). Runs
+    /// alongside reads and writes; it can take a while (a rewrite reads and writes
+    /// every live chunk).
     pub fn reclaim_space(&self) -> Result<Reclaimed> {
         let before = self.disk_usage();
         let chunks = self.cf(CF_CHUNKS);
+        let index = self.cf(CF_CHUNK_INDEX);
+        let prop = |cf, name: &str| self.db.property_int_value_cf(cf, name).ok().flatten().unwrap_or(0);
+        // A compaction writes its tables anew before it deletes the old ones, and a
+        // RocksDB write that hits a full disk can leave the store read-only.
+        let tables = prop(chunks, "rocksdb.total-sst-files-size") + prop(index, "rocksdb.total-sst-files-size");
+        if !self.space.room_for(tables) {
+            return Ok(Reclaimed {
+                before,
+                after: before,
+                rewrote: false,
+                no_room: true,
+            });
+        }
         let mut all = CompactOptions::default();
         // The default skips the last level, where most chunk keys are.
         all.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
         self.db.compact_range_cf_opt(chunks, None::<&[u8]>, None::<&[u8]>, &all);
-        self.db
-            .compact_range_cf_opt(self.cf(CF_CHUNK_INDEX), None::<&[u8]>, None::<&[u8]>, &all);
-        let prop = |name: &str| self.db.property_int_value_cf(chunks, name).ok().flatten().unwrap_or(0);
-        let total = prop("rocksdb.live-blob-file-size");
-        let garbage = prop("rocksdb.live-blob-file-garbage-size");
+        self.db.compact_range_cf_opt(index, None::<&[u8]>, None::<&[u8]>, &all);
+        let total = prop(chunks, "rocksdb.live-blob-file-size");
+        let garbage = prop(chunks, "rocksdb.live-blob-file-garbage-size");
         let worth = garbage > 0 && garbage * 100 >= total * REWRITE_FROM_GARBAGE_PERCENT;
-        let room = worth && self.space.room_for(total.saturating_sub(garbage));
+        let room = worth && self.space.room_for(total.saturating_sub(garbage) + tables);
         if room {
             self.db
                 .set_options_cf(
