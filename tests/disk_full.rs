@@ -16,8 +16,9 @@ impl Drop for Tmpfs {
     }
 }
 
-#[test]
-fn full_disk_gives_enospc_and_recovers() {
+/// A node whose data dir is on a fresh 48 MiB tmpfs (dropped in reverse order:
+/// the node unmounts before the tmpfs goes).
+fn node_on_a_small_disk() -> (tempfile::TempDir, Tmpfs, Node) {
     let t = tempfile::tempdir().unwrap();
     let small = t.path().join("small");
     fs::create_dir(&small).unwrap();
@@ -27,17 +28,23 @@ fn full_disk_gives_enospc_and_recovers() {
         .status()
         .unwrap();
     assert!(st.success(), "mounting a tmpfs needs root");
-    let _tmpfs = Tmpfs(small.clone());
+    let tmpfs = Tmpfs(small.clone());
     let mnt = t.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
-    let mut n = Node {
+    let n = Node {
         tmp: tempfile::tempdir().unwrap(),
         data: small.join("node"),
-        mnt: mnt.clone(),
+        mnt,
         extra: vec!["--no-net".into()],
         env: vec![],
         pid: None,
     };
+    (t, tmpfs, n)
+}
+
+#[test]
+fn full_disk_gives_enospc_and_recovers() {
+    let (_t, _tmpfs, mut n) = node_on_a_small_disk();
     n.mount();
     fs::write(n.path("keep.txt"), b"committed before the disk filled").unwrap();
     let keep_big = random_bytes(8 << 20, 1);
@@ -76,5 +83,68 @@ fn full_disk_gives_enospc_and_recovers() {
     assert!(fs::read(n.path("keep.bin")).unwrap() == keep_big);
     assert_eq!(fs::read(n.path("after.txt")).unwrap(), b"written after freeing space");
     assert!(fs::read(n.path("after.bin")).unwrap() == more);
+    n.unmount();
+}
+
+/// Free bytes on the disk holding `p`.
+fn free_bytes(p: &std::path::Path) -> u64 {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: statvfs writes into a zeroed struct we own; c is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    st.f_bavail * st.f_frsize
+}
+
+/// Filled with committed files, the disk is won back through the mount: the files
+/// are deleted, `distribox gc` lets their versions go, their space returns and a
+/// new file fits. The store itself never meets the full disk (a RocksDB flush that
+/// did stopped every later write, the deletes included, until restart).
+#[test]
+fn deleting_files_and_gc_win_a_full_disk_back() {
+    let (_t, _tmpfs, mut n) = node_on_a_small_disk();
+    n.mount();
+    let keep = random_bytes(4 << 20, 11);
+    fs::write(n.path("keep.bin"), &keep).unwrap();
+    let mut written = Vec::new();
+    let mut full = None;
+    for i in 0..20u64 {
+        let name = format!("old{i}.bin");
+        match fs::write(n.path(&name), random_bytes(4 << 20, 100 + i)) {
+            Ok(()) => written.push(name),
+            Err(e) => {
+                full = Some(e);
+                let _ = fs::remove_file(n.path(&name));
+                break;
+            }
+        }
+    }
+    let full = full.expect("a 48 MiB disk must fill up");
+    assert_eq!(full.raw_os_error(), Some(libc::ENOSPC), "{full}");
+    assert!(written.len() >= 3, "only {} files fit", written.len());
+
+    for name in &written {
+        fs::remove_file(n.path(name)).unwrap_or_else(|e| panic!("rm {name} on a full disk: {e}"));
+    }
+    let small = n.data.parent().unwrap().to_path_buf();
+    let out = cli(&n.data, &["gc", "--keep-last", "0", "--keep-days", "0"]);
+    assert!(out.status.success(), "gc: {}", String::from_utf8_lossy(&out.stderr));
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    let files: usize = out
+        .split(" file(s)")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no file count in: {out}"));
+    // The file whose write failed was created, and deleted again, too.
+    assert!(files >= written.len(), "{out}");
+    wait_until("the deleted files' space to come back", 30, || {
+        free_bytes(&small) >= 20 << 20
+    });
+
+    let after = random_bytes(12 << 20, 12);
+    fs::write(n.path("after.bin"), &after).unwrap();
+    n.remount();
+    assert!(fs::read(n.path("keep.bin")).unwrap() == keep, "keep.bin changed");
+    assert!(fs::read(n.path("after.bin")).unwrap() == after, "after.bin changed");
     n.unmount();
 }

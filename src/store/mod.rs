@@ -234,9 +234,6 @@ pub struct Store {
     /// become durable before a chunk it might name.
     unlogged_writes: std::sync::atomic::AtomicU64,
     flushed_writes: parking_lot::Mutex<u64>,
-    /// Bytes of those chunks not yet flushed: they need disk space later, so the
-    /// space guard counts them as used now.
-    unflushed_bytes: std::sync::atomic::AtomicU64,
     /// Next chunk storage key, and the range this run reserved.
     next_chunk_key: std::sync::atomic::AtomicU64,
     first_chunk_key: u64,
@@ -456,7 +453,6 @@ impl Store {
             space: SpaceGuard::new(path),
             unlogged_writes: std::sync::atomic::AtomicU64::new(0),
             flushed_writes: parking_lot::Mutex::new(0),
-            unflushed_bytes: std::sync::atomic::AtomicU64::new(0),
             next_chunk_key: std::sync::atomic::AtomicU64::new(reserved),
             first_chunk_key: reserved,
             chunk_keys_end,
@@ -586,8 +582,7 @@ impl Store {
     /// Refuses `bytes` of new chunk data (chunk `id` and what is held with it)
     /// that would use the disk's reserve.
     fn admit_chunk(&self, id: ChunkId, bytes: u64) -> Result<()> {
-        let unflushed = self.unflushed_bytes.load(std::sync::atomic::Ordering::Relaxed);
-        if !self.space.admit(bytes, unflushed) {
+        if !self.space.admit(bytes, || self.memtable_bytes()) {
             return Err(StoreError::NoSpace(format!(
                 "storing chunk {id} would use the disk's reserve"
             )));
@@ -610,8 +605,6 @@ impl Store {
         wo.disable_wal(!wal);
         self.db.write_opt(b, &wo).map_err(db_err("put chunk"))?;
         if !wal {
-            self.unflushed_bytes
-                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
             self.unlogged_writes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
         Ok(true)
@@ -631,21 +624,35 @@ impl Store {
             .flush_cfs_opt(&[self.cf(CF_CHUNKS), self.cf(CF_CHUNK_INDEX)], &fo)
             .map_err(db_err("flush chunks"))?;
         *flushed = upto;
-        self.unflushed_bytes.store(0, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Bytes held in memtables, which flushes will write to disk: chunks written
+    /// without the WAL, and also those written with it, whose WAL file stays
+    /// until the flush has written them again into blob files. The space guard
+    /// counts them as used; RocksDB must not meet a full disk in a flush (that
+    /// stops every write until there is room for all memtables again, 64 MiB).
+    fn memtable_bytes(&self) -> u64 {
+        ALL_CFS
+            .iter()
+            .filter_map(|name| {
+                self.db
+                    .property_int_value_cf(self.cf(name), rocksdb::properties::CUR_SIZE_ALL_MEM_TABLES)
+                    .ok()
+                    .flatten()
+            })
+            .sum()
     }
 
     /// True if `bytes` of optional work (background chunking) fit comfortably.
     pub fn room_for(&self, bytes: u64) -> bool {
-        self.space
-            .room_for(bytes + self.unflushed_bytes.load(std::sync::atomic::Ordering::Relaxed))
+        self.space.room_for(bytes + self.memtable_bytes())
     }
 
     /// Admits `bytes` of user data outside the store (spill files) against the
     /// same free-space reserve.
     pub fn admit_bytes(&self, bytes: u64) -> bool {
-        self.space
-            .admit(bytes, self.unflushed_bytes.load(std::sync::atomic::Ordering::Relaxed))
+        self.space.admit(bytes, || self.memtable_bytes())
     }
 
     /// Reads a chunk and checks it against its hash: a mismatch is an error, never

@@ -51,31 +51,32 @@ impl SpaceGuard {
         }
     }
 
-    /// Admits `bytes` of user data if that leaves the reserve free. `unflushed` is
-    /// data already accepted into memory that will reach the disk later (chunks
-    /// written without the WAL, still in memtables): statvfs cannot see it yet.
-    pub fn admit(&self, bytes: u64, unflushed: u64) -> bool {
-        let bytes = bytes + unflushed;
+    /// Admits `bytes` of user data if that leaves the reserve free. `unflushed`
+    /// says how much data already accepted into memory a flush will write to
+    /// disk later (everything in RocksDB's memtables, whether its WAL holds it too
+    /// or not): statvfs cannot see it yet. It is asked only along with a fresh
+    /// statvfs reading (it costs a property read per column family); what is
+    /// admitted until the next reading is counted here, twice (it may go to the
+    /// WAL now and to a blob file at the flush).
+    pub fn admit(&self, bytes: u64, unflushed: impl FnOnce() -> u64) -> bool {
         let mut last = self.last.lock();
         let now = Instant::now();
-        let fresh = match *last {
-            Some((at, avail, used)) if now.duration_since(at) < RECHECK && avail > used + bytes + self.reserve * 2 => {
-                Some((at, avail, used))
+        if let Some((at, avail, used)) = *last {
+            let used = used + 2 * bytes;
+            if now.duration_since(at) < RECHECK && avail > used + self.reserve * 2 {
+                *last = Some((at, avail, used));
+                return true;
             }
-            _ => None,
+        }
+        let Some((_, avail)) = statvfs(&self.path) else {
+            return true; // cannot tell: let the write itself report
         };
-        let (at, avail, used) = match fresh {
-            Some(v) => v,
-            None => match statvfs(&self.path) {
-                Some((_, avail)) => (now, avail, 0),
-                None => return true, // cannot tell: let the write itself report
-            },
-        };
-        if avail < used + bytes + self.reserve {
+        let used = unflushed() + bytes;
+        if avail < used + self.reserve {
             *last = None;
             return false;
         }
-        *last = Some((at, avail, used + bytes));
+        *last = Some((now, avail, used));
         true
     }
 }
