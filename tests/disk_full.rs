@@ -138,8 +138,9 @@ fn deleting_files_and_gc_win_a_full_disk_back() {
     // The file whose write failed was created, and deleted again, too.
     assert!(files >= written.len(), "{out}");
     wait_until("the deleted files' space to come back", 30, || {
-        free_bytes(&small) >= 20 << 20
+        n.log().contains("gave the disk space of deleted chunks back")
     });
+    assert!(free_bytes(&small) >= 20 << 20, "{} bytes free", free_bytes(&small));
 
     let after = random_bytes(12 << 20, 12);
     fs::write(n.path("after.bin"), &after).unwrap();

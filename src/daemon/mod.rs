@@ -138,6 +138,7 @@ impl Node {
         {
             tracing::error!(error = %err, "signing records at shutdown failed; they are signed at next start");
         }
+        repo.store().stop_background_work();
         let _ = std::fs::remove_file(&self.sock);
     }
 }
@@ -580,7 +581,7 @@ fn reclaim_in_background(repo: &Arc<Repo>) {
             Err(e) => tracing::warn!(error = %e, "giving the disk space of deleted chunks back failed"),
         }
         let mut st = STATE.lock();
-        if !st.1 {
+        if !st.1 || repo.store().is_stopping() {
             *st = (false, false);
             return;
         }

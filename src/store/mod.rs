@@ -234,6 +234,8 @@ pub struct Store {
     /// become durable before a chunk it might name.
     unlogged_writes: std::sync::atomic::AtomicU64,
     flushed_writes: parking_lot::Mutex<u64>,
+    /// Set by `stop_background_work`: long optional work (`reclaim_space`) ends.
+    stopping: std::sync::atomic::AtomicBool,
     /// Next chunk storage key, and the range this run reserved.
     next_chunk_key: std::sync::atomic::AtomicU64,
     first_chunk_key: u64,
@@ -453,6 +455,7 @@ impl Store {
             space: SpaceGuard::new(path),
             unlogged_writes: std::sync::atomic::AtomicU64::new(0),
             flushed_writes: parking_lot::Mutex::new(0),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             next_chunk_key: std::sync::atomic::AtomicU64::new(reserved),
             first_chunk_key: reserved,
             chunk_keys_end,
@@ -631,7 +634,7 @@ impl Store {
     /// without the WAL, and also those written with it, whose WAL file stays
     /// until the flush has written them again into blob files. The space guard
     /// counts them as used; RocksDB must not meet a full disk in a flush (that
-    /// stops every write until there is room for all memtables again, 64 MiB).
+    /// stops every write until RocksDB finds room again: 64 MiB by its log).
     fn memtable_bytes(&self) -> u64 {
         ALL_CFS
             .iter()
@@ -956,6 +959,19 @@ impl Store {
             }
         }
         total
+    }
+
+    /// Ends RocksDB's background work (a running compaction stops, its output is
+    /// dropped) and `reclaim_space`, once everything is flushed at shutdown:
+    /// otherwise the process's exit waits for a compaction that can rewrite the
+    /// whole store, with RocksDB's lock still held.
+    pub fn stop_background_work(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.db.cancel_all_background_work(true);
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Flushes memtables so `disk_usage` reflects everything written (tests, stats).

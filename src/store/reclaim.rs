@@ -35,30 +35,44 @@ impl Store {
     /// alongside reads and writes; it can take a while (a rewrite reads and writes
     /// every live chunk).
     pub fn reclaim_space(&self) -> Result<Reclaimed> {
+        // Memtables on disk first: the room check below then sees real files
+        // rather than memtable sizes, which count allocation, not data.
+        self.flush()?;
         let before = self.disk_usage();
         let chunks = self.cf(CF_CHUNKS);
         let index = self.cf(CF_CHUNK_INDEX);
         let prop = |cf, name: &str| self.db.property_int_value_cf(cf, name).ok().flatten().unwrap_or(0);
-        // A compaction writes its tables anew before it deletes the old ones, and a
-        // RocksDB write that hits a full disk can leave the store read-only.
+        // A compaction writes its tables anew before it deletes the old ones (and
+        // first flushes the memtables), and a RocksDB flush that hits a full disk
+        // stops every write: the space it needs is held from writers meanwhile.
         let tables = prop(chunks, "rocksdb.total-sst-files-size") + prop(index, "rocksdb.total-sst-files-size");
-        if !self.space.room_for(tables) {
+        let Some(held) = self.space.hold(tables, self.memtable_bytes()) else {
             return Ok(Reclaimed {
                 before,
                 after: before,
                 rewrote: false,
                 no_room: true,
             });
-        }
+        };
         let mut all = CompactOptions::default();
         // The default skips the last level, where most chunk keys are.
         all.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        // An exclusive one would hold back every automatic compaction meanwhile,
+        // and with them, soon, every flush.
+        all.set_exclusive_manual_compaction(false);
         self.db.compact_range_cf_opt(chunks, None::<&[u8]>, None::<&[u8]>, &all);
         self.db.compact_range_cf_opt(index, None::<&[u8]>, None::<&[u8]>, &all);
+        drop(held);
         let total = prop(chunks, "rocksdb.live-blob-file-size");
         let garbage = prop(chunks, "rocksdb.live-blob-file-garbage-size");
         let worth = garbage > 0 && garbage * 100 >= total * REWRITE_FROM_GARBAGE_PERCENT;
-        let room = worth && self.space.room_for(total.saturating_sub(garbage) + tables);
+        let held = match worth && !self.is_stopping() {
+            true => self
+                .space
+                .hold(total.saturating_sub(garbage) + tables, self.memtable_bytes()),
+            false => None,
+        };
+        let room = held.is_some();
         if room {
             self.db
                 .set_options_cf(
@@ -74,11 +88,12 @@ impl Store {
                 .set_options_cf(chunks, &[("enable_blob_garbage_collection", "false")])
                 .map_err(db_err("turn blob GC off"))?;
         }
+        drop(held);
         Ok(Reclaimed {
             before,
             after: self.disk_usage(),
             rewrote: room,
-            no_room: worth && !room,
+            no_room: worth && !room && !self.is_stopping(),
         })
     }
 }

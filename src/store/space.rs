@@ -8,6 +8,7 @@ use parking_lot::Mutex;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long a free-space reading is trusted (minus what we wrote since).
@@ -18,6 +19,21 @@ pub struct SpaceGuard {
     reserve: u64,
     /// (when read, bytes available then, bytes admitted since).
     last: Mutex<Option<(Instant, u64, u64)>>,
+    /// Bytes promised to work under way that statvfs cannot see yet (a
+    /// compaction's output, see `hold`).
+    held: AtomicU64,
+}
+
+/// Space set aside by `SpaceGuard::hold`, given back on drop.
+pub struct Held<'a> {
+    guard: &'a SpaceGuard,
+    bytes: u64,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.guard.held.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 fn statvfs(path: &CString) -> Option<(u64, u64)> {
@@ -39,14 +55,26 @@ impl SpaceGuard {
             path,
             reserve,
             last: Mutex::new(None),
+            held: AtomicU64::new(0),
         }
+    }
+
+    /// Sets `bytes` aside above the reserve if they fit now beside `unflushed`
+    /// (see `admit`): writers are admitted only beyond them until the `Held`
+    /// drops.
+    pub fn hold(&self, bytes: u64, unflushed: u64) -> Option<Held<'_>> {
+        if !self.room_for(bytes + unflushed) {
+            return None;
+        }
+        self.held.fetch_add(bytes, Ordering::Relaxed);
+        Some(Held { guard: self, bytes })
     }
 
     /// True if `bytes` more would still leave the reserve free (a fresh reading;
     /// nothing is admitted).
     pub fn room_for(&self, bytes: u64) -> bool {
         match statvfs(&self.path) {
-            Some((_, avail)) => avail >= bytes + self.reserve,
+            Some((_, avail)) => avail >= bytes + self.held.load(Ordering::Relaxed) + self.reserve,
             None => true,
         }
     }
@@ -56,14 +84,15 @@ impl SpaceGuard {
     /// disk later (everything in RocksDB's memtables, whether its WAL holds it too
     /// or not): statvfs cannot see it yet. It is asked only along with a fresh
     /// statvfs reading (it costs a property read per column family); what is
-    /// admitted until the next reading is counted here, twice (it may go to the
-    /// WAL now and to a blob file at the flush).
+    /// admitted is counted twice (it may go to the WAL now and to a blob file at
+    /// the flush).
     pub fn admit(&self, bytes: u64, unflushed: impl FnOnce() -> u64) -> bool {
         let mut last = self.last.lock();
         let now = Instant::now();
+        let held = self.held.load(Ordering::Relaxed);
         if let Some((at, avail, used)) = *last {
             let used = used + 2 * bytes;
-            if now.duration_since(at) < RECHECK && avail > used + self.reserve * 2 {
+            if now.duration_since(at) < RECHECK && avail > used + held + self.reserve * 2 {
                 *last = Some((at, avail, used));
                 return true;
             }
@@ -71,8 +100,8 @@ impl SpaceGuard {
         let Some((_, avail)) = statvfs(&self.path) else {
             return true; // cannot tell: let the write itself report
         };
-        let used = unflushed() + bytes;
-        if avail < used + self.reserve {
+        let used = unflushed() + 2 * bytes;
+        if avail < used + held + self.reserve {
             *last = None;
             return false;
         }
