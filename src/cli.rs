@@ -168,6 +168,8 @@ pub enum Cmd {
     /// chunks nothing kept uses. Heads and conflicting versions are always kept;
     /// version records stay (history shows what was purged), and every member
     /// learns the decision. A running node does this by itself (--gc-every).
+    /// To win back the space of deleted files without touching the history of
+    /// the files that stay: `distribox gc --only-deleted --keep-last 0 --keep-days 0`.
     Gc {
         /// Versions of each file always kept (the newest ones).
         #[arg(long, default_value_t = 10)]
@@ -179,6 +181,10 @@ pub enum Cmd {
         /// towards --keep-last.
         #[arg(long, default_value_t = 10)]
         coalesce_secs: u64,
+        /// Apply the policy only to files deleted now (`distribox deleted` lists
+        /// them); their versions can then no longer be restored.
+        #[arg(long)]
+        only_deleted: bool,
         /// Only report what would be purged.
         #[arg(long)]
         dry_run: bool,
@@ -624,12 +630,14 @@ pub fn run(cli: Cli) -> Result<()> {
             keep_last,
             keep_days,
             coalesce_secs,
+            only_deleted,
             dry_run,
         } => {
             let policy = crate::repo::Policy {
                 keep_last,
                 keep_days,
                 coalesce_secs,
+                only_deleted,
             };
             let report = expect_answer!(
                 call(&data_dir, &ControlRequest::Gc { policy, dry_run })?,

@@ -96,13 +96,15 @@ fn free_bytes(p: &std::path::Path) -> u64 {
 }
 
 /// Filled with committed files, the disk is won back through the mount: the files
-/// are deleted, `distribox gc` lets their versions go, their space returns and a
-/// new file fits. The store itself never meets the full disk (a RocksDB flush that
+/// are deleted, `distribox gc --only-deleted` lets their versions (and only theirs)
+/// go, their space returns and a new file fits. The store itself never meets the full disk (a RocksDB flush that
 /// did stopped every later write, the deletes included, until restart).
 #[test]
 fn deleting_files_and_gc_win_a_full_disk_back() {
     let (_t, _tmpfs, mut n) = node_on_a_small_disk();
     n.mount();
+    let first = random_bytes(1 << 20, 10);
+    fs::write(n.path("keep.bin"), &first).unwrap();
     let keep = random_bytes(4 << 20, 11);
     fs::write(n.path("keep.bin"), &keep).unwrap();
     let mut written = Vec::new();
@@ -126,7 +128,10 @@ fn deleting_files_and_gc_win_a_full_disk_back() {
         fs::remove_file(n.path(name)).unwrap_or_else(|e| panic!("rm {name} on a full disk: {e}"));
     }
     let small = n.data.parent().unwrap().to_path_buf();
-    let out = cli(&n.data, &["gc", "--keep-last", "0", "--keep-days", "0"]);
+    let out = cli(
+        &n.data,
+        &["gc", "--only-deleted", "--keep-last", "0", "--keep-days", "0"],
+    );
     assert!(out.status.success(), "gc: {}", String::from_utf8_lossy(&out.stderr));
     let out = String::from_utf8_lossy(&out.stdout).into_owned();
     let files: usize = out
@@ -142,6 +147,8 @@ fn deleting_files_and_gc_win_a_full_disk_back() {
     });
     assert!(free_bytes(&small) >= 20 << 20, "{} bytes free", free_bytes(&small));
 
+    // Only deleted files' versions went: keep.bin's history is whole.
+    assert!(fs::read(n.path("keep.bin@v1")).unwrap() == first, "keep.bin@v1 changed");
     let after = random_bytes(12 << 20, 12);
     fs::write(n.path("after.bin"), &after).unwrap();
     n.remount();

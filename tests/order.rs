@@ -204,6 +204,7 @@ fn a_purge_that_arrives_before_its_versions_does_not_strand_them() {
         keep_last: 1,
         keep_days: 0,
         coalesce_secs: 0,
+        only_deleted: false,
     };
     let report = keeper.repo.gc(&policy, false).unwrap();
     assert!(report.versions_purged >= 3, "{report:?}");

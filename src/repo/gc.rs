@@ -20,11 +20,16 @@ use std::time::{Duration, Instant};
 /// the last `keep_last` versions of its file nor younger than `keep_days`; saves
 /// superseded by the same author within `coalesce_secs` do not count towards
 /// `keep_last` (an editor's autosaves should not push real versions out).
+/// `only_deleted` applies the policy to files deleted now and to nothing else: the
+/// way to win space back from deleted files without touching the history of the
+/// files that stay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
     pub keep_last: usize,
     pub keep_days: u64,
     pub coalesce_secs: u64,
+    #[serde(default)]
+    pub only_deleted: bool,
 }
 
 impl Default for Policy {
@@ -33,6 +38,7 @@ impl Default for Policy {
             keep_last: 10,
             keep_days: 30,
             coalesce_secs: 10,
+            only_deleted: false,
         }
     }
 }
@@ -223,6 +229,9 @@ impl Repo {
                 continue;
             }
             let state = self.get(entry)?;
+            if policy.only_deleted && state.is_alive() {
+                continue;
+            }
             let keep: HashSet<VersionId> = versions.iter().map(|v| v.id).filter(|v| state.shows(*v)).collect();
             let expired: Vec<VersionId> = expire(&versions, &keep, now, policy)
                 .into_iter()
@@ -473,6 +482,7 @@ mod tests {
             keep_last,
             keep_days,
             coalesce_secs,
+            only_deleted: false,
         }
     }
 
