@@ -97,8 +97,9 @@ fn free_bytes(p: &std::path::Path) -> u64 {
 
 /// Filled with committed files, the disk is won back through the mount: the files
 /// are deleted, `distribox gc --only-deleted` lets their versions (and only theirs)
-/// go, their space returns and a new file fits. The store itself never meets the full disk (a RocksDB flush that
-/// did stopped every later write, the deletes included, until restart).
+/// go, their space returns and a new file fits. The store itself never meets the
+/// full disk (a RocksDB flush that did stopped every later write, the deletes
+/// included, until restart).
 #[test]
 fn deleting_files_and_gc_win_a_full_disk_back() {
     let (_t, _tmpfs, mut n) = node_on_a_small_disk();
