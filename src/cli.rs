@@ -493,6 +493,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 println!("store       {} bytes on disk (flushed part)", info.store_bytes);
                 println!("chunks      {} distinct, {} bytes", info.chunks, info.chunk_bytes);
                 println!("uptime      {}s", info.uptime_secs);
+                println!(
+                    "memory      {} MiB resident; {} inode numbers mapped, {} entries cached",
+                    info.rss_bytes >> 20,
+                    info.inodes,
+                    info.cached_entries
+                );
                 println!("group       {}", &info.group[..8.min(info.group.len())]);
                 println!("peers       {} online, {} known", info.peers_online, info.peers_known);
                 for a in &info.listen {

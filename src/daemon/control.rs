@@ -54,7 +54,7 @@ pub enum ControlRequest {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ControlResponse {
-    Status(StatusInfo),
+    Status(Box<StatusInfo>),
     Log {
         lines: Vec<LogLine>,
     },
@@ -121,6 +121,15 @@ pub struct StatusInfo {
     /// The web GUI and REST API (`http://ADDR/`), if it runs.
     #[serde(default)]
     pub gui: Option<String>,
+    /// The node's resident memory (VmRSS), inode numbers its mount maps, and entry
+    /// states it keeps in memory: all three stay bounded however many files come
+    /// and go.
+    #[serde(default)]
+    pub rss_bytes: u64,
+    #[serde(default)]
+    pub inodes: usize,
+    #[serde(default)]
+    pub cached_entries: usize,
 }
 
 /// One name in a directory listing.

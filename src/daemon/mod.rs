@@ -415,7 +415,7 @@ fn answer_control(ctl: &Mutex<NodeCtl>, req: ControlRequest) -> ControlResponse 
     let repo = ctl.lock().repo.clone();
     let repo = &repo;
     match req {
-        ControlRequest::Status => ControlResponse::Status(status_of(ctl)),
+        ControlRequest::Status => ControlResponse::Status(Box::new(status_of(ctl))),
         ControlRequest::Log(filter) => answer(query::log_lines(repo, &filter), |lines| ControlResponse::Log { lines }),
         ControlRequest::Tree { path } => answer(query::list_dir(repo, &path), |items| ControlResponse::Tree { items }),
         ControlRequest::Conflicts => answer(query::conflicts(repo), |conflicts| ControlResponse::Conflicts {
@@ -447,7 +447,17 @@ fn answer_control(ctl: &Mutex<NodeCtl>, req: ControlRequest) -> ControlResponse 
 /// The node's status. The control lock is held only to read the cheap parts;
 /// what is still to arrive is computed after (it reads pending manifests).
 fn status_of(ctl: &Mutex<NodeCtl>) -> StatusInfo {
-    let (repo, mountpoint, data_dir, uptime_secs, gui, listen, peers, (chunks_wanted, bytes_received, rate_bps)) = {
+    let (
+        repo,
+        mountpoint,
+        data_dir,
+        uptime_secs,
+        gui,
+        listen,
+        peers,
+        (chunks_wanted, bytes_received, rate_bps),
+        inodes,
+    ) = {
         let c = ctl.lock();
         (
             c.repo.clone(),
@@ -458,6 +468,7 @@ fn status_of(ctl: &Mutex<NodeCtl>) -> StatusInfo {
             c.sync.as_ref().map(|s| s.listen_addrs()).unwrap_or_default(),
             c.sync.as_ref().map(|s| s.peers()).unwrap_or_default(),
             c.sync.as_ref().map(|s| s.transfers()).unwrap_or_default(),
+            c.fs.as_ref().map_or(0, |f| f.inodes_known()),
         )
     };
     let (chunks, chunk_bytes) = repo.store().chunk_stats().unwrap_or((0, 0));
@@ -488,7 +499,21 @@ fn status_of(ctl: &Mutex<NodeCtl>) -> StatusInfo {
         rate_bps,
         eta_secs: eta(bytes_missing, rate_bps),
         gui,
+        rss_bytes: resident_bytes(),
+        inodes,
+        cached_entries: repo.cached_entries(),
     }
+}
+
+/// This process's resident memory (VmRSS), 0 if /proc cannot say.
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib * 1024)
 }
 
 /// What is arriving from peers (see `status_of` for the locking).

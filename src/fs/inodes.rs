@@ -1,6 +1,9 @@
 //! Inode numbers for the kernel: a stable (per mount) mapping between FUSE inode
 //! numbers and what they show — a live entry, or one historical version (`name@vN`).
 //!
+//! A number lives while the kernel holds it (lookup counts and FORGET, as the FUSE
+//! protocol defines them) or a handle is open on it; one the kernel never got lives
+//! a while (`UNREFERENCED_KEPT`). An entry seen again later gets a new number.
 //! Numbers are never reused during a mount, so a stale kernel reference can never
 //! reach a different file.
 
@@ -16,11 +19,33 @@ pub enum Target {
     Version(EntryId, VersionId),
 }
 
+/// One number the table hands out.
+struct Slot {
+    target: Target,
+    /// Replies that gave the kernel this number (LOOKUP, CREATE, MKNOD, MKDIR,
+    /// SYMLINK, LINK, each READDIRPLUS entry) minus what it has FORGET since: the
+    /// kernel's own count, plus replies still on their way to it.
+    lookups: u64,
+    /// Open handles on it: RELEASE may reach us after the FORGET that follows it.
+    pins: u32,
+}
+
+/// Numbers no reply handed to the kernel (a plain READDIR's `d_ino`, the node's own
+/// uses) are kept for this many later such numbers before they are dropped, so a
+/// listing and the `stat` calls after it still agree.
+const UNREFERENCED_KEPT: usize = 32 * 1024;
+
+/// Maps numbers to what they show for as long as the kernel may use them, and no
+/// longer: a node that runs for weeks sees millions of files come and go.
 pub struct InodeTable {
-    by_ino: HashMap<u64, Target>,
+    by_ino: HashMap<u64, Slot>,
     by_entry: HashMap<EntryId, u64>,
     by_version: HashMap<VersionId, u64>,
     next: u64,
+    /// Numbers allocated without a reference, newest generation first (see
+    /// `UNREFERENCED_KEPT`); one may have been handed out since, which `sweep` checks.
+    young: Vec<u64>,
+    old: Vec<u64>,
 }
 
 impl InodeTable {
@@ -30,16 +55,27 @@ impl InodeTable {
             by_entry: HashMap::new(),
             by_version: HashMap::new(),
             next: ROOT_INO + 1,
+            young: Vec::new(),
+            old: Vec::new(),
         };
-        t.by_ino.insert(ROOT_INO, Target::Entry(root));
+        t.by_ino.insert(
+            ROOT_INO,
+            Slot {
+                target: Target::Entry(root),
+                lookups: 1,
+                pins: 0,
+            },
+        );
         t.by_entry.insert(root, ROOT_INO);
         t
     }
 
     pub fn get(&self, ino: u64) -> Option<Target> {
-        self.by_ino.get(&ino).copied()
+        self.by_ino.get(&ino).map(|s| s.target)
     }
 
+    /// The entry's number, for the node's own use or a plain listing: not counted
+    /// as a reference (see `looked_up`).
     pub fn entry_ino(&mut self, entry: EntryId) -> u64 {
         if let Some(&i) = self.by_entry.get(&entry) {
             return i;
@@ -63,6 +99,55 @@ impl InodeTable {
         i
     }
 
+    /// The number of what `target` names, counted as handed to the kernel by the
+    /// reply about to be sent. Taken under the same lock as the number itself: a
+    /// FORGET in between could otherwise drop it just before the kernel learns it.
+    /// If the reply is not sent after all, `forget(ino, 1)` undoes it.
+    pub fn looked_up(&mut self, target: Target) -> u64 {
+        let ino = match target {
+            Target::Entry(entry) => self.entry_ino(entry),
+            Target::Version(entry, version) => self.version_ino(entry, version),
+        };
+        self.looked_up_ino(ino);
+        ino
+    }
+
+    /// As `looked_up`, for a number the kernel already holds (LINK answers with the
+    /// linked inode).
+    pub fn looked_up_ino(&mut self, ino: u64) {
+        if let Some(s) = self.by_ino.get_mut(&ino) {
+            s.lookups += 1;
+        }
+    }
+
+    /// The kernel let go of `n` references (FORGET); a number nothing refers to any
+    /// more is dropped.
+    pub fn forget(&mut self, ino: u64, n: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        if let Some(s) = self.by_ino.get_mut(&ino) {
+            s.lookups = s.lookups.saturating_sub(n);
+        }
+        self.drop_if_unused(ino);
+    }
+
+    /// An open handle on `ino`: kept until `unpin`, whatever FORGETs come.
+    pub fn pin(&mut self, ino: u64) {
+        if let Some(s) = self.by_ino.get_mut(&ino) {
+            s.pins += 1;
+        }
+    }
+
+    pub fn unpin(&mut self, ino: u64) {
+        if let Some(s) = self.by_ino.get_mut(&ino) {
+            s.pins = s.pins.saturating_sub(1);
+            if s.lookups == 0 {
+                self.drop_if_unused(ino);
+            }
+        }
+    }
+
     /// After an atomic save (rename of `from_ino`'s file over `entry`), the kernel
     /// believes `from_ino` now lives at the target name: make it the entry's inode so
     /// kernel caches and later lookups agree. The entry's old inode keeps pointing at
@@ -70,18 +155,61 @@ impl InodeTable {
     /// it comes back (a peer edited it concurrently: delete loses to edit), it gets
     /// a fresh one rather than the number that now means the target.
     pub fn adopt(&mut self, entry: EntryId, from_ino: u64) {
-        if let Some(Target::Entry(src)) = self.by_ino.insert(from_ino, Target::Entry(entry)) {
-            if self.by_entry.get(&src) == Some(&from_ino) {
-                self.by_entry.remove(&src);
+        if let Some(slot) = self.by_ino.get_mut(&from_ino) {
+            let was = std::mem::replace(&mut slot.target, Target::Entry(entry));
+            if let Target::Entry(src) = was {
+                if self.by_entry.get(&src) == Some(&from_ino) {
+                    self.by_entry.remove(&src);
+                }
+            }
+            self.by_entry.insert(entry, from_ino);
+        }
+    }
+
+    /// How many numbers are mapped now.
+    pub fn len(&self) -> usize {
+        self.by_ino.len()
+    }
+
+    fn drop_if_unused(&mut self, ino: u64) {
+        let Some(s) = self.by_ino.get(&ino) else { return };
+        if ino == ROOT_INO || s.lookups > 0 || s.pins > 0 {
+            return;
+        }
+        let target = s.target;
+        self.by_ino.remove(&ino);
+        match target {
+            Target::Entry(e) => {
+                if self.by_entry.get(&e) == Some(&ino) {
+                    self.by_entry.remove(&e);
+                }
+            }
+            Target::Version(_, v) => {
+                if self.by_version.get(&v) == Some(&ino) {
+                    self.by_version.remove(&v);
+                }
             }
         }
-        self.by_entry.insert(entry, from_ino);
     }
 
     fn alloc(&mut self, target: Target) -> u64 {
         let i = self.next;
         self.next += 1;
-        self.by_ino.insert(i, target);
+        self.by_ino.insert(
+            i,
+            Slot {
+                target,
+                lookups: 0,
+                pins: 0,
+            },
+        );
+        self.young.push(i);
+        if self.young.len() >= UNREFERENCED_KEPT {
+            for ino in std::mem::take(&mut self.old) {
+                self.drop_if_unused(ino);
+            }
+            self.old = std::mem::take(&mut self.young);
+        }
         i
     }
 }
@@ -106,5 +234,43 @@ mod tests {
             "a revived source gets a fresh inode"
         );
         assert_eq!(t.get(again), Some(Target::Entry(src)));
+    }
+
+    #[test]
+    fn a_number_goes_once_the_kernel_forgets_it_and_no_handle_is_open() {
+        let (root, a) = (EntryId([0; 16]), EntryId([1; 16]));
+        let mut t = InodeTable::new(root);
+        let ino = t.looked_up(Target::Entry(a));
+        assert_eq!(t.looked_up(Target::Entry(a)), ino);
+        t.pin(ino);
+        t.forget(ino, 2);
+        assert_eq!(t.get(ino), Some(Target::Entry(a)), "a handle is still open");
+        t.unpin(ino);
+        assert_eq!(t.get(ino), None);
+        assert_eq!(t.len(), 1, "only the root is left");
+        let again = t.looked_up(Target::Entry(a));
+        assert_ne!(again, ino, "numbers are not reused");
+        t.forget(ROOT_INO, 1);
+        assert!(t.get(ROOT_INO).is_some(), "the root stays");
+    }
+
+    #[test]
+    fn numbers_the_kernel_never_got_are_dropped_after_a_generation() {
+        let mut t = InodeTable::new(EntryId([0; 16]));
+        let listed = t.entry_ino(EntryId([1; 16]));
+        let kept = t.entry_ino(EntryId([2; 16]));
+        t.looked_up_ino(kept);
+        for i in 0..2 * UNREFERENCED_KEPT as u64 {
+            let mut id = [3; 16];
+            id[..8].copy_from_slice(&i.to_le_bytes());
+            t.entry_ino(EntryId(id));
+        }
+        assert_eq!(t.get(listed), None, "a listed-only number is dropped");
+        assert_eq!(
+            t.get(kept),
+            Some(Target::Entry(EntryId([2; 16]))),
+            "a looked-up one stays"
+        );
+        assert!(t.len() <= 2 * UNREFERENCED_KEPT + 2);
     }
 }

@@ -448,6 +448,12 @@ impl DistriboxFs {
         }
     }
 
+    /// Inode numbers the mount maps now: those the kernel holds, those open, and
+    /// recently listed ones (see `inodes`).
+    pub fn inodes_known(&self) -> usize {
+        self.inner.inodes.lock().len()
+    }
+
     /// Commits every pending write and syncs the store (unmount, shutdown).
     pub fn flush_all(&self) {
         self.inner.stop.store(true, Ordering::Relaxed);
@@ -756,15 +762,21 @@ impl DistriboxFs {
                 if !self.is_fresh(child) {
                     self.live(child)?;
                 }
-                let ino = self.inner.inodes.lock().entry_ino(child);
-                self.entry_attr(ino, child)
+                self.hand_out(target, |ino| self.entry_attr(ino, child))
             }
-            Target::Version(child, v) => {
+            Target::Version(_, v) => {
                 let rec = e(self.repo().record(v))?;
-                let ino = self.inner.inodes.lock().version_ino(child, v);
-                Ok(self.version_attr(ino, &rec))
+                self.hand_out(target, |ino| Ok(self.version_attr(ino, &rec)))
             }
         }
+    }
+
+    /// `target`'s number and attributes for a reply that hands them to the kernel,
+    /// counted as a reference it will FORGET (`InodeTable::looked_up`); not counted
+    /// if the attributes cannot be had.
+    fn hand_out(&self, target: Target, attr: impl FnOnce(u64) -> FsResult<FileAttr>) -> FsResult<FileAttr> {
+        let ino = self.inner.inodes.lock().looked_up(target);
+        attr(ino).inspect_err(|_| self.inner.inodes.lock().forget(ino, 1))
     }
 
     /// What `name` in `dir` shows: a real entry, or — only if no entry has that
@@ -830,8 +842,7 @@ impl DistriboxFs {
         if is_dir {
             self.forget_subdirs(&[dir]);
         }
-        let ino = self.inner.inodes.lock().entry_ino(id);
-        self.entry_attr(ino, id)
+        self.hand_out(Target::Entry(id), |ino| self.entry_attr(ino, id))
     }
 
     /// Creates a regular file under `parent` with no version yet (see `NewFile`).
@@ -866,8 +877,7 @@ impl DistriboxFs {
                 },
             );
         }
-        let ino = self.inner.inodes.lock().entry_ino(id);
-        self.entry_attr(ino, id)
+        self.hand_out(Target::Entry(id), |ino| self.entry_attr(ino, id))
     }
 
     fn is_fresh(&self, entry: EntryId) -> bool {
@@ -1164,6 +1174,7 @@ impl DistriboxFs {
             }
         };
         let fh = self.inner.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.inner.inodes.lock().pin(ino.0);
         self.inner.handles.lock().insert(
             fh,
             Handle {
@@ -1476,7 +1487,9 @@ impl DistriboxFs {
                 name: newname,
             })
         })?;
-        self.entry_attr(ino.0, entry)
+        let attr = self.entry_attr(ino.0, entry)?;
+        self.inner.inodes.lock().looked_up_ino(ino.0);
+        Ok(attr)
     }
 
     fn do_opendir(&self, ino: INodeNo) -> FsResult<u64> {
@@ -1504,6 +1517,7 @@ impl DistriboxFs {
             }
         }
         let fh = self.inner.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.inner.inodes.lock().pin(ino.0);
         self.inner.handles.lock().insert(
             fh,
             Handle {
@@ -1537,6 +1551,7 @@ impl DistriboxFs {
                 retire_dirty(&mut self.inner.dirty.lock(), entry, |f| deleted || !f.is_dirty());
             }
         }
+        self.inner.inodes.lock().unpin(h.ino);
         result
     }
 }
@@ -1627,6 +1642,10 @@ impl Filesystem for DistriboxFs {
             Err(_) => self.inner.opts.ttl,
         };
         reply_entry(r, ttl, reply)
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.inner.inodes.lock().forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -1871,23 +1890,26 @@ impl Filesystem for DistriboxFs {
             // since would linger as a ghost, and a directory under its old name would
             // alias the dentry the kernel already has for it (ESTALE). The kernel
             // keeps this directory's names still while we answer.
-            let cino = if name == b"." || name == b".." {
+            // The kernel takes a reference to every entry but the dots.
+            let dots = name == b"." || name == b"..";
+            let cino = if dots {
                 cino
             } else {
                 match self.child_target(dir, &name) {
-                    Ok(Some(Target::Entry(child))) => self.inner.inodes.lock().entry_ino(child),
-                    Ok(Some(Target::Version(child, v))) => self.inner.inodes.lock().version_ino(child, v),
+                    Ok(Some(target)) => self.inner.inodes.lock().looked_up(target),
                     _ => continue, // removed since opendir
                 }
             };
+            let unref = || {
+                if !dots {
+                    self.inner.inodes.lock().forget(cino, 1);
+                }
+            };
             let Ok(attr) = self.attr(INodeNo(cino)) else {
+                unref();
                 continue; // removed since opendir
             };
-            let ttl = if name == b"." || name == b".." {
-                ttl
-            } else {
-                self.ttl_of(INodeNo(cino))
-            };
+            let ttl = if dots { ttl } else { self.ttl_of(INodeNo(cino)) };
             if reply.add(
                 INodeNo(cino),
                 offset + i as u64 + 1,
@@ -1896,6 +1918,7 @@ impl Filesystem for DistriboxFs {
                 &attr,
                 Generation(0),
             ) {
+                unref(); // did not fit: not sent
                 break;
             }
         }
@@ -1903,7 +1926,10 @@ impl Filesystem for DistriboxFs {
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        self.inner.handles.lock().remove(&fh.0);
+        let h = self.inner.handles.lock().remove(&fh.0);
+        if let Some(h) = h {
+            self.inner.inodes.lock().unpin(h.ino);
+        }
         reply.ok()
     }
 
@@ -1993,7 +2019,12 @@ impl Filesystem for DistriboxFs {
     ) {
         let r = self
             .create_file(parent, name, Self::new_attrs(req, mode, umask))
-            .and_then(|attr| Ok((attr, self.open_handle(attr.ino, OpenFlags(flags))?)));
+            .and_then(|attr| {
+                let fh = self
+                    .open_handle(attr.ino, OpenFlags(flags))
+                    .inspect_err(|_| self.inner.inodes.lock().forget(attr.ino.0, 1))?;
+                Ok((attr, fh))
+            });
         match r {
             Ok((attr, fh)) => reply.created(
                 &self.inner.opts.ttl,

@@ -464,11 +464,9 @@ impl<'a> Apply<'a> {
             .collect();
         let repo = self.repo;
         repo.store.write(self.batch)?;
-        let mut cache = repo.entries.lock();
-        for s in &self.states {
-            cache.insert(s.id, s.clone());
-        }
-        drop(cache);
+        repo.entries
+            .lock()
+            .committed(self.states.iter().map(|s| (s.id, s.clone())));
         if let Some(b) = breaks {
             *repo.cycle_breaks.lock() = b;
         }

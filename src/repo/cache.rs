@@ -1,65 +1,83 @@
-//! A tiny LRU for chunk and manifest caches (a handful of entries; linear scans of
-//! the recency list are cheaper than pulling in a crate).
+//! The resolved-entry cache: entry states kept in memory so a `stat` or a path walk
+//! does not re-read and re-merge an entry's records each time.
+//!
+//! Bounded, because a node runs for weeks: every file ever created (a build's
+//! object files, an editor's swap files) would otherwise keep its state here long
+//! after it was deleted (~1 KiB each).
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::Hash;
+use crate::model::EntryId;
+use lru::LruCache;
+use std::num::NonZeroUsize;
 
-pub struct Lru<K, V> {
-    cap: usize,
-    map: HashMap<K, V>,
-    order: VecDeque<K>,
+/// Entry states kept: a tree of this many files walked again and again stays in
+/// memory (~32 MiB); a larger one is re-read from the store, which holds everything.
+pub const CACHED_ENTRIES: usize = 32 * 1024;
+
+pub struct EntryCache<S> {
+    states: LruCache<EntryId, S>,
+    /// Counts commits, so a reader that resolved an entry from the store can tell
+    /// whether a commit landed meanwhile (see `resolved`).
+    epoch: u64,
 }
 
-impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
+impl<S: Clone> EntryCache<S> {
     pub fn new(cap: usize) -> Self {
-        Lru {
-            cap,
-            map: HashMap::new(),
-            order: VecDeque::new(),
+        EntryCache {
+            states: LruCache::new(NonZeroUsize::new(cap).unwrap_or(NonZeroUsize::MIN)),
+            epoch: 0,
         }
     }
 
-    pub fn get(&mut self, k: &K) -> Option<V> {
-        let v = self.map.get(k)?.clone();
-        if let Some(pos) = self.order.iter().position(|x| x == k) {
-            let key = self.order.remove(pos).expect("position is valid");
-            self.order.push_back(key);
+    pub fn get(&mut self, entry: &EntryId) -> Option<S> {
+        self.states.get(entry).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.states.len()
+    }
+
+    /// Where commits stand: pass it to `resolved` for a state read from the store
+    /// after this.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The states a commit made, once its batch is written.
+    pub fn committed(&mut self, states: impl IntoIterator<Item = (EntryId, S)>) {
+        for (entry, s) in states {
+            self.states.put(entry, s);
         }
-        Some(v)
+        self.epoch += 1;
     }
 
-    pub fn clear(&mut self) {
-        self.map.clear();
-        self.order.clear();
-    }
-
-    pub fn contains(&self, k: &K) -> bool {
-        self.map.contains_key(k)
-    }
-
-    pub fn put(&mut self, k: K, v: V) {
-        if self.map.insert(k.clone(), v).is_none() {
-            self.order.push_back(k);
-            while self.order.len() > self.cap {
-                if let Some(old) = self.order.pop_front() {
-                    self.map.remove(&old);
-                }
-            }
+    /// A state resolved from the store, read after `epoch()` returned `read_at`.
+    /// Kept only if no commit landed since: the commit's newer state may have been
+    /// evicted already, and this one would then stand in for it.
+    pub fn resolved(&mut self, entry: EntryId, state: S, read_at: u64) {
+        if self.epoch == read_at {
+            self.states.put(entry, state);
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
-    fn evicts_least_recently_used() {
-        let mut l = super::Lru::new(2);
-        l.put(1, "a");
-        l.put(2, "b");
-        assert_eq!(l.get(&1), Some("a"));
-        l.put(3, "c");
-        assert_eq!(l.get(&2), None);
-        assert_eq!(l.get(&1), Some("a"));
-        assert_eq!(l.get(&3), Some("c"));
+    fn a_state_read_before_a_commit_does_not_replace_the_commits() {
+        let (a, b) = (EntryId([1; 16]), EntryId([2; 16]));
+        let mut c = EntryCache::new(1);
+        let read_at = c.epoch();
+        // The commit's state for `a` is evicted by `b` before the reader is back.
+        c.committed([(a, "new")]);
+        c.committed([(b, "other")]);
+        c.resolved(a, "old", read_at);
+        assert_eq!(c.get(&a), None, "the next reader goes to the store");
+        let read_at = c.epoch();
+        c.resolved(a, "new", read_at);
+        assert_eq!(c.get(&a), Some("new"));
+        assert_eq!(c.get(&b), None, "one state kept");
+        assert_eq!(c.len(), 1);
     }
 }

@@ -31,10 +31,12 @@ use crate::model::{
 };
 use crate::store::{DataDir, DataDirError, DirTime, EntryHeads, GroupKey, StagedChunks, Store, StoreError};
 use apply::Apply;
-use cache::Lru;
+use cache::EntryCache;
 use ed25519_dalek::SigningKey;
+use lru::LruCache;
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -232,18 +234,18 @@ pub struct Repo {
     root: EntryId,
     /// Held for the whole of a local commit: serialises seq numbers and heads.
     commit_state: Mutex<CommitState>,
-    /// Resolved entry states; invalidated by every commit touching the entry.
-    entries: Mutex<HashMap<EntryId, Arc<EntryState>>>,
+    /// Resolved entry states (bounded); a commit replaces its entries' states.
+    entries: Mutex<EntryCache<Arc<EntryState>>>,
     /// Recently read chunks (verified), so sequential 4 KiB reads do not re-read and
     /// re-hash a 64 KiB chunk sixteen times.
-    chunks: Mutex<Lru<ChunkId, Arc<Vec<u8>>>>,
+    chunks: Mutex<LruCache<ChunkId, Arc<Vec<u8>>>>,
     /// Chunks being read from the store right now, and the signal that one is done:
     /// a reader that finds its chunk here waits for it instead of reading and
     /// hashing it a second time next to the read-ahead worker that got there first.
     loading: Mutex<std::collections::HashSet<ChunkId>>,
     loaded: parking_lot::Condvar,
     /// Recently loaded chunk lists by manifest root.
-    manifests: Mutex<Lru<ChunkId, Arc<ChunkList>>>,
+    manifests: Mutex<LruCache<ChunkId, Arc<ChunkList>>>,
     /// Counts gc sweeps that deleted chunks (see `chunk_list`).
     sweeps: std::sync::atomic::AtomicU64,
     /// Directory mtime events (cache of the `dir_times` index; None = none recorded).
@@ -285,7 +287,9 @@ pub struct Repo {
 const PREFETCH_CHUNKS: usize = 32;
 /// Verified chunks kept (≈ 8 MiB at the average chunk size): what the read-ahead
 /// holds plus the reads in flight.
-const CACHED_CHUNKS: usize = 128;
+const CACHED_CHUNKS: NonZeroUsize = NonZeroUsize::new(128).unwrap();
+/// Chunk lists kept, by manifest root.
+const CACHED_MANIFESTS: NonZeroUsize = NonZeroUsize::new(16).unwrap();
 
 const META_GROUP: &str = "group";
 const META_HLC: &str = "hlc";
@@ -377,11 +381,11 @@ impl Repo {
             node,
             root,
             commit_state: Mutex::new(CommitState { next_seq, hlc }),
-            entries: Mutex::new(HashMap::new()),
-            chunks: Mutex::new(Lru::new(CACHED_CHUNKS)),
+            entries: Mutex::new(EntryCache::new(cache::CACHED_ENTRIES)),
+            chunks: Mutex::new(LruCache::new(CACHED_CHUNKS)),
             loading: Mutex::new(std::collections::HashSet::new()),
             loaded: parking_lot::Condvar::new(),
-            manifests: Mutex::new(Lru::new(16)),
+            manifests: Mutex::new(LruCache::new(CACHED_MANIFESTS)),
             sweeps: std::sync::atomic::AtomicU64::new(0),
             dir_times: Mutex::new(HashMap::new()),
             unsigned: Mutex::new(Vec::new()),
@@ -488,6 +492,11 @@ impl Repo {
             .retain(|s| !(s.wants)() || s.tx.send(chunks.clone()).is_ok());
     }
 
+    /// Entry states held in memory now (bounded: `cache::CACHED_ENTRIES`).
+    pub fn cached_entries(&self) -> usize {
+        self.entries.lock().len()
+    }
+
     /// Moves on after every stored change to the tree, local or remote. An answer
     /// read from the store while this stayed the same still holds: the mount
     /// skips checking a name again that its lookup just found free.
@@ -536,13 +545,22 @@ impl Repo {
 
     /// State of an entry (alive or tombstoned); NotFound if it never existed.
     pub fn get(&self, entry: EntryId) -> Result<Arc<EntryState>> {
-        if let Some(s) = self.entries.lock().get(&entry) {
-            return Ok(s.clone());
-        }
+        let read_at = {
+            let mut cache = self.entries.lock();
+            if let Some(s) = cache.get(&entry) {
+                return Ok(s);
+            }
+            cache.epoch()
+        };
         let heads = self.store.get_heads(entry)?.ok_or(RepoError::NotFound { entry })?;
         let state = Arc::new(self.resolve(entry, heads)?);
+        let mut cache = self.entries.lock();
         // A commit may have cached a newer state since we read the store: keep it.
-        Ok(self.entries.lock().entry(entry).or_insert(state).clone())
+        if let Some(s) = cache.get(&entry) {
+            return Ok(s);
+        }
+        cache.resolved(entry, state.clone(), read_at);
+        Ok(state)
     }
 
     /// Resolves an entry's heads from the store (see `merge`), then the two rules

@@ -1,0 +1,55 @@
+//! A node runs for weeks while files come and go (builds, editors' swap files): what
+//! it keeps in memory per file — inode numbers, resolved entry states — must not
+//! grow with every file it ever saw. Both are shown by `distribox status`.
+
+mod common;
+
+use common::*;
+
+/// `repo::cache::CACHED_ENTRIES`.
+const CACHED_ENTRIES: u64 = 32 * 1024;
+
+fn stat(n: &Node, field: &str) -> u64 {
+    n.status()[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("status has no {field}"))
+}
+
+#[test]
+fn memory_per_file_stays_bounded_as_files_come_and_go() {
+    let n = Node::start();
+    // More files than the entry cache holds, then every one read back: those
+    // evicted come from the store again, with the right content.
+    sh_ok(
+        &n.mnt,
+        r#"python3 - <<'EOF'
+import os
+for d in range(36):
+    os.mkdir(f"d{d}")
+    for i in range(1000):
+        with open(f"d{d}/f{i}", "w") as f:
+            f.write(f"{d}/{i}\n")
+for d in range(36):
+    for i in range(1000):
+        with open(f"d{d}/f{i}") as f:
+            assert f.read() == f"{d}/{i}\n", (d, i)
+EOF"#,
+    );
+    let cached = stat(&n, "cached_entries");
+    assert!(
+        (1000..=CACHED_ENTRIES).contains(&cached),
+        "entry states cached after 36,036 entries: {cached}"
+    );
+    let held = stat(&n, "inodes");
+    assert!(
+        held > 1000,
+        "the kernel holds the files it just created: {held} inode numbers"
+    );
+
+    sh_ok(&n.mnt, "rm -r d*");
+    // Each deleted file's inode is evicted by the kernel, which then sends FORGET.
+    wait_until("the deleted files' inode numbers to go", 60, || {
+        stat(&n, "inodes") < 100
+    });
+    assert!(std::fs::read_dir(&n.mnt).unwrap().next().is_none());
+}
