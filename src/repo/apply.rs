@@ -471,10 +471,9 @@ impl<'a> Apply<'a> {
             *repo.cycle_breaks.lock() = b;
         }
         repo.purged.lock().extend(self.purged.drain(..));
-        let mut dt = repo.dir_times.lock();
-        for (dir, t) in new_dir_times {
-            dt.insert(dir, Some(t));
-        }
+        repo.dir_times
+            .lock()
+            .committed(new_dir_times.into_iter().map(|(dir, t)| (dir, Some(t))));
         Ok((self.states, changes))
     }
 }

@@ -1,5 +1,6 @@
-//! The resolved-entry cache: entry states kept in memory so a `stat` or a path walk
-//! does not re-read and re-merge an entry's records each time.
+//! Per-entry caches of what the store holds: resolved entry states, so a `stat` or
+//! a path walk does not re-read and re-merge an entry's records each time, and
+//! directories' mtime events.
 //!
 //! Bounded, because a node runs for weeks: every file ever created (a build's
 //! object files, an editor's swap files) would otherwise keep its state here long
@@ -12,6 +13,8 @@ use std::num::NonZeroUsize;
 /// Entry states kept: a tree of this many files walked again and again stays in
 /// memory (~32 MiB); a larger one is re-read from the store, which holds everything.
 pub const CACHED_ENTRIES: usize = 32 * 1024;
+/// Directories' mtime events kept (a few dozen bytes each).
+pub const CACHED_DIR_TIMES: usize = 8 * 1024;
 
 pub struct EntryCache<S> {
     states: LruCache<EntryId, S>,

@@ -249,7 +249,7 @@ pub struct Repo {
     /// Counts gc sweeps that deleted chunks (see `chunk_list`).
     sweeps: std::sync::atomic::AtomicU64,
     /// Directory mtime events (cache of the `dir_times` index; None = none recorded).
-    dir_times: Mutex<HashMap<EntryId, Option<DirTime>>>,
+    dir_times: Mutex<EntryCache<Option<DirTime>>>,
     /// Our records committed without a signature yet (signed by `sign_pending`).
     unsigned: Mutex<Vec<VersionId>>,
     /// Chunk read-ahead queue (see `start_prefetch`); unset in tools that only
@@ -387,7 +387,7 @@ impl Repo {
             loaded: parking_lot::Condvar::new(),
             manifests: Mutex::new(LruCache::new(CACHED_MANIFESTS)),
             sweeps: std::sync::atomic::AtomicU64::new(0),
-            dir_times: Mutex::new(HashMap::new()),
+            dir_times: Mutex::new(EntryCache::new(cache::CACHED_DIR_TIMES)),
             unsigned: Mutex::new(Vec::new()),
             prefetch: std::sync::OnceLock::new(),
             group,
@@ -854,11 +854,20 @@ impl Repo {
     /// The latest event that set a directory's mtime (a name change in it or its own
     /// utimens), if any since it was created.
     pub fn dir_time(&self, dir: EntryId) -> Result<Option<DirTime>> {
-        if let Some(t) = self.dir_times.lock().get(&dir) {
-            return Ok(*t);
-        }
+        let read_at = {
+            let mut cache = self.dir_times.lock();
+            if let Some(t) = cache.get(&dir) {
+                return Ok(t);
+            }
+            cache.epoch()
+        };
         let t = self.store.get_dir_time(dir)?;
-        Ok(*self.dir_times.lock().entry(dir).or_insert(t))
+        let mut cache = self.dir_times.lock();
+        if let Some(newer) = cache.get(&dir) {
+            return Ok(newer);
+        }
+        cache.resolved(dir, t, read_at);
+        Ok(t)
     }
 
     /// Signs the records committed unsigned (see `SignedRecord::unsigned`). Run in the
