@@ -493,9 +493,13 @@ pub fn run(cli: Cli) -> Result<()> {
                 println!("store       {} bytes on disk (flushed part)", info.store_bytes);
                 println!("chunks      {} distinct, {} bytes", info.chunks, info.chunk_bytes);
                 println!("uptime      {}s", info.uptime_secs);
+                let m = &info.store_memory;
                 println!(
-                    "memory      {} MiB resident; {} inode numbers mapped, {} entries cached",
+                    "memory      {} MiB resident ({} MiB store memtables, {} MiB table indexes and filters, {} MiB block cache); {} inode numbers mapped, {} entries cached",
                     info.rss_bytes >> 20,
+                    m.memtables >> 20,
+                    m.table_readers >> 20,
+                    m.block_cache >> 20,
                     info.inodes,
                     info.cached_entries
                 );

@@ -130,6 +130,9 @@ pub struct StatusInfo {
     pub inodes: usize,
     #[serde(default)]
     pub cached_entries: usize,
+    /// Of the resident memory, what the store holds.
+    #[serde(default)]
+    pub store_memory: crate::store::StoreMemory,
 }
 
 /// One name in a directory listing.

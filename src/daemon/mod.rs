@@ -502,6 +502,7 @@ fn status_of(ctl: &Mutex<NodeCtl>) -> StatusInfo {
         rss_bytes: resident_bytes(),
         inodes,
         cached_entries: repo.cached_entries(),
+        store_memory: repo.store().memory(),
     }
 }
 

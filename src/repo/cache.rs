@@ -4,14 +4,15 @@
 //!
 //! Bounded, because a node runs for weeks: every file ever created (a build's
 //! object files, an editor's swap files) would otherwise keep its state here long
-//! after it was deleted (~1 KiB each).
+//! after it was deleted (~400 bytes each, measured as the difference in resident
+//! memory between a 4Ki and a 32Ki cache).
 
 use crate::model::EntryId;
 use lru::LruCache;
 use std::num::NonZeroUsize;
 
 /// Entry states kept: a tree of this many files walked again and again stays in
-/// memory (~32 MiB); a larger one is re-read from the store, which holds everything.
+/// memory (~13 MiB); a larger one is re-read from the store, which holds everything.
 pub const CACHED_ENTRIES: usize = 32 * 1024;
 /// Directories' mtime events kept (a few dozen bytes each).
 pub const CACHED_DIR_TIMES: usize = 8 * 1024;

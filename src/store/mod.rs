@@ -120,6 +120,14 @@ pub struct EntryHeads {
 }
 
 /// Latest mtime-setting event of a directory: (when, by HLC; the mtime it set).
+/// Bytes RocksDB holds in memory (see `Store::memory`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreMemory {
+    pub memtables: u64,
+    pub table_readers: u64,
+    pub block_cache: u64,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirTime {
     pub hlc: crate::model::Hlc,
@@ -636,15 +644,36 @@ impl Store {
     /// counts them as used; RocksDB must not meet a full disk in a flush (that
     /// stops every write until RocksDB finds room again: 64 MiB by its log).
     fn memtable_bytes(&self) -> u64 {
-        ALL_CFS
-            .iter()
-            .filter_map(|name| {
-                self.db
-                    .property_int_value_cf(self.cf(name), rocksdb::properties::CUR_SIZE_ALL_MEM_TABLES)
-                    .ok()
-                    .flatten()
-            })
-            .sum()
+        self.sum_property(&["rocksdb.cur-size-all-mem-tables"])
+    }
+
+    /// A RocksDB integer property summed over every column family.
+    fn sum_property(&self, props: &[&str]) -> u64 {
+        let mut total = 0;
+        for name in ALL_CFS {
+            for prop in props {
+                if let Ok(Some(v)) = self.db.property_int_value_cf(self.cf(name), *prop) {
+                    total += v;
+                }
+            }
+        }
+        total
+    }
+
+    /// What RocksDB holds in memory: memtables, table readers (the index and filter
+    /// blocks of every table file, which grow with the store), the block cache.
+    pub fn memory(&self) -> StoreMemory {
+        StoreMemory {
+            memtables: self.memtable_bytes(),
+            table_readers: self.sum_property(&["rocksdb.estimate-table-readers-mem"]),
+            // One cache shared by every column family but `default`, which has its own.
+            block_cache: self
+                .db
+                .property_int_value_cf(self.cf(CF_META), "rocksdb.block-cache-usage")
+                .ok()
+                .flatten()
+                .unwrap_or(0),
+        }
     }
 
     /// True if `bytes` of optional work (background chunking) fit comfortably.
@@ -950,15 +979,7 @@ impl Store {
 
     /// Approximate bytes the store occupies on disk (SST + blob files).
     pub fn disk_usage(&self) -> u64 {
-        let mut total = 0;
-        for name in ALL_CFS {
-            for prop in ["rocksdb.total-sst-files-size", "rocksdb.total-blob-file-size"] {
-                if let Ok(Some(v)) = self.db.property_int_value_cf(self.cf(name), prop) {
-                    total += v;
-                }
-            }
-        }
-        total
+        self.sum_property(&["rocksdb.total-sst-files-size", "rocksdb.total-blob-file-size"])
     }
 
     /// Ends RocksDB's background work (a running compaction stops, its output is
