@@ -72,3 +72,51 @@ fn four_gib_write_and_random_patches_stay_under_256_mib_rss() {
         assert!(buf == block(i), "block {i} reads back wrong");
     }
 }
+
+/// The store keeps a descriptor per table and blob file it has open (a blob file per
+/// memtable flush: ~64 per GiB written), so a large store under a low open-files
+/// limit (desktop sessions start processes at 1024) failed every write and read with
+/// EMFILE once it had more files than the limit allowed.
+#[test]
+fn a_gibibyte_under_a_128_open_files_limit() {
+    let mut n = Node::prepare(&[]);
+    n.open_files = Some(128);
+    n.mount();
+    let limits = fs::read_to_string(format!("/proc/{}/limits", n.pid.expect("node pid"))).unwrap();
+    assert!(
+        limits
+            .lines()
+            .any(|l| l.starts_with("Max open files") && l.contains(" 128 ")),
+        "the node runs under the limit: {limits}"
+    );
+    let part = |i: u64| random_bytes(64 << 20, 100 + i);
+    for f in 0..4 {
+        let mut w = fs::File::create(n.path(&format!("f{f}"))).unwrap();
+        for i in 0..4 {
+            w.write_all(&part(f * 4 + i))
+                .unwrap_or_else(|e| panic!("writing f{f}: {e}\nlog:\n{}", n.log()));
+        }
+        w.sync_all().unwrap();
+    }
+    n.remount();
+    for f in 0..4 {
+        let mut r = fs::File::open(n.path(&format!("f{f}"))).unwrap();
+        let mut buf = vec![0; 64 << 20];
+        for i in 0..4 {
+            r.read_exact(&mut buf)
+                .unwrap_or_else(|e| panic!("reading f{f}: {e}\nlog:\n{}", n.log()));
+            assert!(buf == part(f * 4 + i), "f{f} part {i} reads back wrong");
+        }
+    }
+    // More than the store's share of the limit (half): its file cache had to close
+    // some to open others.
+    let tables = fs::read_dir(n.data.join("db"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.ends_with(".sst") || name.ends_with(".blob")
+        })
+        .count();
+    assert!(tables > 64, "table and blob files in the store: {tables}");
+}

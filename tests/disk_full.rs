@@ -37,6 +37,7 @@ fn node_on_a_small_disk() -> (tempfile::TempDir, Tmpfs, Node) {
         mnt,
         extra: vec!["--no-net".into()],
         env: vec![],
+        open_files: None,
         pid: None,
     };
     (t, tmpfs, n)

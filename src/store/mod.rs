@@ -383,6 +383,23 @@ fn direct_io_works(dir: &Path) -> bool {
     written.is_ok()
 }
 
+/// Table and blob files RocksDB may keep open: half the process's open-files
+/// limit, leaving the rest to the mount, peers, spill files and RocksDB's own
+/// writes. (`main` raises the soft limit to the hard one first.)
+fn open_files_budget() -> i32 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only into `lim`.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        1024
+    };
+    (soft / 2).clamp(32, i32::MAX as u64) as i32
+}
+
 impl Store {
     /// Opens (creating if needed) the RocksDB store at `path`.
     pub fn open(path: &Path) -> Result<Store> {
@@ -397,6 +414,10 @@ impl Store {
         // default FADV_RANDOM the kernel would not read ahead for sequential reads.
         opts.set_advise_random_on_open(false);
         opts.set_keep_log_file_num(3);
+        // By default RocksDB keeps a descriptor open for every table and blob file
+        // it has opened (a blob file per memtable flush: ~64 per GiB written), and
+        // past the process's limit every write and read fails with EMFILE.
+        opts.set_max_open_files(open_files_budget());
         // Flushes write gigabytes of chunk data into blob files once; through the
         // page cache that copy cost as much CPU as cutting the chunks.
         opts.set_use_direct_io_for_flush_and_compaction(direct_io_works(path));

@@ -41,6 +41,8 @@ pub struct Node {
     pub extra: Vec<String>,
     /// Environment for the node process (test hooks).
     pub env: Vec<(String, String)>,
+    /// Open-files limit (soft and hard) for the node process, set with prlimit(1).
+    pub open_files: Option<u32>,
     pub pid: Option<u32>,
 }
 
@@ -105,6 +107,7 @@ impl Node {
             mnt,
             extra,
             env: Vec::new(),
+            open_files: None,
             pid: None,
         }
     }
@@ -216,7 +219,15 @@ impl Node {
         let mut args = vec!["mount", self.mnt.to_str().unwrap()];
         let extra: Vec<&str> = self.extra.iter().map(|s| s.as_str()).collect();
         args.extend(extra);
-        let out = Command::new(bin())
+        let mut cmd = match self.open_files {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let out = cmd
             .arg("--data-dir")
             .arg(&self.data)
             .args(&args)
