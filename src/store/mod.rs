@@ -248,6 +248,11 @@ pub struct Store {
     next_chunk_key: std::sync::atomic::AtomicU64,
     first_chunk_key: u64,
     chunk_keys_end: u64,
+    /// Moves on after every write that landed: `chunk_stats` answers from its last
+    /// walk while this stayed the same (the web GUI asks every few seconds, and the
+    /// walk reads the whole chunk index).
+    writes: std::sync::atomic::AtomicU64,
+    chunk_stats: parking_lot::Mutex<Option<(u64, (u64, u64))>>,
 }
 
 /// Chunk storage keys each open of the store reserves (in `meta`, synced before
@@ -488,6 +493,8 @@ impl Store {
             next_chunk_key: std::sync::atomic::AtomicU64::new(reserved),
             first_chunk_key: reserved,
             chunk_keys_end,
+            writes: std::sync::atomic::AtomicU64::new(0),
+            chunk_stats: parking_lot::Mutex::new(None),
         })
     }
 
@@ -555,7 +562,13 @@ impl Store {
     /// Chunks written without the WAL are flushed first.
     pub fn write(&self, batch: Batch<'_>) -> Result<()> {
         self.flush_chunks()?;
-        self.db.write(batch.batch).map_err(db_err("write batch"))
+        self.db.write(batch.batch).map_err(db_err("write batch"))?;
+        self.wrote();
+        Ok(())
+    }
+
+    fn wrote(&self) {
+        self.writes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Makes everything written so far durable against power loss.
@@ -595,7 +608,9 @@ impl Store {
         }
         let mut b = self.batch();
         b.put_staged(staged)?;
-        self.db.write(b.batch).map_err(db_err("put chunks"))
+        self.db.write(b.batch).map_err(db_err("put chunks"))?;
+        self.wrote();
+        Ok(())
     }
 
     /// Holds a chunk the store lacks in `staged`, to be written with the record
@@ -636,6 +651,7 @@ impl Store {
         wo.set_sync(false);
         wo.disable_wal(!wal);
         self.db.write_opt(b, &wo).map_err(db_err("put chunk"))?;
+        self.wrote();
         if !wal {
             self.unlogged_writes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
@@ -989,12 +1005,21 @@ impl Store {
 
     /// (number of chunks, total bytes of chunk data) — each distinct chunk once.
     pub fn chunk_stats(&self) -> Result<(u64, u64)> {
+        // Read before the walk: a write landing during it leaves the answer
+        // cached under an older count, so the next call walks again.
+        let at = self.writes.load(std::sync::atomic::Ordering::Acquire);
+        if let Some((walked_at, stats)) = *self.chunk_stats.lock() {
+            if walked_at == at {
+                return Ok(stats);
+            }
+        }
         let (mut n, mut bytes) = (0u64, 0u64);
         for item in self.db.iterator_cf(self.cf(CF_CHUNK_INDEX), IteratorMode::Start) {
             let (_, v) = item.map_err(db_err("chunk stats"))?;
             n += 1;
             bytes += index_len(&v) as u64;
         }
+        *self.chunk_stats.lock() = Some((at, (n, bytes)));
         Ok((n, bytes))
     }
 
@@ -1049,6 +1074,23 @@ mod tests {
     /// Chunks are keyed in write order, across reopenings (each reserves a fresh
     /// range), and chunks stored by format 2 (keyed by id, length-only index) still
     /// read, count and delete.
+    #[test]
+    fn chunk_stats_follow_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (a, b) = (b"first".to_vec(), b"second!".to_vec());
+        let (ia, ib) = (ChunkId::of(&a), ChunkId::of(&b));
+        assert_eq!(store.chunk_stats().unwrap(), (0, 0));
+        store.put_chunk(ia, &a).unwrap();
+        assert_eq!(store.chunk_stats().unwrap(), (1, 5));
+        assert_eq!(store.chunk_stats().unwrap(), (1, 5), "answered again unchanged");
+        store.put_chunks_logged(&[(ib, &b)]).unwrap();
+        assert_eq!(store.chunk_stats().unwrap(), (2, 12));
+        let mut batch = store.batch();
+        batch.delete_chunk(ia).unwrap();
+        store.write(batch).unwrap();
+        assert_eq!(store.chunk_stats().unwrap(), (1, 7));
+    }
     #[test]
     fn chunks_of_both_layouts_read_and_delete() {
         let dir = tempfile::tempdir().unwrap();
