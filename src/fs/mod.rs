@@ -1102,21 +1102,26 @@ impl DistriboxFs {
     /// dup2 the fd and close the original before writing, and that close must not
     /// record an empty version in between.
     fn commit_pending(&self, ino: INodeNo, is_flush: bool) -> FsResult<()> {
-        if let Target::Entry(entry) = self.target(ino)? {
-            let has_dirty = match self.inner.dirty.lock().get(&entry) {
-                Some(d) => {
-                    let g = d.lock();
-                    g.file.is_dirty() && !(is_flush && g.file.only_emptied())
-                }
-                None => false,
-            };
-            if has_dirty {
-                self.commit_entry(entry, |_| {})?;
-            } else if !is_flush {
-                // A new file closed or synced without writes: it is an empty file.
-                // (Not on a flush: see above; its release comes.)
-                self.settle_entry(entry)?;
+        match self.target(ino)? {
+            Target::Entry(entry) => self.commit_pending_entry(entry, is_flush),
+            Target::Version(..) => Ok(()),
+        }
+    }
+
+    fn commit_pending_entry(&self, entry: EntryId, is_flush: bool) -> FsResult<()> {
+        let has_dirty = match self.inner.dirty.lock().get(&entry) {
+            Some(d) => {
+                let g = d.lock();
+                g.file.is_dirty() && !(is_flush && g.file.only_emptied())
             }
+            None => false,
+        };
+        if has_dirty {
+            self.commit_entry(entry, |_| {})?;
+        } else if !is_flush {
+            // A new file closed or synced without writes: it is an empty file.
+            // (Not on a flush: see above; its release comes.)
+            self.settle_entry(entry)?;
         }
         Ok(())
     }
@@ -1385,9 +1390,9 @@ impl DistriboxFs {
             return Ok(()); // two links of one file: POSIX says do nothing
         }
         // Commit pending writes first, so what moves is what was written.
-        self.handle_commit_entry(src)?;
+        self.commit_pending_entry(src, false)?;
         if let Some(dst) = dst {
-            self.handle_commit_entry(dst)?;
+            self.commit_pending_entry(dst, false)?;
         }
         // Held until the rename is committed (see `Inner::commit`).
         let commit = self.inner.commit.lock();
@@ -1462,11 +1467,6 @@ impl DistriboxFs {
         }
         self.forget_subdirs(&[sdir, ddir]);
         Ok(())
-    }
-
-    fn handle_commit_entry(&self, entry: EntryId) -> FsResult<()> {
-        let ino = self.inner.inodes.lock().entry_ino(entry);
-        self.handle_commit(INodeNo(ino))
     }
 
     fn do_link(&self, ino: INodeNo, newparent: INodeNo, newname: &OsStr) -> FsResult<FileAttr> {

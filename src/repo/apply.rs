@@ -464,12 +464,14 @@ impl<'a> Apply<'a> {
             .collect();
         let repo = self.repo;
         repo.store.write(self.batch)?;
-        repo.entries
-            .lock()
-            .committed(self.states.iter().map(|s| (s.id, s.clone())));
+        // Before the cache's epoch moves: a state resolved after that must see
+        // the cycle breaks it is resolved with.
         if let Some(b) = breaks {
             *repo.cycle_breaks.lock() = b;
         }
+        repo.entries
+            .lock()
+            .committed(self.states.iter().map(|s| (s.id, s.clone())));
         repo.purged.lock().extend(self.purged.drain(..));
         repo.dir_times
             .lock()

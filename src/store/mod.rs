@@ -119,7 +119,6 @@ pub struct EntryHeads {
     pub heads: Vec<(VersionId, u64)>,
 }
 
-/// Latest mtime-setting event of a directory: (when, by HLC; the mtime it set).
 /// Bytes RocksDB holds in memory (see `Store::memory`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreMemory {
@@ -128,6 +127,7 @@ pub struct StoreMemory {
     pub block_cache: u64,
 }
 
+/// Latest mtime-setting event of a directory: (when, by HLC; the mtime it set).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirTime {
     pub hlc: crate::model::Hlc,
@@ -1071,9 +1071,7 @@ mod tests {
         assert!(!child_name_in_domain(p.as_bytes()));
     }
 
-    /// Chunks are keyed in write order, across reopenings (each reserves a fresh
-    /// range), and chunks stored by format 2 (keyed by id, length-only index) still
-    /// read, count and delete.
+    /// `chunk_stats` answers from its last walk only while nothing was written.
     #[test]
     fn chunk_stats_follow_every_write() {
         let dir = tempfile::tempdir().unwrap();
@@ -1091,6 +1089,9 @@ mod tests {
         store.write(batch).unwrap();
         assert_eq!(store.chunk_stats().unwrap(), (1, 7));
     }
+    /// Chunks are keyed in write order, across reopenings (each reserves a fresh
+    /// range), and chunks stored by format 2 (keyed by id, length-only index) still
+    /// read, count and delete.
     #[test]
     fn chunks_of_both_layouts_read_and_delete() {
         let dir = tempfile::tempdir().unwrap();
