@@ -17,6 +17,7 @@ mod inodes;
 
 use crate::chunking::ChunkList;
 use crate::model::{names, Attrs, Content, EntryId, Hlc, Link, SignedRecord, SpecialKind, Timestamp, VersionId};
+use crate::repo::cache::{EntryCache, CACHED_SUBDIR_COUNTS};
 use crate::repo::{Base, DirtyFile, Draft, EntryState, Repo, RepoError};
 use crate::store::StoreError;
 use fuser::{
@@ -218,8 +219,8 @@ struct Inner {
     open_count: Mutex<HashMap<EntryId, u32>>,
     /// Handles per entry opened by execve(2) (see `open_handle`).
     exec_count: Mutex<HashMap<EntryId, u32>>,
-    /// Cached subdirectory counts (for a directory's nlink).
-    subdirs: Mutex<HashMap<EntryId, u32>>,
+    /// Cached subdirectory counts (for a directory's nlink; bounded).
+    subdirs: Mutex<EntryCache<u32>>,
     /// Files that just lost one of several names, and when (see `UNLINK_SETTLE`).
     lost_name: Mutex<HashMap<EntryId, Instant>>,
     /// Run first when the FUSE session ends (see `on_session_end`).
@@ -286,7 +287,7 @@ impl DistriboxFs {
                 last_miss: Mutex::new(None),
                 open_count: Mutex::new(HashMap::new()),
                 exec_count: Mutex::new(HashMap::new()),
-                subdirs: Mutex::new(HashMap::new()),
+                subdirs: Mutex::new(EntryCache::new(CACHED_SUBDIR_COUNTS)),
                 lost_name: Mutex::new(HashMap::new()),
                 session_end: Mutex::new(None),
                 stop: AtomicBool::new(false),
@@ -527,16 +528,21 @@ impl DistriboxFs {
     }
 
     fn subdir_count(&self, dir: EntryId) -> FsResult<u32> {
-        if let Some(&n) = self.inner.subdirs.lock().get(&dir) {
-            return Ok(n);
-        }
+        let read_at = {
+            let mut cache = self.inner.subdirs.lock();
+            if let Some(n) = cache.get(&dir) {
+                return Ok(n);
+            }
+            cache.epoch()
+        };
         let mut n = 0;
         for (_, child) in e(self.repo().children(dir))? {
             if e(self.repo().get(child))?.record().content.is_dir() {
                 n += 1;
             }
         }
-        self.inner.subdirs.lock().insert(dir, n);
+        // Not cached if a change in `dir` was noted meanwhile (`forget_subdirs`).
+        self.inner.subdirs.lock().resolved(dir, n, read_at);
         Ok(n)
     }
 
@@ -591,10 +597,7 @@ impl DistriboxFs {
     }
 
     fn forget_subdirs(&self, dirs: &[EntryId]) {
-        let mut s = self.inner.subdirs.lock();
-        for d in dirs {
-            s.remove(d);
-        }
+        self.inner.subdirs.lock().forget(dirs);
     }
 
     fn attr_from(

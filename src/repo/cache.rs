@@ -1,6 +1,6 @@
 //! Per-entry caches of what the store holds: resolved entry states, so a `stat` or
-//! a path walk does not re-read and re-merge an entry's records each time, and
-//! directories' mtime events.
+//! a path walk does not re-read and re-merge an entry's records each time,
+//! directories' mtime events, and (for the mount) directories' subdirectory counts.
 //!
 //! Bounded, because a node runs for weeks: every file ever created (a build's
 //! object files, an editor's swap files) would otherwise keep its state here long
@@ -16,6 +16,8 @@ use std::num::NonZeroUsize;
 pub const CACHED_ENTRIES: usize = 32 * 1024;
 /// Directories' mtime events kept (a few dozen bytes each).
 pub const CACHED_DIR_TIMES: usize = 8 * 1024;
+/// Directories' subdirectory counts kept (the mount's nlink of a directory).
+pub const CACHED_SUBDIR_COUNTS: usize = 8 * 1024;
 
 pub struct EntryCache<S> {
     states: LruCache<EntryId, S>,
@@ -40,6 +42,10 @@ impl<S: Clone> EntryCache<S> {
         self.states.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty()
+    }
+
     /// Where commits stand: pass it to `resolved` for a state read from the store
     /// after this.
     pub fn epoch(&self) -> u64 {
@@ -50,6 +56,15 @@ impl<S: Clone> EntryCache<S> {
     pub fn committed(&mut self, states: impl IntoIterator<Item = (EntryId, S)>) {
         for (entry, s) in states {
             self.states.put(entry, s);
+        }
+        self.epoch += 1;
+    }
+
+    /// Drops what is cached for `entries` (they changed), so a value computed
+    /// before cannot be cached after.
+    pub fn forget(&mut self, entries: &[EntryId]) {
+        for e in entries {
+            self.states.pop(e);
         }
         self.epoch += 1;
     }
@@ -83,5 +98,19 @@ mod tests {
         assert_eq!(c.get(&a), Some("new"));
         assert_eq!(c.get(&b), None, "one state kept");
         assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn a_value_computed_before_a_forget_is_not_cached() {
+        let a = EntryId([1; 16]);
+        let mut c = EntryCache::new(4);
+        let read_at = c.epoch();
+        c.forget(&[a]);
+        c.resolved(a, 3, read_at);
+        assert_eq!(c.get(&a), None);
+        c.resolved(a, 4, c.epoch());
+        assert_eq!(c.get(&a), Some(4));
+        c.forget(&[a]);
+        assert_eq!(c.get(&a), None, "forgotten");
     }
 }

@@ -13,7 +13,7 @@
 //! network, later) calls it through `spawn_blocking`.
 
 mod apply;
-mod cache;
+pub mod cache;
 mod gc;
 mod merge;
 mod remote;
