@@ -11,7 +11,7 @@ fn main() {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
-    raise_open_files_limit();
+    distribox::store::raise_open_files_limit();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -24,28 +24,5 @@ fn main() {
     if let Err(err) = run(cli) {
         eprintln!("distribox: {err:#}");
         std::process::exit(1);
-    }
-}
-
-/// Lifts the soft open-files limit to the hard one (as Go programs such as
-/// Syncthing do at start): desktop sessions start processes at 1024, and the store
-/// keeps a descriptor per table and blob file it reads (`store::open_files_budget`
-/// takes half of what is allowed then).
-fn raise_open_files_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write only `lim`; no threads exist yet.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return;
-        }
-        // An unlimited hard limit is not a valid soft one for descriptors.
-        let want = lim.rlim_max.min(1 << 20);
-        if lim.rlim_cur < want {
-            lim.rlim_cur = want;
-            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
     }
 }

@@ -528,22 +528,16 @@ impl DistriboxFs {
     }
 
     fn subdir_count(&self, dir: EntryId) -> FsResult<u32> {
-        let read_at = {
-            let mut cache = self.inner.subdirs.lock();
-            if let Some(n) = cache.get(&dir) {
-                return Ok(n);
+        // Not cached if a change in `dir` is noted meanwhile (`forget_subdirs`).
+        EntryCache::get_or_load(&self.inner.subdirs, dir, || {
+            let mut n = 0;
+            for (_, child) in e(self.repo().children(dir))? {
+                if e(self.repo().get(child))?.record().content.is_dir() {
+                    n += 1;
+                }
             }
-            cache.epoch()
-        };
-        let mut n = 0;
-        for (_, child) in e(self.repo().children(dir))? {
-            if e(self.repo().get(child))?.record().content.is_dir() {
-                n += 1;
-            }
-        }
-        // Not cached if a change in `dir` was noted meanwhile (`forget_subdirs`).
-        self.inner.subdirs.lock().resolved(dir, n, read_at);
-        Ok(n)
+            Ok(n)
+        })
     }
 
     /// Drops the kernel's cached pages, attributes and names of entries changed by

@@ -9,6 +9,7 @@
 
 use crate::model::EntryId;
 use lru::LruCache;
+use parking_lot::Mutex;
 use std::num::NonZeroUsize;
 
 /// Entry states kept: a tree of this many files walked again and again stays in
@@ -46,9 +47,28 @@ impl<S: Clone> EntryCache<S> {
         self.states.is_empty()
     }
 
-    /// Where commits stand: pass it to `resolved` for a state read from the store
-    /// after this.
-    pub fn epoch(&self) -> u64 {
+    /// The value cached for `entry`, else `load`'s, read without the lock held
+    /// and cached unless a change landed meanwhile (`committed`, `forget`). A
+    /// value a change cached meanwhile is newer than the loaded one and wins.
+    pub fn get_or_load<E>(cache: &Mutex<Self>, entry: EntryId, load: impl FnOnce() -> Result<S, E>) -> Result<S, E> {
+        let read_at = {
+            let mut c = cache.lock();
+            if let Some(s) = c.get(&entry) {
+                return Ok(s);
+            }
+            c.epoch()
+        };
+        let loaded = load()?;
+        let mut c = cache.lock();
+        if let Some(newer) = c.get(&entry) {
+            return Ok(newer);
+        }
+        c.resolved(entry, loaded.clone(), read_at);
+        Ok(loaded)
+    }
+
+    /// Where changes stand: pass it to `resolved` for a value read after this.
+    fn epoch(&self) -> u64 {
         self.epoch
     }
 
@@ -72,7 +92,7 @@ impl<S: Clone> EntryCache<S> {
     /// A state resolved from the store, read after `epoch()` returned `read_at`.
     /// Kept only if no commit landed since: the commit's newer state may have been
     /// evicted already, and this one would then stand in for it.
-    pub fn resolved(&mut self, entry: EntryId, state: S, read_at: u64) {
+    fn resolved(&mut self, entry: EntryId, state: S, read_at: u64) {
         if self.epoch == read_at {
             self.states.put(entry, state);
         }

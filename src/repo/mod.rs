@@ -545,22 +545,10 @@ impl Repo {
 
     /// State of an entry (alive or tombstoned); NotFound if it never existed.
     pub fn get(&self, entry: EntryId) -> Result<Arc<EntryState>> {
-        let read_at = {
-            let mut cache = self.entries.lock();
-            if let Some(s) = cache.get(&entry) {
-                return Ok(s);
-            }
-            cache.epoch()
-        };
-        let heads = self.store.get_heads(entry)?.ok_or(RepoError::NotFound { entry })?;
-        let state = Arc::new(self.resolve(entry, heads)?);
-        let mut cache = self.entries.lock();
-        // A commit may have cached a newer state since we read the store: keep it.
-        if let Some(s) = cache.get(&entry) {
-            return Ok(s);
-        }
-        cache.resolved(entry, state.clone(), read_at);
-        Ok(state)
+        EntryCache::get_or_load(&self.entries, entry, || {
+            let heads = self.store.get_heads(entry)?.ok_or(RepoError::NotFound { entry })?;
+            Ok(Arc::new(self.resolve(entry, heads)?))
+        })
     }
 
     /// Resolves an entry's heads from the store (see `merge`), then the two rules
@@ -854,20 +842,7 @@ impl Repo {
     /// The latest event that set a directory's mtime (a name change in it or its own
     /// utimens), if any since it was created.
     pub fn dir_time(&self, dir: EntryId) -> Result<Option<DirTime>> {
-        let read_at = {
-            let mut cache = self.dir_times.lock();
-            if let Some(t) = cache.get(&dir) {
-                return Ok(t);
-            }
-            cache.epoch()
-        };
-        let t = self.store.get_dir_time(dir)?;
-        let mut cache = self.dir_times.lock();
-        if let Some(newer) = cache.get(&dir) {
-            return Ok(newer);
-        }
-        cache.resolved(dir, t, read_at);
-        Ok(t)
+        EntryCache::get_or_load(&self.dir_times, dir, || Ok(self.store.get_dir_time(dir)?))
     }
 
     /// Signs the records committed unsigned (see `SignedRecord::unsigned`). Run in the

@@ -388,20 +388,36 @@ fn direct_io_works(dir: &Path) -> bool {
     written.is_ok()
 }
 
-/// Table and blob files RocksDB may keep open: half the process's open-files
-/// limit, leaving the rest to the mount, peers, spill files and RocksDB's own
-/// writes. (`main` raises the soft limit to the hard one first.)
-fn open_files_budget() -> i32 {
+/// The process's open-files limit (soft, hard), None if it cannot be read.
+fn open_files_limit() -> Option<libc::rlimit> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes only into `lim`.
-    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-        lim.rlim_cur
-    } else {
-        1024
-    };
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim)
+}
+
+/// Lifts the soft open-files limit to the hard one (as Go programs such as
+/// Syncthing do at start): desktop sessions start processes at 1024, and the store
+/// keeps a descriptor per table and blob file it reads (`open_files_budget` takes
+/// half of what is allowed then). Called by `main` before any thread starts.
+pub fn raise_open_files_limit() {
+    let Some(mut lim) = open_files_limit() else { return };
+    // An unlimited hard limit is not a valid soft one for descriptors.
+    let want = lim.rlim_max.min(1 << 20);
+    if lim.rlim_cur < want {
+        lim.rlim_cur = want;
+        // SAFETY: setrlimit reads only `lim`.
+        let _ = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    }
+}
+
+/// Table and blob files RocksDB may keep open: half the process's open-files
+/// limit, leaving the rest to the mount, peers, spill files and RocksDB's own
+/// writes.
+fn open_files_budget() -> i32 {
+    let soft = open_files_limit().map_or(1024, |lim| lim.rlim_cur);
     (soft / 2).clamp(32, i32::MAX as u64) as i32
 }
 
