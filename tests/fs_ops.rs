@@ -405,3 +405,90 @@ fn real_tools_cp_tar_git_rsync() {
          && git log --oneline | wc -l | grep -qx 2 && git fsck --strict && git status --porcelain | wc -l | grep -qx 0",
     );
 }
+
+/// Bytes the node process read and wrote through system calls (/proc/PID/io).
+fn node_io_bytes(n: &Node) -> u64 {
+    let io = fs::read_to_string(format!("/proc/{}/io", n.pid.expect("node pid"))).unwrap();
+    io.lines()
+        .filter(|l| l.starts_with("rchar:") || l.starts_with("wchar:"))
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+/// `cp` inside the mount (copy_file_range) shares the source's chunks: no bytes go
+/// through the node (a copy through FUSE reads and writes every byte: /dev/fuse
+/// and RocksDB's blob files), and the copy is an ordinary file with its own history.
+/// Copies that cannot share (into the middle of a file, from a file with unwritten
+/// changes) still copy the right bytes.
+#[test]
+fn copies_inside_the_mount_share_chunks_instead_of_moving_bytes() {
+    let mut n = Node::start();
+    let data = random_bytes(48 << 20, 11);
+    fs::write(n.path("a.bin"), &data).unwrap();
+    let before = node_io_bytes(&n);
+    sh_ok(&n.mnt, "cp a.bin b.bin && cp a.bin@v1 old.bin");
+    let moved = node_io_bytes(&n) - before;
+    assert!(
+        moved < 8 << 20,
+        "two copies of 48 MiB moved {moved} bytes through the node"
+    );
+    assert!(fs::read(n.path("b.bin")).unwrap() == data, "b.bin differs from a.bin");
+    assert!(
+        fs::read(n.path("old.bin")).unwrap() == data,
+        "old.bin differs from a.bin@v1"
+    );
+    // Written afterwards, the copy and the original go their own ways.
+    sh_ok(&n.mnt, "printf X | dd of=b.bin bs=1 seek=1000 conv=notrunc status=none");
+    let mut b = data.clone();
+    b[1000] = b'X';
+    assert!(fs::read(n.path("b.bin")).unwrap() == b, "patched b.bin");
+    assert!(
+        fs::read(n.path("a.bin")).unwrap() == data,
+        "a.bin changed with its copy"
+    );
+    // A copy in parts (the kernel splits large ones the same way), one into the
+    // middle of another file, and one from a file with writes not committed yet.
+    let script = r#"
+import os
+a = os.open("a.bin", os.O_RDONLY)
+c = os.open("c.bin", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+assert os.copy_file_range(a, c, 1_000_001) == 1_000_001
+assert os.copy_file_range(a, c, 5_000_000, 1_000_001, 1_000_001) == 5_000_000
+os.close(c)
+d = os.open("d.bin", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+os.write(d, b"0123456789" * 10)
+assert os.copy_file_range(a, d, 20, 7, 50) == 20
+os.close(d)
+w = os.open("a.bin", os.O_WRONLY)
+os.pwrite(w, b"unsaved", 0)
+e = os.open("e.bin", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+n = 0
+while n < 100_000:
+    n += os.copy_file_range(a, e, 100_000 - n, n, n)
+os.close(e)
+os.close(w)
+os.close(a)
+"#;
+    fs::write(n.tmp.path().join("copy.py"), script).unwrap();
+    sh_ok(&n.mnt, &format!("python3 {}", n.tmp.path().join("copy.py").display()));
+    let check = |n: &Node| {
+        let mut d = b"0123456789".repeat(10);
+        d[50..70].copy_from_slice(&data[7..27]);
+        let mut e = data[..100_000].to_vec();
+        e[..7].copy_from_slice(b"unsaved");
+        assert!(fs::read(n.path("c.bin")).unwrap() == data[..6_000_001], "c.bin");
+        assert!(fs::read(n.path("d.bin")).unwrap() == d, "d.bin");
+        assert!(fs::read(n.path("e.bin")).unwrap() == e, "e.bin");
+        assert!(fs::read(n.path("b.bin")).unwrap() == b, "b.bin");
+        assert!(fs::read(n.path("old.bin")).unwrap() == data, "old.bin");
+    };
+    check(&n);
+    n.remount();
+    check(&n);
+    let log = sh_ok(&n.mnt, &format!("{} --data-dir {} log b.bin", bin(), n.data.display()));
+    assert_eq!(
+        log.lines().filter(|l| l.starts_with('v')).count(),
+        2,
+        "b.bin's versions:\n{log}"
+    );
+}

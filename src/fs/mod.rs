@@ -1192,14 +1192,25 @@ impl DistriboxFs {
         Ok(fh)
     }
 
-    fn do_read(&self, ino: INodeNo, fh: FileHandle, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        let (snapshot, snap_size) = match self.inner.handles.lock().get(&fh.0) {
+    /// A file handle's snapshot (content and size at open) and whether it may write.
+    fn file_handle(&self, fh: FileHandle) -> FsResult<(Arc<ChunkList>, u64, bool)> {
+        match self.inner.handles.lock().get(&fh.0) {
             Some(Handle {
-                kind: HandleKind::File { snapshot, size, .. },
+                kind:
+                    HandleKind::File {
+                        snapshot,
+                        size,
+                        writable,
+                        ..
+                    },
                 ..
-            }) => (snapshot.clone(), *size),
-            _ => return Err(Errno::EBADF),
-        };
+            }) => Ok((snapshot.clone(), *size, *writable)),
+            _ => Err(Errno::EBADF),
+        }
+    }
+
+    fn do_read(&self, ino: INodeNo, fh: FileHandle, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let (snapshot, snap_size, _) = self.file_handle(fh)?;
         let mut out = Vec::with_capacity(size as usize);
         if let Target::Entry(entry) = self.target(ino)? {
             let dirty = self.inner.dirty.lock().get(&entry).cloned();
@@ -1216,20 +1227,10 @@ impl DistriboxFs {
 
     fn do_write(&self, ino: INodeNo, fh: FileHandle, offset: u64, data: &[u8]) -> FsResult<u32> {
         let entry = self.entry_of(ino)?;
-        let (snapshot, snap_size) = match self.inner.handles.lock().get(&fh.0) {
-            Some(Handle {
-                kind:
-                    HandleKind::File {
-                        snapshot,
-                        size,
-                        writable: true,
-                        ..
-                    },
-                ..
-            }) => (snapshot.clone(), *size),
-            Some(_) => return Err(Errno::EBADF),
-            None => return Err(Errno::EBADF),
-        };
+        let (snapshot, snap_size, writable) = self.file_handle(fh)?;
+        if !writable {
+            return Err(Errno::EBADF);
+        }
         let (d, (plan, pressed)) = self.with_dirty(entry, Some((&snapshot, snap_size)), |g| {
             e(g.file.write(self.repo(), offset, data))?;
             g.touch();
@@ -1243,6 +1244,58 @@ impl DistriboxFs {
             self.relieve_tail(entry, &d)?;
         }
         Ok(data.len() as u32)
+    }
+
+    /// `copy_file_range` within the mount without moving bytes: the destination
+    /// takes the source's chunks (`DirtyFile::share_from`), so `cp` of a large file
+    /// inside the folder costs a commit, no reads, no writes and no transfer to
+    /// members. `None` when sharing does not fit (written source, copy into the
+    /// middle of a file, ...): the caller lets the kernel copy the bytes.
+    fn do_copy_range(
+        &self,
+        from: (INodeNo, FileHandle, u64),
+        to: (INodeNo, FileHandle, u64),
+        len: u64,
+    ) -> FsResult<Option<u64>> {
+        let ((ino_in, fh_in, off_in), (ino_out, fh_out, off_out)) = (from, to);
+        let (snapshot, snap_size, _) = self.file_handle(fh_in)?;
+        let (out_snapshot, out_size, writable) = self.file_handle(fh_out)?;
+        if !writable {
+            return Err(Errno::EBADF);
+        }
+        let dest = self.entry_of(ino_out)?;
+        // What the source reads now: its snapshot, or its write-back state if it has
+        // one (clean only: written bytes are not chunks yet).
+        let (list, size) = match self.target(ino_in)? {
+            Target::Entry(src) if src == dest => return Ok(None),
+            Target::Entry(src) => match self.inner.dirty.lock().get(&src).cloned() {
+                Some(d) => match d.lock().file.clean_content() {
+                    Some(c) => c,
+                    None => return Ok(None),
+                },
+                None => (snapshot, snap_size),
+            },
+            Target::Version(..) => (snapshot, snap_size),
+        };
+        if off_in >= size {
+            return Ok(Some(0));
+        }
+        if off_in != off_out {
+            return Ok(None);
+        }
+        // FUSE replies with a 32-bit count; the kernel asks again for the rest.
+        let len = len.min(u64::from(u32::MAX) & !0xfff);
+        let (_, shared) = self.with_dirty(dest, Some((&out_snapshot, out_size)), |g| {
+            let n = g.file.share_from(&list, size, off_out, len);
+            if n.is_some() {
+                g.touch();
+            }
+            Ok(n)
+        })?;
+        if let Some(n) = shared {
+            tracing::debug!(entry = %dest, offset = off_out, bytes = n, "copy shares the source's chunks");
+        }
+        Ok(shared)
     }
 
     fn do_setattr(&self, ino: INodeNo, a: SetAttr) -> FsResult<FileAttr> {
@@ -1265,13 +1318,7 @@ impl DistriboxFs {
             if !matches!(s.record().content, Content::File { .. } | Content::Tombstone) {
                 return Err(Errno::EINVAL);
             }
-            let snap = fh.and_then(|fh| match self.inner.handles.lock().get(&fh.0) {
-                Some(Handle {
-                    kind: HandleKind::File { snapshot, size, .. },
-                    ..
-                }) => Some((snapshot.clone(), *size)),
-                _ => None,
-            });
+            let snap = fh.and_then(|fh| self.file_handle(fh).ok().map(|(l, s, _)| (l, s)));
             self.with_dirty(entry, snap.as_ref().map(|(l, s)| (l, *s)), |g| {
                 e(g.file.truncate(size))?;
                 g.touch();
@@ -2030,6 +2077,27 @@ impl Filesystem for DistriboxFs {
                 FileHandle(fh),
                 FopenFlags::empty(),
             ),
+            Err(err) => reply.error(err),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        match self.do_copy_range((ino_in, fh_in, offset_in), (ino_out, fh_out, offset_out), len) {
+            Ok(Some(n)) => reply.written(n as u32),
+            // Not ENOSYS: that would switch the kernel's copy offload off for good.
+            Ok(None) => reply.error(Errno::EOPNOTSUPP),
             Err(err) => reply.error(err),
         }
     }

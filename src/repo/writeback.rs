@@ -673,6 +673,42 @@ impl DirtyFile {
         Ok(())
     }
 
+    /// The committed content this state stands for, if nothing is written on top of
+    /// it: what a copy from this file may share.
+    pub fn clean_content(&self) -> Option<(Arc<ChunkList>, u64)> {
+        (!self.is_dirty()).then(|| (self.base.clone(), self.size))
+    }
+
+    /// `copy_file_range` by sharing chunks instead of copying bytes: makes
+    /// `[offset, offset + n)` of this file the same range of `src` (`src_size`
+    /// bytes), n = `len` cut at the source's end. Only where that is the whole
+    /// effect: the copy lands at the same offset, exactly at this file's end, and
+    /// this file is either empty or holds nothing but `src`'s content below
+    /// `offset` (an earlier call of the same copy; the kernel splits large copies).
+    /// Then only the chunk at the copy's end is cut again at commit, and a copy of
+    /// a whole file cuts nothing. `None` if the copy must move bytes after all.
+    pub fn share_from(&mut self, src: &Arc<ChunkList>, src_size: u64, offset: u64, len: u64) -> Option<u64> {
+        let untouched = self.ranges.is_empty()
+            && self.pre.len_bytes() == 0
+            && self.planned_to == 0
+            && !matches!(self.spill, Spill::Tail(_))
+            && self.size == offset
+            && self.base_valid == offset;
+        let same_base = offset == 0 || Arc::ptr_eq(&self.base, src) || self.base.refs() == src.refs();
+        if !untouched || !same_base || src.len_bytes() != src_size || offset > src_size {
+            return None;
+        }
+        let n = len.min(src_size - offset);
+        self.base = src.clone();
+        self.base_valid = offset + n;
+        self.size = offset + n;
+        // A copy of a whole file leaves nothing for `is_dirty` to see.
+        self.pending = true;
+        self.generation += 1;
+        self.mtime = Timestamp::now();
+        Some(n)
+    }
+
     /// Emptied (truncated to 0) and nothing written since: what O_TRUNC leaves.
     pub fn only_emptied(&self) -> bool {
         self.size == 0 && self.ranges.is_empty() && !self.pending
@@ -1196,5 +1232,43 @@ mod tests {
         f.write(&repo, 10 << 20, &data[10 << 20..]).unwrap();
         f.prechunk_apply(second.run(&repo).unwrap());
         assert!(commit_and_read(&repo, &mut f) == data);
+    }
+
+    /// A copy by sharing takes the source's chunks as they are (a whole copy cuts
+    /// nothing new), in parts as the kernel splits it, and refuses where sharing
+    /// would not be the copy's whole effect.
+    #[test]
+    fn a_shared_copy_is_the_source_in_parts_or_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = repo(tmp.path());
+        let data = bytes(3 << 20, 21);
+        let mut src = fresh_file(&repo);
+        src.write(&repo, 0, &data).unwrap();
+        let (size, root) = src.commit_content(&repo).unwrap();
+        src.committed();
+        let list = repo.chunk_list(root).unwrap();
+
+        let mut whole = fresh_file(&repo);
+        assert_eq!(whole.share_from(&list, size, 0, u64::MAX), Some(size));
+        assert!(whole.is_dirty(), "a whole copy must still be committed");
+        let (_, whole_root) = whole.commit_content(&repo).unwrap();
+        assert_eq!(whole_root, root, "a whole copy is the source's manifest");
+
+        let mut parts = fresh_file(&repo);
+        assert_eq!(parts.share_from(&list, size, 0, 1_000_001), Some(1_000_001));
+        assert_eq!(parts.share_from(&list, size, 5, 10), None, "not at the end");
+        assert_eq!(parts.share_from(&list, size, 1_000_001, 1 << 20), Some(1 << 20));
+        let end = 1_000_001 + (1 << 20);
+        assert_eq!(commit_and_read(&repo, &mut parts), data[..end]);
+
+        let mut written = fresh_file(&repo);
+        written.write(&repo, 0, b"x").unwrap();
+        assert_eq!(written.share_from(&list, size, 1, 10), None, "holds written bytes");
+        assert_eq!(
+            src.clean_content().map(|(l, s)| (l.refs().to_vec(), s)),
+            Some((list.refs().to_vec(), size))
+        );
+        src.write(&repo, 0, b"y").unwrap();
+        assert!(src.clean_content().is_none(), "a written source has no clean content");
     }
 }
