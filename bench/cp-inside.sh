@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# cp-inside.sh - `cp` of a large file inside a mount: RUNS runs (default 3), each on a
+# fresh mount: write MB MiB (default 1024) of random bytes with dd + fsync, drop the
+# page cache, time `cp big big2` inside the mount, compare the copy with the source,
+# and print the node's read+write bytes during the cp (rchar + wchar, /proc/PID/io).
+# Run as root (FUSE, drop_caches). Usage: MB=1024 RUNS=3 bench/cp-inside.sh
+# (DISTRIBOX_BIN overrides the binary; the work dir under WORKDIR is removed on exit.)
+set -euo pipefail
+B=${DISTRIBOX_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/distribox-target}/debug/distribox}
+MB=${MB:-1024}
+RUNS=${RUNS:-3}
+W=$(mktemp -d "${WORKDIR:-/var/tmp}/dbxcp.XXXX")
+SRC=$(mktemp /dev/shm/dbxcp-src.XXXX)
+cleanup() {
+    "$B" --data-dir "$W/d" unmount "$W/m" >/dev/null 2>&1 || fusermount3 -u "$W/m" 2>/dev/null || true
+    rm -rf -- "$W" "$SRC"
+}
+trap cleanup EXIT
+head -c $((MB << 20)) /dev/urandom >"$SRC"
+io() { awk '/^(rchar|wchar):/ { s += $2 } END { printf "%.0f", s }' "/proc/$1/io"; }
+for r in $(seq 1 "$RUNS"); do
+    rm -rf "$W/d" "$W/m" && mkdir -p "$W/m"
+    out=$("$B" --data-dir "$W/d" mount "$W/m" --no-net --gui-listen off)
+    pid=${out##*node pid }
+    pid=${pid%%,*}
+    dd if="$SRC" of="$W/m/big" bs=1M conv=fsync status=none
+    sync && echo 3 >/proc/sys/vm/drop_caches
+    io0=$(io "$pid")
+    t0=$(date +%s%N)
+    cp "$W/m/big" "$W/m/big2"
+    t1=$(date +%s%N)
+    io1=$(io "$pid")
+    same=$(cmp -s "$SRC" "$W/m/big2" && echo "equal to the source" || echo "DIFFERENT from the source")
+    printf 'run %d: cp of %d MiB inside the mount took %d.%03d s, node I/O %d MiB, copy %s\n' \
+        "$r" "$MB" $(((t1 - t0) / 1000000000)) $(((t1 - t0) / 1000000 % 1000)) $(((io1 - io0) >> 20)) "$same"
+    "$B" --data-dir "$W/d" unmount "$W/m" >/dev/null
+done
