@@ -192,7 +192,13 @@ fn every_record_is_signed_and_verifies_after_unmount() {
     fs::rename(n.path("d/f0"), n.path("f0")).unwrap();
     n.unmount();
     let store = distribox::store::Store::open(&n.data.join("db")).unwrap();
-    let all = store.all_versions_by_author().unwrap();
+    let mut all = Vec::new();
+    store
+        .for_each_version(|author, seq, v| -> Result<(), distribox::store::StoreError> {
+            all.push((author, seq, v));
+            Ok(())
+        })
+        .unwrap();
     // d, 20 files (one version each), the rename, and the root.
     assert!(all.len() >= 23, "{} records", all.len());
     for (author, seq, v) in all {

@@ -201,30 +201,38 @@ impl Repo {
 
     /// Applies `policy` to every file: records purges for the versions it lets go
     /// (unless `dry_run`). `sweep` then frees their chunks.
+    ///
+    /// One entry at a time (its versions from the `entry_versions` index): holding
+    /// every version of the folder at once cost ~330 bytes each, 130 MiB for
+    /// 400,000 versions, every hour.
     pub fn gc(&self, policy: &Policy, dry_run: bool) -> Result<GcReport> {
         let pending: HashSet<VersionId> = self.pending_ids().into_iter().collect();
-        let mut by_entry: HashMap<EntryId, Vec<Candidate>> = HashMap::new();
-        for (_, _, v) in self.store.all_versions_by_author()? {
-            if pending.contains(&v) {
-                continue;
-            }
-            let r = self.record(v)?;
-            if r.record.content.is_purge() {
-                continue;
-            }
-            by_entry.entry(r.record.entry).or_default().push(Candidate {
-                id: v,
-                wall_ns: r.record.hlc.wall_ns,
-                author: r.record.author,
-                parents: r.record.parents.clone(),
-                is_file: matches!(r.record.content, Content::File { .. }),
-            });
-        }
         let now = crate::model::hlc::now_ns();
         let already: HashSet<VersionId> = self.purged.lock().keys().copied().collect();
         let mut purges = Vec::new();
         let mut report = GcReport::default();
-        for (entry, versions) in by_entry {
+        for entry in self.store.all_entries()? {
+            let listed = self.store.entry_versions(entry)?;
+            if listed.len() <= policy.keep_last {
+                continue; // fewer versions of any kind than the policy keeps files
+            }
+            let mut versions = Vec::with_capacity(listed.len());
+            for (_, v) in listed {
+                if pending.contains(&v) {
+                    continue;
+                }
+                let r = self.record(v)?;
+                if r.record.content.is_purge() || r.record.entry != entry {
+                    continue;
+                }
+                versions.push(Candidate {
+                    id: v,
+                    wall_ns: r.record.hlc.wall_ns,
+                    author: r.record.author,
+                    parents: r.record.parents.clone(),
+                    is_file: matches!(r.record.content, Content::File { .. }),
+                });
+            }
             if versions.iter().filter(|v| v.is_file).count() <= policy.keep_last {
                 continue;
             }
@@ -313,11 +321,12 @@ impl Repo {
         let mut kept: Vec<ChunkId> = Vec::new();
         let mut roots = HashSet::new();
         let mut complete = true;
-        for (_, _, v) in self.store.all_versions_by_author()? {
+        self.store.for_each_version(|_, _, v| -> Result<()> {
             if !gone.contains(&v) {
                 complete &= self.walk_into(v, &mut roots, &mut kept)?;
             }
-        }
+            Ok(())
+        })?;
         kept.sort_unstable();
         kept.dedup();
         let is_kept = |c: &ChunkId| kept.binary_search(c).is_ok();

@@ -895,7 +895,7 @@ impl Repo {
     /// Finds records left unsigned by an earlier run that stopped before signing them.
     fn queue_unsigned_from_store(&self) -> Result<()> {
         let mut q = Vec::new();
-        for (author, _, v) in self.store.all_versions_by_author()? {
+        self.store.for_each_version(|author, _, v| -> Result<()> {
             if author == self.node {
                 if let Some(b) = self.store.get_record(v)? {
                     if !SignedRecord::is_signed(&b) {
@@ -903,7 +903,8 @@ impl Repo {
                     }
                 }
             }
-        }
+            Ok(())
+        })?;
         self.unsigned.lock().extend(q);
         Ok(())
     }
@@ -1383,18 +1384,28 @@ impl Repo {
     }
 
     /// The most recent versions across the whole folder that `keep` accepts, newest
-    /// first. (Reads every record: fine at the scale of a shared folder's history,
-    /// and the filter runs before the limit so a narrow filter still finds `limit`.)
+    /// first. Reads every record (the filter runs before the limit, so a narrow
+    /// filter still finds `limit`) but holds only the `limit` newest so far: the
+    /// GUI's log asks this of folders with millions of versions.
     pub fn recent(&self, limit: usize, keep: impl Fn(&SignedRecord) -> bool) -> Result<Vec<VersionInfo>> {
-        let mut all = Vec::new();
-        for (_, _, v) in self.store.all_versions_by_author()? {
+        // A min-heap of the newest `limit`: its top is the oldest of them.
+        let mut newest = std::collections::BinaryHeap::new();
+        self.store.for_each_version(|_, _, v| -> Result<()> {
             let r = self.record(v)?;
             if keep(&r) {
-                all.push(r);
+                newest.push(std::cmp::Reverse(Newest(r)));
+                if newest.len() > limit {
+                    newest.pop();
+                }
             }
-        }
-        all.sort_by_key(|r| std::cmp::Reverse((r.record.hlc, r.record.author)));
-        all.truncate(limit);
+            Ok(())
+        })?;
+        // Ascending by Reverse is newest first.
+        let all: Vec<SignedRecord> = newest
+            .into_sorted_vec()
+            .into_iter()
+            .map(|std::cmp::Reverse(Newest(r))| r)
+            .collect();
         all.into_iter()
             .map(|record| {
                 let generation = self
@@ -1407,5 +1418,34 @@ impl Repo {
                 Ok(VersionInfo { generation, record })
             })
             .collect()
+    }
+}
+
+/// Orders records by (hybrid clock, author): the order `Repo::recent` lists them in.
+struct Newest(SignedRecord);
+
+impl Newest {
+    fn key(&self) -> (Hlc, NodeId) {
+        (self.0.record.hlc, self.0.record.author)
+    }
+}
+
+impl PartialEq for Newest {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Newest {}
+
+impl PartialOrd for Newest {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Newest {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
     }
 }

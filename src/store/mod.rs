@@ -947,9 +947,13 @@ impl Store {
         Ok(out)
     }
 
-    /// Every record id with its author and seq, for `log` over the whole folder.
-    pub fn all_versions_by_author(&self) -> Result<Vec<(NodeId, u64, VersionId)>> {
-        let mut out = Vec::new();
+    /// Calls `f` with every record id, its author and seq, in (author, seq) order.
+    /// One pass that holds nothing: a walk over the whole history (gc, `log` of the
+    /// folder) must not cost memory in proportion to it.
+    pub fn for_each_version<E: From<StoreError>>(
+        &self,
+        mut f: impl FnMut(NodeId, u64, VersionId) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
         for item in self.db.iterator_cf(self.cf(CF_BY_AUTHOR), IteratorMode::Start) {
             let (k, v) = item.map_err(db_err("log"))?;
             let bad = || StoreError::CorruptValue {
@@ -957,13 +961,13 @@ impl Store {
                 detail: "bad key".into(),
             };
             if k.len() != 40 {
-                return Err(bad());
+                return Err(bad().into());
             }
             let author = NodeId::from_slice(&k[..32]).ok_or_else(bad)?;
             let seq = u64::from_be_bytes(k[32..40].try_into().map_err(|_| bad())?);
-            out.push((author, seq, VersionId::from_slice(&v).ok_or_else(bad)?));
+            f(author, seq, VersionId::from_slice(&v).ok_or_else(bad)?)?;
         }
-        Ok(out)
+        Ok(())
     }
 
     pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
