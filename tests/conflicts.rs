@@ -128,6 +128,20 @@ fn concurrent_changes_keep_every_version() {
 #[test]
 fn conflicts_are_dismissed_and_resolved_everywhere() {
     let (a, mut b) = pair();
+    // `distribox conflicts` on A, as the paths it lists. Asked once before any
+    // conflict (the node's conflict index is built then) and after each change
+    // below: the index must follow them.
+    let conflicts = |n: &Node| -> Vec<String> {
+        let out = cli(&n.data, &["conflicts", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["path"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(conflicts(&a).is_empty());
     fs::write(a.path("r.txt"), b"base\n").unwrap();
     wait_content(&b, "r.txt", b"base\n");
     let edit = |who: &'static str| move |n: &Node| fs::write(n.path("r.txt"), format!("{who}\n")).unwrap();
@@ -136,6 +150,7 @@ fn conflicts_are_dismissed_and_resolved_everywhere() {
     assert_eq!(names.len(), 2, "{names:?}");
     let other = names[1].clone();
     assert!(other.starts_with("r.txt@v"), "{names:?}");
+    assert_eq!(conflicts(&a), ["r.txt"]);
 
     // The versions graph marks the shown content and the conflict.
     let out = cli(&a.data, &["versions", a.path("r.txt").to_str().unwrap()]);
@@ -157,6 +172,7 @@ fn conflicts_are_dismissed_and_resolved_everywhere() {
     });
     assert_eq!(text(&a, "r.txt"), "A2\n");
     assert_eq!(text(&b, "r.txt"), "A2\n");
+    assert!(conflicts(&a).is_empty(), "{:?}", conflicts(&a));
     // ... yet it stays in history.
     assert!(fs::read(a.path(&conflict_now)).is_ok(), "{conflict_now} still readable");
 

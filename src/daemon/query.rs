@@ -451,26 +451,22 @@ pub fn list_dir(repo: &Repo, rel: &str) -> Result<Vec<DirItem>> {
 /// Every entry in the folder that shows conflicting versions (a walk of the tree).
 pub fn conflicts(repo: &Repo) -> Result<Vec<ConflictInfo>> {
     let mut out = Vec::new();
-    let mut stack = vec![(repo.root(), String::new())];
-    while let Some((dir, prefix)) = stack.pop() {
-        for (name, child) in repo.children(dir)? {
-            let path = format!("{prefix}{}", String::from_utf8_lossy(&name));
-            let st = repo.get(child)?;
-            if matches!(st.record().content, Content::Dir) {
-                stack.push((child, format!("{path}/")));
-            }
-            if st.conflicts.is_empty() {
-                continue;
-            }
-            let all = repo.version_names(child)?;
-            out.push(ConflictInfo {
-                path,
-                shown: names::shortest_name(&all, st.head.id)
-                    .map(|n| n.suffix())
-                    .unwrap_or_else(|| format!("v{}", st.generation)),
-                versions: repo.conflict_names(&st)?.into_iter().map(|(s, _)| s).collect(),
-            });
+    for entry in repo.conflicted()? {
+        let st = repo.get(entry)?;
+        let Some(path) = repo.display_path(entry) else {
+            continue; // not in the tree: nothing to show or resolve by path
+        };
+        if st.conflicts.is_empty() {
+            continue;
         }
+        let all = repo.version_names(entry)?;
+        out.push(ConflictInfo {
+            path,
+            shown: names::shortest_name(&all, st.head.id)
+                .map(|n| n.suffix())
+                .unwrap_or_else(|| format!("v{}", st.generation)),
+            versions: repo.conflict_names(&st)?.into_iter().map(|(s, _)| s).collect(),
+        });
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)

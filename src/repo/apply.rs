@@ -472,6 +472,7 @@ impl<'a> Apply<'a> {
         repo.entries
             .lock()
             .committed(self.states.iter().map(|s| (s.id, s.clone())));
+        repo.conflict_index.lock().changed(&self.states);
         repo.purged.lock().extend(self.purged.drain(..));
         repo.dir_times
             .lock()

@@ -14,6 +14,7 @@
 
 mod apply;
 pub mod cache;
+mod conflict_index;
 mod gc;
 mod merge;
 mod remote;
@@ -277,6 +278,9 @@ pub struct Repo {
     staged_subscribers: Mutex<Vec<StagedSubscriber>>,
     /// Counts published change batches (see `epoch`).
     epoch: std::sync::atomic::AtomicU64,
+    /// Entries in conflict (see `conflict_index`), and the lock its one walk holds.
+    conflict_index: Mutex<conflict_index::ConflictIndex>,
+    conflict_walk: Mutex<()>,
 }
 
 /// Chunks read ahead of a sequential reader. Blob reads from RocksDB get no kernel
@@ -400,6 +404,8 @@ impl Repo {
             subscribers: Mutex::new(Vec::new()),
             staged_subscribers: Mutex::new(Vec::new()),
             epoch: std::sync::atomic::AtomicU64::new(0),
+            conflict_index: Mutex::new(Default::default()),
+            conflict_walk: Mutex::new(()),
         };
         repo.queue_unsigned_from_store()?;
         repo.index_gone_once()?;
