@@ -448,7 +448,9 @@ pub fn list_dir(repo: &Repo, rel: &str) -> Result<Vec<DirItem>> {
     Ok(out)
 }
 
-/// Every entry in the folder that shows conflicting versions (a walk of the tree).
+/// Every entry in the folder that shows conflicting versions, under the path the
+/// mount shows it at (its first name, for an entry with several), from the
+/// conflict index (`Repo::conflicted`).
 pub fn conflicts(repo: &Repo) -> Result<Vec<ConflictInfo>> {
     let mut out = Vec::new();
     for entry in repo.conflicted()? {

@@ -1192,6 +1192,15 @@ impl DistriboxFs {
         Ok(fh)
     }
 
+    /// True if a handle that may write is open on inode `ino`.
+    fn has_writable_handle(&self, ino: INodeNo) -> bool {
+        self.inner
+            .handles
+            .lock()
+            .values()
+            .any(|h| h.ino == ino.0 && matches!(h.kind, HandleKind::File { writable: true, .. }))
+    }
+
     /// A file handle's snapshot (content and size at open) and whether it may write.
     fn file_handle(&self, fh: FileHandle) -> FsResult<(Arc<ChunkList>, u64, bool)> {
         match self.inner.handles.lock().get(&fh.0) {
@@ -1268,13 +1277,21 @@ impl DistriboxFs {
         // one (clean only: written bytes are not chunks yet).
         let (list, size) = match self.target(ino_in)? {
             Target::Entry(src) if src == dest => return Ok(None),
-            Target::Entry(src) => match self.inner.dirty.lock().get(&src).cloned() {
-                Some(d) => match d.lock().file.clean_content() {
-                    Some(c) => c,
-                    None => return Ok(None),
-                },
-                None => (snapshot, snap_size),
-            },
+            Target::Entry(src) => {
+                // Pages dirtied through a shared mmap reach us only at writeback,
+                // and the kernel does not write the source's back before a copy.
+                if self.has_writable_handle(ino_in) {
+                    return Ok(None);
+                }
+                let dirty = self.inner.dirty.lock().get(&src).cloned();
+                match dirty {
+                    Some(d) => match d.lock().file.clean_content() {
+                        Some(c) => c,
+                        None => return Ok(None),
+                    },
+                    None => (snapshot, snap_size),
+                }
+            }
             Target::Version(..) => (snapshot, snap_size),
         };
         if off_in >= size {
@@ -1283,9 +1300,18 @@ impl DistriboxFs {
         if off_in != off_out {
             return Ok(None);
         }
-        // FUSE replies with a 32-bit count; the kernel asks again for the rest.
+        // The count in a FUSE reply is 32 bits: a larger copy returns short, and
+        // the caller (`cp` loops) asks again from there.
         let len = len.min(u64::from(u32::MAX) & !0xfff);
         let (_, shared) = self.with_dirty(dest, Some((&out_snapshot, out_size)), |g| {
+            // A handle may outlive its version's data (purged and swept while
+            // open): sharing must not record a version whose chunks are gone. Checked
+            // with the destination's write-back state held, which a sweep waits for.
+            for r in list.refs() {
+                if !e(self.repo().store().has_chunk(r.id).map_err(RepoError::from))? {
+                    return Ok(None);
+                }
+            }
             let n = g.file.share_from(&list, size, off_out, len);
             if n.is_some() {
                 g.touch();

@@ -7,7 +7,7 @@
 //! change) and from then on follows each batch's new states.
 
 use super::{EntryState, Repo, Result};
-use crate::model::{Content, EntryId};
+use crate::model::EntryId;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -58,41 +58,51 @@ impl Repo {
             }
             *index = ConflictIndex::Building(HashSet::new());
         }
-        let walked = self.walk_conflicted();
-        let mut index = self.conflict_index.lock();
-        let mut set = match walked {
+        let mut set = match self.walk_conflicted() {
             Ok(set) => set,
             Err(e) => {
-                *index = ConflictIndex::Unknown;
+                *self.conflict_index.lock() = ConflictIndex::Unknown;
                 return Err(e);
             }
         };
-        if let ConflictIndex::Building(touched) = std::mem::take(&mut *index) {
+        // Look again at what batches changed during the walk, without the lock
+        // (batches take it while holding the commit lock), until none did since.
+        loop {
+            let touched = {
+                let mut index = self.conflict_index.lock();
+                match &mut *index {
+                    ConflictIndex::Building(t) if !t.is_empty() => std::mem::take(t),
+                    _ => {
+                        let out = set.iter().copied().collect();
+                        *index = ConflictIndex::Ready(std::mem::take(&mut set));
+                        return Ok(out);
+                    }
+                }
+            };
             for entry in touched {
                 set.remove(&entry);
-                if !self.get(entry)?.conflicts.is_empty() {
-                    set.insert(entry);
+                match self.get(entry) {
+                    Ok(st) if !st.conflicts.is_empty() => {
+                        set.insert(entry);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        *self.conflict_index.lock() = ConflictIndex::Unknown;
+                        return Err(e);
+                    }
                 }
             }
         }
-        let out = set.iter().copied().collect();
-        *index = ConflictIndex::Ready(set);
-        Ok(out)
     }
 
-    /// Every entry with conflicts that the tree shows, from the root down.
+    /// Every entry with conflicts, reachable from the root or not: batches report
+    /// every entry they change, and one not in the tree now may be once a batch
+    /// brings back a directory above it.
     fn walk_conflicted(&self) -> Result<HashSet<EntryId>> {
         let mut found = HashSet::new();
-        let mut stack = vec![self.root];
-        while let Some(dir) = stack.pop() {
-            for (_, child) in self.children(dir)? {
-                let st = self.get(child)?;
-                if matches!(st.record().content, Content::Dir) {
-                    stack.push(child);
-                }
-                if !st.conflicts.is_empty() {
-                    found.insert(child);
-                }
+        for entry in self.store.all_entries()? {
+            if !self.get(entry)?.conflicts.is_empty() {
+                found.insert(entry);
             }
         }
         Ok(found)

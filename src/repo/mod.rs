@@ -1427,12 +1427,14 @@ impl Repo {
     }
 }
 
-/// Orders records by (hybrid clock, author): the order `Repo::recent` lists them in.
+/// Orders records by (hybrid clock, author, id): the order `Repo::recent` lists
+/// them in (the id only breaks ties, so which record a limit keeps never depends on
+/// the walk's order).
 struct Newest(SignedRecord);
 
 impl Newest {
-    fn key(&self) -> (Hlc, NodeId) {
-        (self.0.record.hlc, self.0.record.author)
+    fn key(&self) -> (Hlc, NodeId, VersionId) {
+        (self.0.record.hlc, self.0.record.author, self.0.id)
     }
 }
 

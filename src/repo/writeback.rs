@@ -684,7 +684,8 @@ impl DirtyFile {
     /// bytes), n = `len` cut at the source's end. Only where that is the whole
     /// effect: the copy lands at the same offset, exactly at this file's end, and
     /// this file is either empty or holds nothing but `src`'s content below
-    /// `offset` (an earlier call of the same copy; the kernel splits large copies).
+    /// `offset` (an earlier call of the same copy: a copy larger than a FUSE reply
+    /// can count returns short, and `cp` asks again from there).
     /// Then only the chunk at the copy's end is cut again at commit, and a copy of
     /// a whole file cuts nothing. `None` if the copy must move bytes after all.
     pub fn share_from(&mut self, src: &Arc<ChunkList>, src_size: u64, offset: u64, len: u64) -> Option<u64> {
