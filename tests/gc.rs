@@ -186,3 +186,33 @@ fn gc_gives_the_disk_space_of_purged_versions_back() {
     let again = blob_file_bytes(&n);
     assert!(again < 5 << 20, "{again} bytes of blob files after a remount");
 }
+
+/// A sweep walks every kept manifest. When nothing changed since the last complete
+/// sweep (no batch, and the orphan mark did not move), the next one skips the
+/// walk; any change makes the one after walk again, and what it frees is freed.
+#[test]
+fn a_sweep_with_nothing_changed_since_the_last_skips_its_walk() {
+    let mut n = Node::prepare(&[]);
+    n.env.push(("RUST_LOG".into(), "info,distribox::repo::gc=debug".into()));
+    n.mount();
+    let skips = |n: &Node| n.log().matches("gc sweep: nothing changed since the last one").count();
+    fs::write(n.path("a.bin"), random_bytes(1 << 20, 1)).unwrap();
+    gc(&n, &[]);
+    assert_eq!(skips(&n), 0, "the first sweep must walk");
+    gc(&n, &[]);
+    assert_eq!(skips(&n), 1, "nothing changed: the second sweep skips its walk");
+    // Two versions of b.bin; keeping one frees the other's chunks.
+    fs::write(n.path("b.bin"), random_bytes(1 << 20, 2)).unwrap();
+    fs::write(n.path("b.bin"), random_bytes(1 << 20, 3)).unwrap();
+    let before = chunk_bytes(&n);
+    let out = gc(&n, &["--keep-last", "1", "--keep-days", "0"]);
+    assert_eq!(skips(&n), 1, "a sweep after changes must walk");
+    assert!(
+        before - chunk_bytes(&n) >= 1 << 20,
+        "the old b.bin was not freed: {out}"
+    );
+    // That gc's purge records were made before its sweep looked.
+    gc(&n, &["--keep-last", "1", "--keep-days", "0"]);
+    assert_eq!(skips(&n), 2);
+    assert_eq!(fs::read(n.path("b.bin")).unwrap(), random_bytes(1 << 20, 3));
+}

@@ -103,6 +103,9 @@ impl OrphanWatch {
 pub struct SweepPlan {
     /// Each author's last seq when the walk began: records after it were not walked.
     walked: HashMap<NodeId, u64>,
+    /// (orphan mark, tree epoch) the walk saw, if it saw every kept manifest: once
+    /// swept, a sweep that finds both unchanged has nothing to do (see `sweep_plan`).
+    seen: Option<(u64, u64)>,
     /// Purged versions whose chunks no kept version needs.
     gone: HashSet<VersionId>,
     purged_chunks: HashSet<ChunkId>,
@@ -305,12 +308,28 @@ impl Repo {
     /// While a kept version's manifest is not all here (a pending record whose
     /// manifest has not arrived), the chunks below the missing node are unknown and
     /// no orphan is taken.
+    ///
+    /// Chunks become garbage only when the tree changes (a purge, or a purged
+    /// version no longer shown) or when the orphan mark moves on (chunks no record
+    /// named turn a day old). If neither happened since the last complete sweep,
+    /// the walk is skipped: an idle node, most hours of most nodes, reads nothing.
     pub fn sweep_plan(&self) -> Result<SweepPlan> {
+        let epoch = self.epoch();
         let walked = self.vector();
         let mark = self
             .orphan_watch
             .lock()
             .mark_at(self.store.chunk_key_mark(), Instant::now());
+        if *self.last_sweep.lock() == Some((mark, epoch)) {
+            tracing::debug!(mark, epoch, "gc sweep: nothing changed since the last one");
+            return Ok(SweepPlan {
+                walked,
+                seen: Some((mark, epoch)),
+                gone: HashSet::new(),
+                purged_chunks: HashSet::new(),
+                orphans: HashSet::new(),
+            });
+        }
         let mut gone = HashSet::new();
         let marked: Vec<VersionId> = self.purged.lock().keys().copied().collect();
         for v in marked {
@@ -349,6 +368,7 @@ impl Repo {
         }
         Ok(SweepPlan {
             walked,
+            seen: complete.then_some((mark, epoch)),
             gone,
             purged_chunks,
             orphans,
@@ -387,6 +407,7 @@ impl Repo {
         let _cs = self.commit_state.lock();
         let SweepPlan {
             walked,
+            seen,
             gone,
             mut purged_chunks,
             mut orphans,
@@ -438,6 +459,7 @@ impl Repo {
             orphans = orphans.len(),
             "gc swept the chunks of purged versions and chunks no version names"
         );
+        *self.last_sweep.lock() = seen;
         Ok((n, bytes))
     }
 

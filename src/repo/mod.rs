@@ -271,6 +271,8 @@ pub struct Repo {
     purged: Mutex<HashMap<VersionId, EntryId>>,
     /// Where the next gc sweep looks for orphans (see `gc::OrphanWatch`).
     orphan_watch: Mutex<gc::OrphanWatch>,
+    /// (orphan mark, epoch) of the last complete sweep (see `sweep_plan`).
+    last_sweep: Mutex<Option<(u64, u64)>>,
     /// Who hears about changes (the network announcer, the kernel-cache invalidator).
     subscribers: Mutex<Vec<Subscriber>>,
     /// Who hears about chunks stored ahead for files still being written (the
@@ -401,6 +403,7 @@ impl Repo {
             cycle_breaks: Mutex::new(cycle_breaks),
             purged: Mutex::new(purged),
             orphan_watch: Mutex::new(orphan_watch),
+            last_sweep: Mutex::new(None),
             subscribers: Mutex::new(Vec::new()),
             staged_subscribers: Mutex::new(Vec::new()),
             epoch: std::sync::atomic::AtomicU64::new(0),
