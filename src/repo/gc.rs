@@ -407,7 +407,7 @@ impl Repo {
         let _cs = self.commit_state.lock();
         let SweepPlan {
             walked,
-            seen,
+            mut seen,
             gone,
             mut purged_chunks,
             mut orphans,
@@ -420,8 +420,10 @@ impl Repo {
             let from = walked.get(&author).copied().unwrap_or(0) + 1;
             for (_, v) in self.store.versions_of_author(author, from, last, usize::MAX)? {
                 if !self.walk_into(v, &mut roots, &mut since)? {
-                    // Below a missing manifest node could be any chunk.
+                    // Below a missing manifest node could be any chunk; and
+                    // the next sweep must look again.
                     orphans.clear();
+                    seen = None;
                 }
             }
         }
