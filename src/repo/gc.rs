@@ -310,9 +310,11 @@ impl Repo {
     /// no orphan is taken.
     ///
     /// Chunks become garbage only when the tree changes (a purge, or a purged
-    /// version no longer shown) or when the orphan mark moves on (chunks no record
-    /// named turn a day old). If neither happened since the last complete sweep,
-    /// the walk is skipped: an idle node, most hours of most nodes, reads nothing.
+    /// version no longer shown), when a record a purge names arrives, or when the
+    /// orphan mark moves on (chunks no record named turn a day old). If none of
+    /// that happened since the last complete sweep (one that stored no record
+    /// during its walk, see `sweep`), the walk is skipped: an idle node, most
+    /// hours of most nodes, reads nothing.
     pub fn sweep_plan(&self) -> Result<SweepPlan> {
         let epoch = self.epoch();
         let walked = self.vector();
@@ -419,11 +421,14 @@ impl Repo {
         for (author, last) in self.store.last_seqs()? {
             let from = walked.get(&author).copied().unwrap_or(0) + 1;
             for (_, v) in self.store.versions_of_author(author, from, last, usize::MAX)? {
+                // Records can arrive without a change to the tree (a peer's record
+                // waiting for its data, or one a purge already names): what they
+                // keep now may be garbage later with the epoch unchanged, so the
+                // next sweep must look again.
+                seen = None;
                 if !self.walk_into(v, &mut roots, &mut since)? {
-                    // Below a missing manifest node could be any chunk; and
-                    // the next sweep must look again.
+                    // Below a missing manifest node could be any chunk.
                     orphans.clear();
-                    seen = None;
                 }
             }
         }
