@@ -6,23 +6,18 @@
 # Run as root (FUSE, drop_caches). Usage: MB=1024 RUNS=3 bench/cp-inside.sh
 # (DISTRIBOX_BIN overrides the binary; the work dir under WORKDIR is removed on exit.)
 set -euo pipefail
-B=${DISTRIBOX_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/distribox-target}/debug/distribox}
 MB=${MB:-1024}
 RUNS=${RUNS:-3}
-W=$(mktemp -d "${WORKDIR:-/var/tmp}/dbxcp.XXXX")
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 SRC=$(mktemp /dev/shm/dbxcp-src.XXXX)
-cleanup() {
-    "$B" --data-dir "$W/d" unmount "$W/m" >/dev/null 2>&1 || fusermount3 -u "$W/m" 2>/dev/null || true
-    rm -rf -- "$W" "$SRC"
-}
-trap cleanup EXIT
+CLEANUP_EXTRA=("$SRC")
 head -c $((MB << 20)) /dev/urandom >"$SRC"
 io() { awk '/^(rchar|wchar):/ { s += $2 } END { printf "%.0f", s }' "/proc/$1/io"; }
 for r in $(seq 1 "$RUNS"); do
     rm -rf "$W/d" "$W/m" && mkdir -p "$W/m"
-    out=$("$B" --data-dir "$W/d" mount "$W/m" --no-net --gui-listen off)
-    pid=${out##*node pid }
-    pid=${pid%%,*}
+    mount_node
+    pid=$PID
     dd if="$SRC" of="$W/m/big" bs=1M conv=fsync status=none
     sync && echo 3 >/proc/sys/vm/drop_caches
     io0=$(io "$pid")

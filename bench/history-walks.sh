@@ -9,20 +9,13 @@
 # Usage: ROUNDS=10 N=20000 DIRS=100 bench/history-walks.sh
 # (DISTRIBOX_BIN overrides the binary; the work dir under WORKDIR is removed on exit.)
 set -euo pipefail
-B=${DISTRIBOX_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/distribox-target}/debug/distribox}
 ROUNDS=${ROUNDS:-10}
 N=${N:-20000}
 DIRS=${DIRS:-100}
-W=$(mktemp -d "${WORKDIR:-/var/tmp}/dbxwalks.XXXX")
-cleanup() {
-    "$B" --data-dir "$W/d" unmount "$W/m" >/dev/null 2>&1 || fusermount3 -u "$W/m" 2>/dev/null || true
-    rm -rf -- "$W"
-}
-trap cleanup EXIT
-mkdir -p "$W/m"
-out=$("$B" --data-dir "$W/d" mount "$W/m" --no-net --gui-listen off)
-pid=${out##*node pid }
-pid=${pid%%,*}
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+mount_node
+pid=$PID
 mem() { awk '/^VmRSS|^VmHWM/ { printf "%s %d MiB  ", $1, $2 / 1024 }' "/proc/$pid/status"; }
 timed() { # prints the seconds a command took
     local t0 t1
@@ -31,18 +24,8 @@ timed() { # prints the seconds a command took
     t1=$(date +%s%N)
     printf '%d.%03d s' $(((t1 - t0) / 1000000000)) $(((t1 - t0) / 1000000 % 1000))
 }
-files() { # files DIR COUNT: COUNT files of 100 bytes in a new directory DIR
-    python3 - "$1" "$2" <<'PY'
-import os, sys
-d, n = sys.argv[1], int(sys.argv[2])
-os.mkdir(d)
-for i in range(n):
-    with open(f"{d}/f{i}", "wb") as f:
-        f.write(b"x" * 100)
-PY
-}
 for r in $(seq 1 "$ROUNDS"); do
-    files "$W/m/r$r" "$N"
+    make_files "$W/m/r$r" "$N"
     rm -r "$W/m/r$r"
 done
 echo "after $((ROUNDS * N)) files created and deleted: $(mem)"
@@ -52,7 +35,7 @@ for cmd in gc log; do
     echo "distribox $cmd: $t, then $(mem)"
 done
 for d in $(seq 1 "$DIRS"); do
-    files "$W/m/d$d" 1000
+    make_files "$W/m/d$d" 1000
 done
 for i in 1 2 3; do
     echo "distribox conflicts over $((DIRS * 1000)) files, call $i: $(timed "$B" --data-dir "$W/d" conflicts)"

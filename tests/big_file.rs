@@ -9,12 +9,6 @@ use common::*;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 
-fn vm_hwm_kib(pid: u32) -> u64 {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 #[test]
 fn four_gib_write_and_random_patches_stay_under_256_mib_rss() {
     let mb: u64 = std::env::var("DISTRIBOX_BIG_FILE_MB")
@@ -49,7 +43,7 @@ fn four_gib_write_and_random_patches_stay_under_256_mib_rss() {
         drop(f);
         patches.push((off, data));
     }
-    let hwm = vm_hwm_kib(pid);
+    let hwm = proc_status_kib(pid, "VmHWM:");
     eprintln!("node VmHWM after {mb} MiB write + 16 patches: {} MiB", hwm / 1024);
     assert!(hwm <= 256 * 1024, "peak RSS {} MiB > 256 MiB", hwm / 1024);
     // Spot-check content: patched ranges and a few untouched blocks.

@@ -56,14 +56,9 @@ EOF"#,
     // The hourly gc and `log` of the whole folder walk all 72,000 versions; they
     // must not hold them all at once (they did: ~330 and ~650 bytes per version).
     let pid = n.pid.expect("node pid");
-    let kib = |field: &str| -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let line = s.lines().find(|l| l.starts_with(field)).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    };
     // Writing 5 resets the peak (VmHWM) to the current resident size.
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
-    let before = kib("VmRSS:");
+    let before = proc_status_kib(pid, "VmRSS:");
     for args in [&["gc"][..], &["log", "--limit", "1000"][..]] {
         let out = cli(&n.data, args);
         assert!(
@@ -72,7 +67,7 @@ EOF"#,
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let peak = kib("VmHWM:");
+    let peak = proc_status_kib(pid, "VmHWM:");
     assert!(
         peak < before + 12 * 1024,
         "gc and log over 72,000 versions raised the node's peak memory from {before} KiB to {peak} KiB"

@@ -503,6 +503,14 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
+/// A memory figure of process `pid` in KiB, as /proc/PID/status gives it
+/// (`field` such as "VmHWM:" or "VmRSS:").
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = s.lines().find(|l| l.starts_with(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
 pub fn sh(dir: &Path, script: &str) -> Output {
     Command::new("bash")
         .arg("-ec")
