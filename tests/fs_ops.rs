@@ -492,3 +492,66 @@ os.close(a)
         "b.bin's versions:\n{log}"
     );
 }
+
+/// A file read again, unchanged, comes from the kernel's page cache instead of
+/// through the node (FOPEN_KEEP_CACHE); and no way of changing it leaves a later
+/// open reading stale pages: writes through the mount, a restore by the CLI, and
+/// a handle opened before the change that reads its old content meanwhile.
+#[test]
+fn unchanged_files_are_read_again_from_the_page_cache_and_changed_ones_never_are() {
+    let n = Node::start();
+    let p = n.path("a.bin");
+    let v1 = random_bytes(16 << 20, 21);
+    fs::write(&p, &v1).unwrap();
+    assert!(fs::read(&p).unwrap() == v1);
+    assert!(fs::read(n.path("a.bin@v1")).unwrap() == v1);
+    let before = node_io_bytes(&n);
+    assert!(fs::read(&p).unwrap() == v1);
+    assert!(fs::read(n.path("a.bin@v1")).unwrap() == v1);
+    let moved = node_io_bytes(&n) - before;
+    assert!(
+        moved < 8 << 20,
+        "reading a.bin and a.bin@v1 (16 MiB each) again moved {moved} bytes through the node"
+    );
+
+    // Overwritten in place (no O_TRUNC: the open sees the committed content, v1),
+    // then restored to v1 by the CLI: the pages the write changed must not be kept.
+    let mut v2 = v1.clone();
+    v2[..4096].fill(b'2');
+    v2[8 << 20..(8 << 20) + 4096].fill(b'2');
+    let mut f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.write_all(&v2[..4096]).unwrap();
+    f.seek(SeekFrom::Start(8 << 20)).unwrap();
+    f.write_all(&v2[8 << 20..(8 << 20) + 4096]).unwrap();
+    drop(f);
+    let out = cli(&n.data, &["restore", n.path("a.bin@v1").to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        fs::read(&p).unwrap() == v1,
+        "a.bin after restoring v1 (written pages kept)"
+    );
+    assert!(fs::read(&p).unwrap() == v1);
+    assert!(fs::read(n.path("a.bin@v2")).unwrap() == v2, "a.bin@v2");
+
+    // A handle opened on v1 reads on after the file changed: the pages it fills
+    // hold v1, so the next open must drop them.
+    let mut old = fs::File::open(&p).unwrap();
+    let out = cli(&n.data, &["restore", n.path("a.bin@v2").to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = fs::File::open(&p).unwrap(); // drops the pages: a.bin is v2 now
+    let mut got = Vec::new();
+    old.read_to_end(&mut got).unwrap();
+    assert!(got == v1, "a handle opened before the restore reads what it opened");
+    assert!(
+        fs::read(&p).unwrap() == v2,
+        "a.bin after restoring v2 (pages of v1 kept)"
+    );
+}

@@ -6,8 +6,12 @@
 //! a while (`UNREFERENCED_KEPT`). An entry seen again later gets a new number.
 //! Numbers are never reused during a mount, so a stale kernel reference can never
 //! reach a different file.
+//!
+//! Each number also remembers what the kernel's page cache of it was filled from
+//! (`PageCache`), so an open of a file whose content has not changed since can let
+//! the kernel keep those pages (FOPEN_KEEP_CACHE) instead of reading it all again.
 
-use crate::model::{EntryId, VersionId};
+use crate::model::{ChunkId, EntryId, VersionId};
 use std::collections::HashMap;
 
 pub const ROOT_INO: u64 = 1;
@@ -28,6 +32,25 @@ struct Slot {
     lookups: u64,
     /// Open handles on it: RELEASE may reach us after the FORGET that follows it.
     pins: u32,
+    pages: PageCache,
+}
+
+/// A committed file content as the kernel sees it: its size and manifest root.
+/// Equal keys mean equal bytes (the manifest is content-addressed).
+pub type ContentKey = (u64, Option<ChunkId>);
+
+/// What the kernel's cached pages of one inode hold, as far as the node can tell.
+/// The kernel keeps an inode's pages across opens only if the open says so; the node
+/// says so only when the pages can hold nothing but the content the file has now.
+#[derive(Default)]
+struct PageCache {
+    /// The content every page was read from (or written to match), if that is one
+    /// committed content; None when unknown (never opened, or changed since).
+    filled_from: Option<ContentKey>,
+    /// Changes to the pages other than reads of `filled_from` (writes, truncates,
+    /// copies into the file, reads of other content): an open that began before
+    /// one must not vouch for the pages.
+    changes: u64,
 }
 
 /// Numbers no reply handed to the kernel (a plain READDIR's `d_ino`, the node's own
@@ -64,6 +87,7 @@ impl InodeTable {
                 target: Target::Entry(root),
                 lookups: 1,
                 pins: 0,
+                pages: PageCache::default(),
             },
         );
         t.by_entry.insert(root, ROOT_INO);
@@ -166,6 +190,45 @@ impl InodeTable {
         }
     }
 
+    /// Changes to `ino`'s pages so far; taken before an open looks at the file,
+    /// and handed back to `reopen_pages`.
+    pub fn page_changes(&self, ino: u64) -> u64 {
+        self.by_ino.get(&ino).map_or(0, |s| s.pages.changes)
+    }
+
+    /// An open of `ino` that found the file holding `now` (None: unwritten changes,
+    /// or an open that truncates), with `changes_seen` from `page_changes` before it
+    /// looked: true if the kernel may keep the pages it has. Otherwise the kernel
+    /// drops them, and the pages read from then on hold `now`.
+    pub fn reopen_pages(&mut self, ino: u64, now: Option<ContentKey>, changes_seen: u64) -> bool {
+        let Some(s) = self.by_ino.get_mut(&ino) else {
+            return false;
+        };
+        if s.pages.changes != changes_seen {
+            s.pages.filled_from = None;
+            return false;
+        }
+        let keep = now.is_some() && s.pages.filled_from == now;
+        s.pages.filled_from = now;
+        keep
+    }
+
+    /// True if `ino`'s pages hold `content` and nothing else, as far as we know.
+    pub fn pages_hold(&self, ino: u64, content: ContentKey) -> bool {
+        self.by_ino
+            .get(&ino)
+            .is_some_and(|s| s.pages.filled_from == Some(content))
+    }
+
+    /// `ino`'s pages may now hold something other than one committed content (see
+    /// `PageCache::changes`): the next open must not keep them.
+    pub fn pages_changed(&mut self, ino: u64) {
+        if let Some(s) = self.by_ino.get_mut(&ino) {
+            s.pages.filled_from = None;
+            s.pages.changes += 1;
+        }
+    }
+
     /// How many numbers are mapped now.
     pub fn len(&self) -> usize {
         self.by_ino.len()
@@ -201,6 +264,7 @@ impl InodeTable {
                 target,
                 lookups: 0,
                 pins: 0,
+                pages: PageCache::default(),
             },
         );
         self.young.push(i);
@@ -252,6 +316,34 @@ mod tests {
         assert_ne!(again, ino, "numbers are not reused");
         t.forget(ROOT_INO, 1);
         assert!(t.get(ROOT_INO).is_some(), "the root stays");
+    }
+
+    #[test]
+    fn pages_are_kept_only_for_the_content_they_were_read_from() {
+        let mut t = InodeTable::new(EntryId([0; 16]));
+        let ino = t.looked_up(Target::Entry(EntryId([1; 16])));
+        let (v1, v2) = ((3, Some(ChunkId([1; 32]))), (4, Some(ChunkId([2; 32]))));
+        let open = |t: &mut InodeTable, now| {
+            let seen = t.page_changes(ino);
+            t.reopen_pages(ino, now, seen)
+        };
+        assert!(!open(&mut t, Some(v1)), "nothing known at the first open");
+        assert!(open(&mut t, Some(v1)), "same content: keep");
+        assert!(!open(&mut t, Some(v2)), "the file changed");
+        assert!(open(&mut t, Some(v2)));
+        // A write through the kernel: even a later return to v2 must not keep.
+        t.pages_changed(ino);
+        assert!(!open(&mut t, Some(v2)));
+        assert!(!open(&mut t, None), "unwritten changes: never");
+        assert!(!open(&mut t, Some(v2)));
+        // A change while an open was looking: that open must not vouch.
+        let seen = t.page_changes(ino);
+        t.pages_changed(ino);
+        assert!(!t.reopen_pages(ino, Some(v2), seen));
+        assert!(!t.pages_hold(ino, v2));
+        assert!(!open(&mut t, Some(v2)));
+        assert!(t.pages_hold(ino, v2));
+        assert!(open(&mut t, Some(v2)));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use fuser::{
     LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
     ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
-use inodes::{InodeTable, Target, ROOT_INO};
+use inodes::{ContentKey, InodeTable, Target, ROOT_INO};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -137,6 +137,9 @@ enum HandleKind {
     File {
         snapshot: Arc<ChunkList>,
         size: u64,
+        /// The committed content `snapshot` is, if the file had no unwritten
+        /// changes at open (see `inodes::PageCache`).
+        content: Option<ContentKey>,
         writable: bool,
         /// Opened by execve(2): the file is a running program's text.
         exec: bool,
@@ -1123,11 +1126,16 @@ impl DistriboxFs {
         Ok(())
     }
 
-    fn open_handle(&self, ino: INodeNo, flags: OpenFlags) -> FsResult<u64> {
+    /// Opens a file handle; also says whether the kernel may keep the pages it has
+    /// cached for `ino` (FOPEN_KEEP_CACHE): only if they were filled from exactly
+    /// the content the file has now (see `inodes::PageCache`). Without it the
+    /// kernel drops them, and every open read the whole file again through FUSE.
+    fn open_handle(&self, ino: INodeNo, flags: OpenFlags) -> FsResult<(u64, bool)> {
         let writable = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
         let trunc = flags.0 & libc::O_TRUNC != 0;
         let exec = flags.0 & FMODE_EXEC != 0;
-        let (snapshot, size) = match self.target(ino)? {
+        let changes_seen = self.inner.inodes.lock().page_changes(ino.0);
+        let (snapshot, size, content) = match self.target(ino)? {
             Target::Version(entry, v) => {
                 if writable || trunc {
                     return Err(Errno::EROFS);
@@ -1137,22 +1145,34 @@ impl DistriboxFs {
                     return Err(Errno::ENODATA);
                 }
                 match e(self.repo().record(v))?.record.content {
-                    Content::File { size, manifest } => (e(self.repo().chunk_list(manifest))?, size),
+                    Content::File { size, manifest } => {
+                        (e(self.repo().chunk_list(manifest))?, size, Some((size, manifest)))
+                    }
                     _ => return Err(Errno::EINVAL),
                 }
             }
             Target::Entry(entry) => {
                 let fresh = self.is_fresh(entry);
-                let (list, size) = if fresh {
-                    (Arc::new(ChunkList::default()), 0)
+                let (list, size, content) = if fresh {
+                    (Arc::new(ChunkList::default()), 0, None)
                 } else {
                     let s = self.live(entry)?;
                     match &s.record().content {
-                        Content::File { size, manifest } => (e(self.repo().chunk_list(*manifest))?, *size),
+                        Content::File { size, manifest } => {
+                            (e(self.repo().chunk_list(*manifest))?, *size, Some((*size, *manifest)))
+                        }
                         Content::Dir => return Err(Errno::EISDIR),
-                        _ => (Arc::new(ChunkList::default()), 0),
+                        _ => (Arc::new(ChunkList::default()), 0, None),
                     }
                 };
+                // Unwritten changes are what the file holds, not its committed content.
+                let unwritten = self
+                    .inner
+                    .dirty
+                    .lock()
+                    .get(&entry)
+                    .is_some_and(|d| d.lock().file.is_dirty());
+                let content = content.filter(|_| !trunc && !unwritten);
                 // The kernel refuses to write a running program, but with atomic
                 // O_TRUNC it lets a truncating open through to us first and only then
                 // says ETXTBSY (for O_RDONLY|O_TRUNC) — after it has set the size to
@@ -1172,11 +1192,15 @@ impl DistriboxFs {
                 if exec {
                     *self.inner.exec_count.lock().entry(entry).or_default() += 1;
                 }
-                (list, size)
+                (list, size, content)
             }
         };
         let fh = self.inner.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.inner.inodes.lock().pin(ino.0);
+        let keep_cache = {
+            let mut inodes = self.inner.inodes.lock();
+            inodes.pin(ino.0);
+            inodes.reopen_pages(ino.0, content, changes_seen)
+        };
         self.inner.handles.lock().insert(
             fh,
             Handle {
@@ -1184,12 +1208,13 @@ impl DistriboxFs {
                 kind: HandleKind::File {
                     snapshot,
                     size,
+                    content,
                     writable,
                     exec,
                 },
             },
         );
-        Ok(fh)
+        Ok((fh, keep_cache))
     }
 
     /// True if a handle that may write is open on inode `ino`.
@@ -1203,34 +1228,52 @@ impl DistriboxFs {
 
     /// A file handle's snapshot (content and size at open) and whether it may write.
     fn file_handle(&self, fh: FileHandle) -> FsResult<(Arc<ChunkList>, u64, bool)> {
+        self.file_handle_content(fh)
+            .map(|(list, size, _, writable)| (list, size, writable))
+    }
+
+    /// As `file_handle`, with the committed content the handle opened (if it did).
+    fn file_handle_content(&self, fh: FileHandle) -> FsResult<(Arc<ChunkList>, u64, Option<ContentKey>, bool)> {
         match self.inner.handles.lock().get(&fh.0) {
             Some(Handle {
                 kind:
                     HandleKind::File {
                         snapshot,
                         size,
+                        content,
                         writable,
                         ..
                     },
                 ..
-            }) => Ok((snapshot.clone(), *size, *writable)),
+            }) => Ok((snapshot.clone(), *size, *content, *writable)),
             _ => Err(Errno::EBADF),
         }
     }
 
     fn do_read(&self, ino: INodeNo, fh: FileHandle, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        let (snapshot, snap_size, _) = self.file_handle(fh)?;
+        let (snapshot, snap_size, content, _) = self.file_handle_content(fh)?;
         let mut out = Vec::with_capacity(size as usize);
         if let Target::Entry(entry) = self.target(ino)? {
             let dirty = self.inner.dirty.lock().get(&entry).cloned();
             if let Some(d) = dirty {
                 let g = d.lock();
                 e(g.file.read(self.repo(), offset, size as u64, &mut out))?;
+                drop(g);
+                // These pages now hold what is written, not a committed content.
+                self.inner.inodes.lock().pages_changed(ino.0);
                 return Ok(out);
             }
         }
         let len = (size as u64).min(snap_size.saturating_sub(offset));
         e(self.repo().read_chunks(&snapshot, offset, len, &mut out))?;
+        {
+            // A handle opened before the file changed fills the pages with what it
+            // opened: not what the next open would vouch for.
+            let mut inodes = self.inner.inodes.lock();
+            if !content.is_some_and(|c| inodes.pages_hold(ino.0, c)) {
+                inodes.pages_changed(ino.0);
+            }
+        }
         Ok(out)
     }
 
@@ -1246,6 +1289,7 @@ impl DistriboxFs {
             let pressed = g.file.tail_pressure() != crate::repo::TailPressure::None;
             Ok((g.file.prechunk_plan(), pressed))
         })?;
+        self.inner.inodes.lock().pages_changed(ino.0);
         if let Some(plan) = plan {
             self.start_prechunk(entry, d.clone(), plan);
         }
@@ -1319,6 +1363,7 @@ impl DistriboxFs {
             Ok(n)
         })?;
         if let Some(n) = shared {
+            self.inner.inodes.lock().pages_changed(ino_out.0);
             tracing::debug!(entry = %dest, offset = off_out, bytes = n, "copy shares the source's chunks");
         }
         Ok(shared)
@@ -1350,6 +1395,7 @@ impl DistriboxFs {
                 g.touch();
                 Ok(())
             })?;
+            self.inner.inodes.lock().pages_changed(ino.0);
         }
         let attrs_change = mode.is_some() || uid.is_some() || gid.is_some() || atime.is_some() || mtime.is_some();
         if attrs_change || (size.is_some() && fh.is_none()) {
@@ -1846,7 +1892,8 @@ impl Filesystem for DistriboxFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.open_handle(ino, flags) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok((fh, true)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok((fh, false)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(err) => reply.error(err),
         }
     }
@@ -2090,7 +2137,7 @@ impl Filesystem for DistriboxFs {
         let r = self
             .create_file(parent, name, Self::new_attrs(req, mode, umask))
             .and_then(|attr| {
-                let fh = self
+                let (fh, _) = self
                     .open_handle(attr.ino, OpenFlags(flags))
                     .inspect_err(|_| self.inner.inodes.lock().forget(attr.ino.0, 1))?;
                 Ok((attr, fh))
