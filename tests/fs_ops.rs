@@ -554,4 +554,22 @@ fn unchanged_files_are_read_again_from_the_page_cache_and_changed_ones_never_are
         fs::read(&p).unwrap() == v2,
         "a.bin after restoring v2 (pages of v1 kept)"
     );
+
+    // Truncated mid-page through a handle (the kernel zeroes the rest of that page),
+    // then restored: the zeroed page must not be kept, nor the truncated content
+    // served because `old` still has the file open (as a viewer would).
+    let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.set_len(4000).unwrap();
+    drop(f);
+    let out = cli(&n.data, &["restore", n.path("a.bin@v2").to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        fs::read(&p).unwrap() == v2,
+        "a.bin after a truncate and restoring v2 (a stale size, write-back state or page)"
+    );
+    drop(old);
 }

@@ -264,7 +264,7 @@ pub fn run_mount(cfg: MountConfig, ready: &mut dyn Ready) -> Result<(), DaemonEr
     // Remote versions: drop the kernel's cached pages and names (from a thread of
     // its own, never inside a FUSE callback).
     // Only peers' changes need the kernel's caches dropped.
-    let _invalidator = fs.spawn_invalidator(session.notifier(), repo.subscribe_if(|b| b.remote));
+    let _invalidator = fs.spawn_invalidator(session.notifier(), repo.subscribe_if(|b| !b.kernel_knows));
     let sync = match &cfg.net {
         Some(net) => Some(crate::sync::start(repo.clone(), net.clone())?),
         None => None,

@@ -47,7 +47,12 @@ struct PageCache {
     /// The content every page was read from (or written to match), if that is one
     /// committed content; None when unknown (never opened, or changed since).
     filled_from: Option<ContentKey>,
-    /// Changes to the pages other than reads of `filled_from` (writes, truncates,
+    /// An open that did not keep the pages, and the content it found: the kernel
+    /// drops the pages in the opening task after our reply, so other opens may
+    /// vouch for that content only once the handle is used (READ or FLUSH come
+    /// after the open returned, so after the drop).
+    pending: Option<(u64, ContentKey)>,
+    /// Changes to the pages other than reads of that content (writes, truncates,
     /// copies into the file, reads of other content): an open that began before
     /// one must not vouch for the pages.
     changes: u64,
@@ -196,28 +201,53 @@ impl InodeTable {
         self.by_ino.get(&ino).map_or(0, |s| s.pages.changes)
     }
 
-    /// An open of `ino` that found the file holding `now` (None: unwritten changes,
-    /// or an open that truncates), with `changes_seen` from `page_changes` before it
-    /// looked: true if the kernel may keep the pages it has. Otherwise the kernel
-    /// drops them, and the pages read from then on hold `now`.
-    pub fn reopen_pages(&mut self, ino: u64, now: Option<ContentKey>, changes_seen: u64) -> bool {
+    /// Open handle `fh` of `ino` found the file holding `now` (None: unwritten
+    /// changes, or an open that truncates), with `changes_seen` from `page_changes`
+    /// before it looked: true if the kernel may keep the pages it has. Otherwise
+    /// the kernel drops them, and `now` is what they hold once `fh` is used.
+    pub fn reopen_pages(&mut self, ino: u64, fh: u64, now: Option<ContentKey>, changes_seen: u64) -> bool {
         let Some(s) = self.by_ino.get_mut(&ino) else {
             return false;
         };
-        if s.pages.changes != changes_seen {
-            s.pages.filled_from = None;
+        let p = &mut s.pages;
+        if p.changes != changes_seen {
+            p.filled_from = None;
+            p.pending = None;
             return false;
         }
-        let keep = now.is_some() && s.pages.filled_from == now;
-        s.pages.filled_from = now;
-        keep
+        if now.is_some() && p.filled_from == now {
+            return true;
+        }
+        p.filled_from = None;
+        p.pending = now.map(|c| (fh, c));
+        false
     }
 
-    /// True if `ino`'s pages hold `content` and nothing else, as far as we know.
-    pub fn pages_hold(&self, ino: u64, content: ContentKey) -> bool {
-        self.by_ino
-            .get(&ino)
-            .is_some_and(|s| s.pages.filled_from == Some(content))
+    /// Handle `fh` of `ino` is being used (a read or flush): an open that dropped
+    /// the pages has returned.
+    pub fn handle_used(&mut self, ino: u64, fh: u64) {
+        if let Some(s) = self.by_ino.get_mut(&ino) {
+            let p = &mut s.pages;
+            if let Some((pfh, c)) = p.pending {
+                if pfh == fh {
+                    p.filled_from = Some(c);
+                    p.pending = None;
+                }
+            }
+        }
+    }
+
+    /// The kernel fills `ino`'s pages from a read of `content` (None: of unwritten
+    /// changes) through handle `fh`; pages of anything but the content the next
+    /// open would vouch for make it vouch for nothing.
+    pub fn pages_read(&mut self, ino: u64, fh: u64, content: Option<ContentKey>) {
+        self.handle_used(ino, fh);
+        let Some(s) = self.by_ino.get(&ino) else { return };
+        let p = &s.pages;
+        let fits = content.is_some_and(|c| p.filled_from == Some(c) || p.pending.is_some_and(|(_, k)| k == c));
+        if !fits {
+            self.pages_changed(ino);
+        }
     }
 
     /// `ino`'s pages may now hold something other than one committed content (see
@@ -225,6 +255,7 @@ impl InodeTable {
     pub fn pages_changed(&mut self, ino: u64) {
         if let Some(s) = self.by_ino.get_mut(&ino) {
             s.pages.filled_from = None;
+            s.pages.pending = None;
             s.pages.changes += 1;
         }
     }
@@ -323,27 +354,61 @@ mod tests {
         let mut t = InodeTable::new(EntryId([0; 16]));
         let ino = t.looked_up(Target::Entry(EntryId([1; 16])));
         let (v1, v2) = ((3, Some(ChunkId([1; 32]))), (4, Some(ChunkId([2; 32]))));
-        let open = |t: &mut InodeTable, now| {
+        let mut next_fh = 0;
+        // An open that is then used (read), as a `cat` does.
+        let mut open_read = |t: &mut InodeTable, now: Option<ContentKey>| {
+            next_fh += 1;
             let seen = t.page_changes(ino);
-            t.reopen_pages(ino, now, seen)
+            let keep = t.reopen_pages(ino, next_fh, now, seen);
+            t.pages_read(ino, next_fh, now);
+            keep
         };
-        assert!(!open(&mut t, Some(v1)), "nothing known at the first open");
-        assert!(open(&mut t, Some(v1)), "same content: keep");
-        assert!(!open(&mut t, Some(v2)), "the file changed");
-        assert!(open(&mut t, Some(v2)));
+        assert!(!open_read(&mut t, Some(v1)), "nothing known at the first open");
+        assert!(open_read(&mut t, Some(v1)), "same content: keep");
+        assert!(!open_read(&mut t, Some(v2)), "the file changed");
+        assert!(open_read(&mut t, Some(v2)));
         // A write through the kernel: even a later return to v2 must not keep.
         t.pages_changed(ino);
-        assert!(!open(&mut t, Some(v2)));
-        assert!(!open(&mut t, None), "unwritten changes: never");
-        assert!(!open(&mut t, Some(v2)));
+        assert!(!open_read(&mut t, Some(v2)));
+        assert!(!open_read(&mut t, None), "unwritten changes: never");
+        assert!(!open_read(&mut t, Some(v2)));
         // A change while an open was looking: that open must not vouch.
         let seen = t.page_changes(ino);
         t.pages_changed(ino);
-        assert!(!t.reopen_pages(ino, Some(v2), seen));
-        assert!(!t.pages_hold(ino, v2));
-        assert!(!open(&mut t, Some(v2)));
-        assert!(t.pages_hold(ino, v2));
-        assert!(open(&mut t, Some(v2)));
+        assert!(!t.reopen_pages(ino, 100, Some(v2), seen));
+        assert!(!open_read(&mut t, Some(v2)));
+        assert!(open_read(&mut t, Some(v2)));
+        // A handle opened on v2 reads after the file became v1: its pages are v2's.
+        t.pages_read(ino, 1000, Some(v1));
+        assert!(!open_read(&mut t, Some(v2)));
+    }
+
+    #[test]
+    fn an_open_that_dropped_the_pages_vouches_only_once_its_handle_is_used() {
+        let mut t = InodeTable::new(EntryId([0; 16]));
+        let ino = t.looked_up(Target::Entry(EntryId([1; 16])));
+        let (v1, v2) = ((3, Some(ChunkId([1; 32]))), (4, Some(ChunkId([2; 32]))));
+        let seen = t.page_changes(ino);
+        assert!(!t.reopen_pages(ino, 1, Some(v1), seen));
+        t.pages_read(ino, 1, Some(v1));
+        // The file becomes v2. Open 2 drops the pages, but in its own task after
+        // our reply: open 3, concurrent with it, must not rely on that yet.
+        let seen = t.page_changes(ino);
+        assert!(!t.reopen_pages(ino, 2, Some(v2), seen));
+        let seen = t.page_changes(ino);
+        assert!(!t.reopen_pages(ino, 3, Some(v2), seen), "open 2 has not returned yet");
+        // A read of v2 by another handle fits what is pending; open 3's flush says
+        // it returned (its drop is done).
+        t.pages_read(ino, 2, Some(v2));
+        t.handle_used(ino, 3);
+        let seen = t.page_changes(ino);
+        assert!(t.reopen_pages(ino, 4, Some(v2), seen));
+        // An open the kernel failed after our reply sends no READ or FLUSH: the
+        // content it found never counts.
+        let seen = t.page_changes(ino);
+        assert!(!t.reopen_pages(ino, 5, Some(v1), seen));
+        let seen = t.page_changes(ino);
+        assert!(!t.reopen_pages(ino, 6, Some(v1), seen));
     }
 
     #[test]

@@ -544,9 +544,10 @@ impl DistriboxFs {
     }
 
     /// Drops the kernel's cached pages, attributes and names of entries changed by
-    /// peers, from a thread of its own: a notification sent from inside a FUSE
-    /// callback, or while holding a lock a callback needs, deadlocks. Handles opened
-    /// before keep reading the content they opened (their snapshot).
+    /// peers or by the CLI and the API (a restore), from a thread of its own: a
+    /// notification sent from inside a FUSE callback, or while holding a lock a
+    /// callback needs, deadlocks. Handles opened before keep reading the content
+    /// they opened (their snapshot).
     pub fn spawn_invalidator(
         &self,
         notifier: fuser::Notifier,
@@ -557,9 +558,9 @@ impl DistriboxFs {
             .name("invalidate".into())
             .spawn(move || {
                 while let Some(batch) = changes.blocking_recv() {
-                    if batch.remote {
+                    if !batch.kernel_knows {
                         for c in &batch.changes {
-                            fs.invalidate(&notifier, c);
+                            fs.invalidate(&notifier, c, batch.remote);
                         }
                     }
                 }
@@ -567,10 +568,10 @@ impl DistriboxFs {
             .expect("spawning a thread at startup")
     }
 
-    fn invalidate(&self, notifier: &fuser::Notifier, c: &crate::repo::Change) {
-        self.drop_clean_dirty(c.entry);
+    fn invalidate(&self, notifier: &fuser::Notifier, c: &crate::repo::Change, remote: bool) {
+        self.drop_superseded_state(c.entry);
         let dirty = self.inner.dirty.lock().get(&c.entry).cloned();
-        if let Some(d) = dirty {
+        if let (Some(d), true) = (dirty, remote) {
             let mut g = d.lock();
             if g.fork_from.is_none() {
                 g.fork_from = c.head_before;
@@ -1093,6 +1094,30 @@ impl DistriboxFs {
         }
     }
 
+    /// After a change from outside the mount (a peer, a restore): drops the entry's
+    /// write-back state if nothing is pending, unless a handle that may write is
+    /// open. Kept, a clean state went on serving the content it was made from to
+    /// every reader, also those that opened after the change, until every handle on
+    /// the file closed (a viewer that keeps the file open was enough). A writer's
+    /// state stays: its next writes go on from what it saw (see `fork_from`).
+    fn drop_superseded_state(&self, entry: EntryId) {
+        let writers: Vec<u64> = self
+            .inner
+            .handles
+            .lock()
+            .values()
+            .filter(|h| matches!(h.kind, HandleKind::File { writable: true, .. }))
+            .map(|h| h.ino)
+            .collect();
+        let written = {
+            let inodes = self.inner.inodes.lock();
+            writers.iter().any(|ino| inodes.get(*ino) == Some(Target::Entry(entry)))
+        };
+        if !written {
+            retire_dirty(&mut self.inner.dirty.lock(), entry, |f| !f.is_dirty());
+        }
+    }
+
     fn handle_commit(&self, ino: INodeNo) -> FsResult<()> {
         self.commit_pending(ino, false)
     }
@@ -1166,12 +1191,10 @@ impl DistriboxFs {
                     }
                 };
                 // Unwritten changes are what the file holds, not its committed content.
-                let unwritten = self
-                    .inner
-                    .dirty
-                    .lock()
-                    .get(&entry)
-                    .is_some_and(|d| d.lock().file.is_dirty());
+                // A state locked by a commit in progress counts as unwritten: waiting
+                // for a large file's chunking is not worth a kept page cache.
+                let state = self.inner.dirty.lock().get(&entry).cloned();
+                let unwritten = state.is_some_and(|d| d.try_lock().is_none_or(|g| g.file.is_dirty()));
                 let content = content.filter(|_| !trunc && !unwritten);
                 // The kernel refuses to write a running program, but with atomic
                 // O_TRUNC it lets a truncating open through to us first and only then
@@ -1199,7 +1222,7 @@ impl DistriboxFs {
         let keep_cache = {
             let mut inodes = self.inner.inodes.lock();
             inodes.pin(ino.0);
-            inodes.reopen_pages(ino.0, content, changes_seen)
+            inodes.reopen_pages(ino.0, fh, content, changes_seen)
         };
         self.inner.handles.lock().insert(
             fh,
@@ -1259,21 +1282,16 @@ impl DistriboxFs {
                 let g = d.lock();
                 e(g.file.read(self.repo(), offset, size as u64, &mut out))?;
                 drop(g);
-                // These pages now hold what is written, not a committed content.
-                self.inner.inodes.lock().pages_changed(ino.0);
+                // These pages now hold the write-back state, not a known commit.
+                self.inner.inodes.lock().pages_read(ino.0, fh.0, None);
                 return Ok(out);
             }
         }
         let len = (size as u64).min(snap_size.saturating_sub(offset));
         e(self.repo().read_chunks(&snapshot, offset, len, &mut out))?;
-        {
-            // A handle opened before the file changed fills the pages with what it
-            // opened: not what the next open would vouch for.
-            let mut inodes = self.inner.inodes.lock();
-            if !content.is_some_and(|c| inodes.pages_hold(ino.0, c)) {
-                inodes.pages_changed(ino.0);
-            }
-        }
+        // A handle opened before the file changed fills the pages with what it
+        // opened: not what the next open would vouch for.
+        self.inner.inodes.lock().pages_read(ino.0, fh.0, content);
         Ok(out)
     }
 
@@ -1283,6 +1301,10 @@ impl DistriboxFs {
         if !writable {
             return Err(Errno::EBADF);
         }
+        // The kernel's pages hold these bytes already, stored or not (a failed
+        // write-back of mmap'ed pages leaves them cached): forget before and after,
+        // so that neither a failure nor an open racing the write vouches for them.
+        self.inner.inodes.lock().pages_changed(ino.0);
         let (d, (plan, pressed)) = self.with_dirty(entry, Some((&snapshot, snap_size)), |g| {
             e(g.file.write(self.repo(), offset, data))?;
             g.touch();
@@ -1933,7 +1955,8 @@ impl Filesystem for DistriboxFs {
         }
     }
 
-    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock: LockOwner, reply: ReplyEmpty) {
+    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _lock: LockOwner, reply: ReplyEmpty) {
+        self.inner.inodes.lock().handle_used(ino.0, fh.0);
         reply_empty(self.commit_pending(ino, true), reply)
     }
 

@@ -29,6 +29,11 @@ pub struct Change {
 #[derive(Clone, Debug)]
 pub struct ChangeBatch {
     pub remote: bool,
+    /// The kernel's caches already show these changes: made through the mount, or
+    /// nothing a listing or a read shows (gc). Peers' versions and local changes
+    /// made by the CLI or the API (restore, resolve) are not, so the mount drops
+    /// what the kernel cached of them.
+    pub kernel_knows: bool,
     pub changes: Vec<Change>,
 }
 

@@ -295,7 +295,11 @@ impl Repo {
         self.vector.lock().insert(self.node, seq - 1);
         self.unsigned.lock().extend(made);
         drop(cs);
-        self.publish(super::ChangeBatch { remote: false, changes });
+        self.publish(super::ChangeBatch {
+            remote: false,
+            kernel_knows: true,
+            changes,
+        });
         Ok(())
     }
 

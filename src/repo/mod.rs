@@ -695,6 +695,23 @@ impl Repo {
         changes: Vec<(EntryId, Draft, Base)>,
         staged: StagedChunks,
     ) -> Result<Vec<(Arc<EntryState>, Option<VersionId>)>> {
+        self.commit_from(changes, staged, true)
+    }
+
+    /// A commit the kernel does not know of (`restore`, `resolve_keep`, ...: asked
+    /// for by the CLI or the API, not done through the mount).
+    fn commit_outside_mount(&self, changes: Vec<(EntryId, Draft, Base)>) -> Result<Arc<EntryState>> {
+        Ok(self.commit_from(changes, StagedChunks::default(), false)?.remove(0).0)
+    }
+
+    /// The commits: `through_mount` when the change was made by a file operation
+    /// (what the kernel caches shows it already; see `ChangeBatch::kernel_knows`).
+    fn commit_from(
+        &self,
+        changes: Vec<(EntryId, Draft, Base)>,
+        staged: StagedChunks,
+        through_mount: bool,
+    ) -> Result<Vec<(Arc<EntryState>, Option<VersionId>)>> {
         let mut cs = self.commit_state.lock();
         let mut tx = Apply::new(self);
         let mut seq = cs.next_seq;
@@ -827,7 +844,11 @@ impl Repo {
         cs.hlc = hlc;
         self.vector.lock().insert(self.node, seq - 1);
         self.unsigned.lock().extend(made.iter().flatten().copied());
-        self.publish(ChangeBatch { remote: false, changes });
+        self.publish(ChangeBatch {
+            remote: false,
+            kernel_knows: through_mount,
+            changes,
+        });
         Ok(out.into_iter().zip(made).collect())
     }
 
@@ -1267,7 +1288,7 @@ impl Repo {
             parents: p.heads.iter().map(|(v, _)| *v).collect(),
             content_from: current.then_some(version),
         };
-        Ok(self.commit_based(vec![(entry, draft, base)])?.remove(0).0)
+        self.commit_outside_mount(vec![(entry, draft, base)])
     }
 
     /// A new version of the entry with the content of an older one (conflicts
@@ -1289,7 +1310,7 @@ impl Repo {
         let mut draft = p.draft();
         draft.content = old.record.content.clone();
         draft.attrs.mtime = old.record.attrs.mtime;
-        Ok(self.commit(vec![(entry, draft)])?.remove(0))
+        self.commit_outside_mount(vec![(entry, draft, Base::Shown)])
     }
 
     /// Brings a deleted entry back at `at` as a new version with an old version's
@@ -1319,7 +1340,7 @@ impl Repo {
             attrs: old.record.attrs,
             content: old.record.content.clone(),
         };
-        Ok(self.commit(vec![(entry, draft)])?.remove(0))
+        self.commit_outside_mount(vec![(entry, draft, Base::Shown)])
     }
 
     /// After a directory came back (`undelete`), brings back what was deleted

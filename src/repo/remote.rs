@@ -323,7 +323,11 @@ impl Repo {
             Ok(None) => Ok(0),
             Ok(Some((_, changes))) => {
                 drop((pending, waiting));
-                self.publish(ChangeBatch { remote: true, changes });
+                self.publish(ChangeBatch {
+                    remote: true,
+                    kernel_knows: false,
+                    changes,
+                });
                 Ok(joined.len())
             }
             Err(e) => {
