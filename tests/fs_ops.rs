@@ -571,5 +571,23 @@ fn unchanged_files_are_read_again_from_the_page_cache_and_changed_ones_never_are
         fs::read(&p).unwrap() == v2,
         "a.bin after a truncate and restoring v2 (a stale size, write-back state or page)"
     );
+
+    // A writer that has the file open when it is restored keeps its state (its next
+    // writes go on from what it saw); once it closes, readers get the restored
+    // content, though a viewer still has the file open.
+    let mut w = fs::OpenOptions::new().write(true).open(&p).unwrap();
+    w.write_all(&v1[..4096]).unwrap();
+    w.sync_all().unwrap();
+    let out = cli(&n.data, &["restore", n.path("a.bin@v1").to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(w);
+    // The kernel sends RELEASE after close(2) returns.
+    wait_until("a.bin reads as restored once its writer closed", 10, || {
+        fs::read(&p).unwrap() == v1
+    });
     drop(old);
 }

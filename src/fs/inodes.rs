@@ -378,7 +378,7 @@ mod tests {
         assert!(!t.reopen_pages(ino, 100, Some(v2), seen));
         assert!(!open_read(&mut t, Some(v2)));
         assert!(open_read(&mut t, Some(v2)));
-        // A handle opened on v2 reads after the file became v1: its pages are v2's.
+        // A handle opened on v1 reads after the file became v2: its pages are v1's.
         t.pages_read(ino, 1000, Some(v1));
         assert!(!open_read(&mut t, Some(v2)));
     }

@@ -122,6 +122,10 @@ struct DirtyEntry {
     /// Taken out of `Inner::dirty` (see `retire_dirty`): changes made here would be
     /// seen by no commit, so a writer holding it fetches a fresh state instead.
     retired: bool,
+    /// A change from outside the mount (a peer's version, a restore) landed while
+    /// a writer kept this state (see `drop_superseded_state`): it goes once no
+    /// handle that may write is left and nothing is pending.
+    superseded: bool,
 }
 
 impl DirtyEntry {
@@ -968,6 +972,7 @@ impl DistriboxFs {
             last_write: Instant::now(),
             changed: SystemTime::UNIX_EPOCH,
             retired: false,
+            superseded: false,
         }));
         map.insert(entry, d.clone());
         Ok(d)
@@ -1078,6 +1083,7 @@ impl DistriboxFs {
             if let Some(g) = guard.as_mut() {
                 g.file.content_committed(new);
                 g.fork_from = None;
+                g.superseded = false;
             }
             tracing::debug!(entry = %entry, version = %st.head.id, "committed file content");
         }
@@ -1090,7 +1096,7 @@ impl DistriboxFs {
     fn drop_clean_dirty(&self, entry: EntryId) {
         let mut dirty = self.inner.dirty.lock();
         if !self.inner.open_count.lock().contains_key(&entry) {
-            retire_dirty(&mut dirty, entry, |f| !f.is_dirty());
+            retire_dirty(&mut dirty, entry, |g| !g.file.is_dirty());
         }
     }
 
@@ -1101,6 +1107,22 @@ impl DistriboxFs {
     /// the file closed (a viewer that keeps the file open was enough). A writer's
     /// state stays: its next writes go on from what it saw (see `fork_from`).
     fn drop_superseded_state(&self, entry: EntryId) {
+        if !self.has_writer_on(entry) {
+            retire_dirty(&mut self.inner.dirty.lock(), entry, |g| !g.file.is_dirty());
+            return;
+        }
+        let state = self.inner.dirty.lock().get(&entry).cloned();
+        if let Some(d) = state {
+            d.lock().superseded = true;
+        }
+        // The writer may have gone meanwhile (its release saw no mark yet).
+        if !self.has_writer_on(entry) {
+            retire_dirty(&mut self.inner.dirty.lock(), entry, |g| !g.file.is_dirty());
+        }
+    }
+
+    /// True if a handle that may write is open on any inode of `entry`.
+    fn has_writer_on(&self, entry: EntryId) -> bool {
         let writers: Vec<u64> = self
             .inner
             .handles
@@ -1109,13 +1131,8 @@ impl DistriboxFs {
             .filter(|h| matches!(h.kind, HandleKind::File { writable: true, .. }))
             .map(|h| h.ino)
             .collect();
-        let written = {
-            let inodes = self.inner.inodes.lock();
-            writers.iter().any(|ino| inodes.get(*ino) == Some(Target::Entry(entry)))
-        };
-        if !written {
-            retire_dirty(&mut self.inner.dirty.lock(), entry, |f| !f.is_dirty());
-        }
+        let inodes = self.inner.inodes.lock();
+        writers.iter().any(|ino| inodes.get(*ino) == Some(Target::Entry(entry)))
     }
 
     fn handle_commit(&self, ino: INodeNo) -> FsResult<()> {
@@ -1678,7 +1695,7 @@ impl DistriboxFs {
         };
         let result = self.commit_pending(INodeNo(h.ino), others_open);
         let target = self.inner.inodes.lock().get(h.ino);
-        if let (HandleKind::File { exec, .. }, Some(Target::Entry(entry))) = (&h.kind, target) {
+        if let (HandleKind::File { exec, writable, .. }, Some(Target::Entry(entry))) = (&h.kind, target) {
             if *exec {
                 count_down(&mut self.inner.exec_count.lock(), entry);
             }
@@ -1686,7 +1703,13 @@ impl DistriboxFs {
                 // Drop write-back state once nothing is pending — or nothing can be
                 // (the file was deleted while open: its data goes with it, as POSIX says).
                 let deleted = self.repo().get(entry).map(|s| !s.is_alive()).unwrap_or(true);
-                retire_dirty(&mut self.inner.dirty.lock(), entry, |f| deleted || !f.is_dirty());
+                retire_dirty(&mut self.inner.dirty.lock(), entry, |g| deleted || !g.file.is_dirty());
+            } else if *writable && !self.has_writer_on(entry) {
+                // The last writer went: a state an outside change superseded goes
+                // too, though readers still have the file open.
+                retire_dirty(&mut self.inner.dirty.lock(), entry, |g| {
+                    g.superseded && !g.file.is_dirty()
+                });
             }
         }
         self.inner.inodes.lock().unpin(h.ino);
@@ -1700,11 +1723,11 @@ impl DistriboxFs {
 fn retire_dirty(
     map: &mut HashMap<EntryId, Arc<Mutex<DirtyEntry>>>,
     entry: EntryId,
-    drop_it: impl FnOnce(&DirtyFile) -> bool,
+    drop_it: impl FnOnce(&DirtyEntry) -> bool,
 ) {
     let Some(d) = map.get(&entry) else { return };
     let mut g = d.lock();
-    if drop_it(&g.file) {
+    if drop_it(&g) {
         g.retired = true;
         drop(g);
         map.remove(&entry);
