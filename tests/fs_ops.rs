@@ -502,6 +502,11 @@ fn unchanged_files_are_read_again_from_the_page_cache_and_changed_ones_never_are
     let n = Node::start();
     let p = n.path("a.bin");
     let v1 = random_bytes(16 << 20, 21);
+    let restore = |version: &str| {
+        let out = cli(&n.data, &["restore", n.path(version).to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "restore {version}: {err}");
+    };
     fs::write(&p, &v1).unwrap();
     assert!(fs::read(&p).unwrap() == v1);
     assert!(fs::read(n.path("a.bin@v1")).unwrap() == v1);
@@ -524,12 +529,7 @@ fn unchanged_files_are_read_again_from_the_page_cache_and_changed_ones_never_are
     f.seek(SeekFrom::Start(8 << 20)).unwrap();
     f.write_all(&v2[8 << 20..(8 << 20) + 4096]).unwrap();
     drop(f);
-    let out = cli(&n.data, &["restore", n.path("a.bin@v1").to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "restore: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    restore("a.bin@v1");
     assert!(
         fs::read(&p).unwrap() == v1,
         "a.bin after restoring v1 (written pages kept)"
@@ -540,12 +540,7 @@ fn unchanged_files_are_read_again_from_the_page_cache_and_changed_ones_never_are
     // A handle opened on v1 reads on after the file changed: the pages it fills
     // hold v1, so the next open must drop them.
     let mut old = fs::File::open(&p).unwrap();
-    let out = cli(&n.data, &["restore", n.path("a.bin@v2").to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "restore: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    restore("a.bin@v2");
     let _ = fs::File::open(&p).unwrap(); // drops the pages: a.bin is v2 now
     let mut got = Vec::new();
     old.read_to_end(&mut got).unwrap();
@@ -561,12 +556,7 @@ fn unchanged_files_are_read_again_from_the_page_cache_and_changed_ones_never_are
     let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
     f.set_len(4000).unwrap();
     drop(f);
-    let out = cli(&n.data, &["restore", n.path("a.bin@v2").to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "restore: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    restore("a.bin@v2");
     assert!(
         fs::read(&p).unwrap() == v2,
         "a.bin after a truncate and restoring v2 (a stale size, write-back state or page)"
@@ -578,12 +568,7 @@ fn unchanged_files_are_read_again_from_the_page_cache_and_changed_ones_never_are
     let mut w = fs::OpenOptions::new().write(true).open(&p).unwrap();
     w.write_all(&v1[..4096]).unwrap();
     w.sync_all().unwrap();
-    let out = cli(&n.data, &["restore", n.path("a.bin@v1").to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "restore: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    restore("a.bin@v1");
     drop(w);
     // The kernel sends RELEASE after close(2) returns.
     wait_until("a.bin reads as restored once its writer closed", 10, || {
