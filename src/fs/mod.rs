@@ -1937,8 +1937,20 @@ impl Filesystem for DistriboxFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.open_handle(ino, flags) {
-            Ok((fh, true)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            Ok((fh, false)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok((fh, keep_cache)) => {
+                let mut open = FopenFlags::empty();
+                if keep_cache {
+                    open |= FopenFlags::FOPEN_KEEP_CACHE;
+                }
+                // A handle that cannot write has nothing to commit when it is closed:
+                // no FLUSH round trip for each file `cat`, `grep` or a compiler reads.
+                // (Its RELEASE still comes, after close(2) has returned.)
+                let read_only = matches!(flags.acc_mode(), OpenAccMode::O_RDONLY) && flags.0 & libc::O_TRUNC == 0;
+                if read_only {
+                    open |= FopenFlags::FOPEN_NOFLUSH;
+                }
+                reply.opened(FileHandle(fh), open)
+            }
             Err(err) => reply.error(err),
         }
     }
