@@ -1108,7 +1108,7 @@ impl DistriboxFs {
     /// state stays: its next writes go on from what it saw (see `fork_from`).
     fn drop_superseded_state(&self, entry: EntryId) {
         if !self.has_writer_on(entry) {
-            retire_dirty(&mut self.inner.dirty.lock(), entry, |g| !g.file.is_dirty());
+            self.retire_dirty_waiting(entry, |g| !g.file.is_dirty());
             return;
         }
         let state = self.inner.dirty.lock().get(&entry).cloned();
@@ -1117,8 +1117,28 @@ impl DistriboxFs {
         }
         // The writer may have gone meanwhile (its release saw no mark yet).
         if !self.has_writer_on(entry) {
-            retire_dirty(&mut self.inner.dirty.lock(), entry, |g| !g.file.is_dirty());
+            self.retire_dirty_waiting(entry, |g| !g.file.is_dirty());
         }
+    }
+
+    /// As `retire_dirty`, without holding the map while waiting for the state's
+    /// lock: a commit holds that lock while it chunks the file (seconds for a large
+    /// one), and every file operation of the mount needs the map meanwhile.
+    fn retire_dirty_waiting(&self, entry: EntryId, drop_it: impl FnOnce(&DirtyEntry) -> bool) {
+        let Some(d) = self.inner.dirty.lock().get(&entry).cloned() else {
+            return;
+        };
+        {
+            let mut g = d.lock();
+            if g.retired || !drop_it(&g) {
+                return;
+            }
+            // Writers that fetch it from the map until it is gone see this and
+            // fetch again (`with_dirty`).
+            g.retired = true;
+        }
+        // Wherever it is now: a rename may have moved it to another entry meanwhile.
+        self.inner.dirty.lock().retain(|_, m| !Arc::ptr_eq(m, &d));
     }
 
     /// True if a handle that may write is open on any inode of `entry`.
@@ -1707,9 +1727,7 @@ impl DistriboxFs {
             } else if *writable && !self.has_writer_on(entry) {
                 // The last writer went: a state an outside change superseded goes
                 // too, though readers still have the file open.
-                retire_dirty(&mut self.inner.dirty.lock(), entry, |g| {
-                    g.superseded && !g.file.is_dirty()
-                });
+                self.retire_dirty_waiting(entry, |g| g.superseded && !g.file.is_dirty());
             }
         }
         self.inner.inodes.lock().unpin(h.ino);
