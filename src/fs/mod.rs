@@ -444,12 +444,16 @@ impl DistriboxFs {
             .map(|(id, _)| *id)
             .collect();
         if !old.is_empty() {
-            let unwritten: Vec<EntryId> = {
+            // States locked outside the map (see `commit_pending_entry`).
+            let states: Vec<(EntryId, Option<Arc<Mutex<DirtyEntry>>>)> = {
                 let dirty = self.inner.dirty.lock();
-                old.into_iter()
-                    .filter(|id| dirty.get(id).is_none_or(|d| !d.lock().file.is_dirty()))
-                    .collect()
+                old.into_iter().map(|id| (id, dirty.get(&id).cloned())).collect()
             };
+            let unwritten: Vec<EntryId> = states
+                .into_iter()
+                .filter(|(_, d)| d.as_ref().is_none_or(|d| !d.lock().file.is_dirty()))
+                .map(|(id, _)| id)
+                .collect();
             if let Err(err) = self.settle(|id, _| unwritten.contains(&id)) {
                 tracing::warn!(error = ?err, "idle commit of new files failed; will retry");
             }
@@ -1171,13 +1175,14 @@ impl DistriboxFs {
     }
 
     fn commit_pending_entry(&self, entry: EntryId, is_flush: bool) -> FsResult<()> {
-        let has_dirty = match self.inner.dirty.lock().get(&entry) {
-            Some(d) => {
-                let g = d.lock();
-                g.file.is_dirty() && !(is_flush && g.file.only_emptied())
-            }
-            None => false,
-        };
+        // The state is locked outside the map: a commit of this file (idle, or
+        // another handle's) holds it while chunking, and every file operation of
+        // the mount needs the map meanwhile.
+        let state = self.inner.dirty.lock().get(&entry).cloned();
+        let has_dirty = state.is_some_and(|d| {
+            let g = d.lock();
+            g.file.is_dirty() && !(is_flush && g.file.only_emptied())
+        });
         if has_dirty {
             self.commit_entry(entry, |_| {})?;
         } else if !is_flush {
