@@ -13,20 +13,19 @@ RUNS=${RUNS:-3}
 SRC=$(mktemp /dev/shm/dbxcp-src.XXXX)
 CLEANUP_EXTRA=("$SRC")
 head -c $((MB << 20)) /dev/urandom >"$SRC"
-io() { awk '/^(rchar|wchar):/ { s += $2 } END { printf "%.0f", s }' "/proc/$1/io"; }
 for r in $(seq 1 "$RUNS"); do
     rm -rf "$W/d" "$W/m" && mkdir -p "$W/m"
     mount_node
     pid=$PID
     dd if="$SRC" of="$W/m/big" bs=1M conv=fsync status=none
     sync && echo 3 >/proc/sys/vm/drop_caches
-    io0=$(io "$pid")
+    io0=$(node_io "$pid")
     t0=$(date +%s%N)
     cp "$W/m/big" "$W/m/big2"
     t1=$(date +%s%N)
-    io1=$(io "$pid")
+    io1=$(node_io "$pid")
     same=$(cmp -s "$SRC" "$W/m/big2" && echo "equal to the source" || echo "DIFFERENT from the source")
-    printf 'run %d: cp of %d MiB inside the mount took %d.%03d s, node I/O %d MiB, copy %s\n' \
-        "$r" "$MB" $(((t1 - t0) / 1000000000)) $(((t1 - t0) / 1000000 % 1000)) $(((io1 - io0) >> 20)) "$same"
+    printf 'run %d: cp of %d MiB inside the mount took %s s, node I/O %d MiB, copy %s\n' \
+        "$r" "$MB" "$(secs $((t1 - t0)))" $(((io1 - io0) >> 20)) "$same"
     "$B" --data-dir "$W/d" unmount "$W/m" >/dev/null
 done

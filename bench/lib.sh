@@ -1,10 +1,12 @@
 # bench/lib.sh - what the single-mount bench scripts (churn-memory.sh,
-# history-walks.sh, cp-inside.sh) share; sourced, not run.
+# history-walks.sh, cp-inside.sh, warm-reread.sh) share; sourced, not run.
 #   B        the distribox binary (DISTRIBOX_BIN, else the debug build)
 #   W        a fresh work dir under WORKDIR (default /var/tmp), removed on exit
 #            together with anything listed in CLEANUP_EXTRA, after unmounting W/m
 #   mount_node            mounts data dir W/d at W/m (no network, no GUI); sets PID
 #   make_files DIR COUNT  COUNT files of 100 bytes in a new directory DIR
+#   node_io PID           bytes process PID has read and written (rchar + wchar)
+#   secs NS               NS nanoseconds as seconds with 3 decimals
 B=${DISTRIBOX_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/distribox-target}/debug/distribox}
 W=$(mktemp -d "${WORKDIR:-/var/tmp}/dbxbench.XXXX")
 CLEANUP_EXTRA=()
@@ -32,3 +34,7 @@ for i in range(n):
         f.write(b"x" * 100)
 PY
 }
+
+node_io() { awk '/^(rchar|wchar):/ { s += $2 } END { printf "%.0f", s }' "/proc/$1/io"; }
+
+secs() { printf '%d.%03d' $(($1 / 1000000000)) $(($1 / 1000000 % 1000)); }

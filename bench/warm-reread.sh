@@ -16,8 +16,6 @@ RUNS=${RUNS:-3}
 . "$(dirname "$0")/lib.sh"
 mount_node
 mkdir -p "$W/native"
-io() { awk '/^(rchar|wchar):/ { s += $2 } END { printf "%.0f", s }' "/proc/$PID/io"; }
-secs() { printf '%d.%03d' $(($1 / 1000000000)) $(($1 / 1000000 % 1000)); }
 for root in "$W/native" "$W/m"; do
     where=$([ "$root" = "$W/m" ] && echo distribox || echo native)
     head -c $((MB << 20)) /dev/urandom >"$root/big"
@@ -25,13 +23,13 @@ for root in "$W/native" "$W/m"; do
     for i in $(seq 1 "$SMALL"); do head -c 8192 /dev/urandom >"$root/s/f$i"; done
     sync && echo 3 >/proc/sys/vm/drop_caches
     for r in $(seq 0 "$RUNS"); do
-        io0=$(io)
+        io0=$(node_io "$PID")
         t0=$(date +%s%N)
         cat "$root/big" >/dev/null
         t1=$(date +%s%N)
         cat "$root"/s/* >/dev/null
         t2=$(date +%s%N)
-        io1=$(io)
+        io1=$(node_io "$PID")
         kind=$([ "$r" = 0 ] && echo "cold" || echo "warm")
         printf '%-9s read %d (%s): %d MiB file %s s, %d files of 8 KiB %s s, node I/O %d MiB\n' \
             "$where" "$r" "$kind" "$MB" "$(secs $((t1 - t0)))" "$SMALL" "$(secs $((t2 - t1)))" $(((io1 - io0) >> 20))
