@@ -59,6 +59,7 @@ EOF"#,
     // Writing 5 resets the peak (VmHWM) to the current resident size.
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
     let before = proc_status_kib(pid, "VmRSS:");
+    let cache_before = store_caches_kib(&n);
     for args in [&["gc"][..], &["log", "--limit", "1000"][..]] {
         let out = cli(&n.data, args);
         assert!(
@@ -68,8 +69,22 @@ EOF"#,
         );
     }
     let peak = proc_status_kib(pid, "VmHWM:");
+    // RocksDB's block cache (32 MiB at most) and table indexes fill as the walks
+    // read records they had not read yet: bounded, and not what this test is about.
+    // How far they filled varied by a few MiB from run to run, which alone took
+    // the peak past a fixed bound (once by 2 MiB). Walks that held every version
+    // added ~70 MiB.
+    let cache_growth = store_caches_kib(&n).saturating_sub(cache_before);
     assert!(
-        peak < before + 12 * 1024,
-        "gc and log over 72,000 versions raised the node's peak memory from {before} KiB to {peak} KiB"
+        peak < before + cache_growth + 12 * 1024,
+        "gc and log over 72,000 versions raised the node's peak memory from {before} KiB to {peak} KiB \
+         (RocksDB's block cache and table indexes grew by {cache_growth} KiB of that)"
     );
+}
+
+/// RocksDB's block cache and table readers, as `distribox status` reports them.
+fn store_caches_kib(n: &Node) -> u64 {
+    let m = &n.status()["store_memory"];
+    let field = |f: &str| m[f].as_u64().unwrap_or_else(|| panic!("status has no store_memory.{f}"));
+    (field("block_cache") + field("table_readers")) / 1024
 }
