@@ -85,6 +85,9 @@ EOF"#,
 /// RocksDB's block cache and table readers, as `distribox status` reports them.
 fn store_caches_kib(n: &Node) -> u64 {
     let m = &n.status()["store_memory"];
-    let field = |f: &str| m[f].as_u64().unwrap_or_else(|| panic!("status has no store_memory.{f}"));
+    let field = |f: &str| {
+        m[f].as_u64()
+            .unwrap_or_else(|| panic!("status has no store_memory.{f}"))
+    };
     (field("block_cache") + field("table_readers")) / 1024
 }

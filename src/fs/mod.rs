@@ -1098,9 +1098,8 @@ impl DistriboxFs {
     /// on it. A clean state left behind would go on serving the content it was made
     /// from after the entry's content changed by other means (a rename over it).
     fn drop_clean_dirty(&self, entry: EntryId) {
-        let mut dirty = self.inner.dirty.lock();
         if !self.inner.open_count.lock().contains_key(&entry) {
-            retire_dirty(&mut dirty, entry, |g| !g.file.is_dirty());
+            self.retire_dirty(entry, |g| !g.file.is_dirty());
         }
     }
 
@@ -1112,7 +1111,7 @@ impl DistriboxFs {
     /// state stays: its next writes go on from what it saw (see `fork_from`).
     fn drop_superseded_state(&self, entry: EntryId) {
         if !self.has_writer_on(entry) {
-            self.retire_dirty_waiting(entry, |g| !g.file.is_dirty());
+            self.retire_dirty(entry, |g| !g.file.is_dirty());
             return;
         }
         let state = self.inner.dirty.lock().get(&entry).cloned();
@@ -1121,14 +1120,17 @@ impl DistriboxFs {
         }
         // The writer may have gone meanwhile (its release saw no mark yet).
         if !self.has_writer_on(entry) {
-            self.retire_dirty_waiting(entry, |g| !g.file.is_dirty());
+            self.retire_dirty(entry, |g| !g.file.is_dirty());
         }
     }
 
-    /// As `retire_dirty`, without holding the map while waiting for the state's
-    /// lock: a commit holds that lock while it chunks the file (seconds for a large
-    /// one), and every file operation of the mount needs the map meanwhile.
-    fn retire_dirty_waiting(&self, entry: EntryId, drop_it: impl FnOnce(&DirtyEntry) -> bool) {
+    /// Takes `entry`'s write-back state out of the map if `drop_it` says so, deciding
+    /// and marking it under the state's lock: a writer that fetched it just before
+    /// then sees it retired and starts over instead of writing where no commit looks.
+    /// The map is not held while waiting for that lock: a commit holds it while it
+    /// chunks the file (seconds for a large one), and every file operation of the
+    /// mount needs the map meanwhile.
+    fn retire_dirty(&self, entry: EntryId, drop_it: impl FnOnce(&DirtyEntry) -> bool) {
         let Some(d) = self.inner.dirty.lock().get(&entry).cloned() else {
             return;
         };
@@ -1530,7 +1532,7 @@ impl DistriboxFs {
         if without_link(&s, &link).content.is_tombstone() && !self.inner.open_count.lock().contains_key(&child) {
             // Uncommitted writes of a closed file being deleted (left behind when the
             // disk filled up) go with it; dropping them first frees their spill space.
-            retire_dirty(&mut self.inner.dirty.lock(), child, |_| true);
+            self.retire_dirty(child, |_| true);
         }
         {
             // From the state as it is now: a close may have committed new content
@@ -1624,19 +1626,18 @@ impl DistriboxFs {
         e(self.repo().commit(changes))?;
         drop(commit);
         if let Some(dst) = adopt {
+            // The target's own write-back state was made from the content it just
+            // lost; pending state of the source now belongs to it (below).
+            self.retire_dirty(dst, |_| true);
             let mut inodes = self.inner.inodes.lock();
             let src_ino = inodes.entry_ino(src);
             inodes.adopt(dst, src_ino);
-            // Pending write-back state of the source now belongs to the target; the
-            // target's own (committed above) was made from the content it just lost.
             let mut dirty = self.inner.dirty.lock();
-            match dirty.remove(&src) {
-                Some(d) => {
-                    if let Some(old) = dirty.insert(dst, d) {
-                        old.lock().retired = true;
-                    }
+            if let Some(d) = dirty.remove(&src) {
+                // One made for the target since it was retired above (rare).
+                if let Some(old) = dirty.insert(dst, d) {
+                    old.lock().retired = true;
                 }
-                None => retire_dirty(&mut dirty, dst, |_| true),
             }
             for counts in [&self.inner.open_count, &self.inner.exec_count] {
                 let mut c = counts.lock();
@@ -1728,32 +1729,15 @@ impl DistriboxFs {
                 // Drop write-back state once nothing is pending — or nothing can be
                 // (the file was deleted while open: its data goes with it, as POSIX says).
                 let deleted = self.repo().get(entry).map(|s| !s.is_alive()).unwrap_or(true);
-                retire_dirty(&mut self.inner.dirty.lock(), entry, |g| deleted || !g.file.is_dirty());
+                self.retire_dirty(entry, |g| deleted || !g.file.is_dirty());
             } else if *writable && !self.has_writer_on(entry) {
                 // The last writer went: a state an outside change superseded goes
                 // too, though readers still have the file open.
-                self.retire_dirty_waiting(entry, |g| g.superseded && !g.file.is_dirty());
+                self.retire_dirty(entry, |g| g.superseded && !g.file.is_dirty());
             }
         }
         self.inner.inodes.lock().unpin(h.ino);
         result
-    }
-}
-
-/// Takes `entry`'s write-back state out of the map if `drop_it` says so, deciding
-/// and marking it under the state's lock: a writer that fetched it just before then
-/// sees it retired and starts over instead of writing where no commit looks.
-fn retire_dirty(
-    map: &mut HashMap<EntryId, Arc<Mutex<DirtyEntry>>>,
-    entry: EntryId,
-    drop_it: impl FnOnce(&DirtyEntry) -> bool,
-) {
-    let Some(d) = map.get(&entry) else { return };
-    let mut g = d.lock();
-    if drop_it(&g) {
-        g.retired = true;
-        drop(g);
-        map.remove(&entry);
     }
 }
 
