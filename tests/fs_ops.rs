@@ -521,10 +521,11 @@ fn unchanged_files_are_read_again_from_the_page_cache_and_changed_ones_never_are
 
     // Overwritten in place (no O_TRUNC: the open sees the committed content, v1),
     // then restored to v1 by the CLI: the pages the write changed must not be kept.
+    // (Read-write: write-only handles do not write through the page cache.)
     let mut v2 = v1.clone();
     v2[..4096].fill(b'2');
     v2[8 << 20..(8 << 20) + 4096].fill(b'2');
-    let mut f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+    let mut f = fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
     f.write_all(&v2[..4096]).unwrap();
     f.seek(SeekFrom::Start(8 << 20)).unwrap();
     f.write_all(&v2[8 << 20..(8 << 20) + 4096]).unwrap();
@@ -553,7 +554,7 @@ fn unchanged_files_are_read_again_from_the_page_cache_and_changed_ones_never_are
     // Truncated mid-page through a handle (the kernel zeroes the rest of that page),
     // then restored: the zeroed page must not be kept, nor the truncated content
     // served because `old` still has the file open (as a viewer would).
-    let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+    let f = fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
     f.set_len(4000).unwrap();
     drop(f);
     restore("a.bin@v2");
@@ -575,4 +576,45 @@ fn unchanged_files_are_read_again_from_the_page_cache_and_changed_ones_never_are
         fs::read(&p).unwrap() == v1
     });
     drop(old);
+}
+
+/// Write-only handles bypass the page cache (FOPEN_DIRECT_IO); a reader that has
+/// the file's pages cached, also through mmap, must still see their writes at once,
+/// as it sees those of a read-write handle.
+#[test]
+fn readers_with_cached_pages_see_what_write_only_handles_write() {
+    let n = Node::start();
+    let p = n.path("f.bin");
+    fs::write(&p, vec![b'a'; 64 << 10]).unwrap();
+    sh_ok(
+        &n.mnt,
+        r#"python3 - <<'EOF'
+import mmap, os
+r = os.open("f.bin", os.O_RDONLY)
+assert os.pread(r, 65536, 0) == b"a" * 65536  # every page cached
+m = mmap.mmap(r, 0, prot=mmap.PROT_READ)
+assert m[40000:40004] == b"aaaa"
+
+w = os.open("f.bin", os.O_WRONLY)
+os.pwrite(w, b"b" * 4096, 4096)
+assert os.pread(r, 4, 4096) == b"bbbb", "read while the writer is open"
+os.pwrite(w, b"c" * 100, 40000)
+assert m[40000:40004] == b"cccc", "mmap while the writer is open"
+os.close(w)
+
+a = os.open("f.bin", os.O_WRONLY | os.O_APPEND)
+os.write(a, b"d" * 10)
+os.close(a)
+assert os.fstat(r).st_size == 65546
+assert os.pread(r, 20, 65536) == b"d" * 10
+assert os.pread(r, 4, 0) == b"aaaa"
+m.close()
+os.close(r)
+EOF"#,
+    );
+    let mut want = vec![b'a'; 64 << 10];
+    want[4096..8192].fill(b'b');
+    want[40000..40100].fill(b'c');
+    want.extend_from_slice(&[b'd'; 10]);
+    assert!(fs::read(&p).unwrap() == want, "f.bin after the writes");
 }
