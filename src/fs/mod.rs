@@ -147,6 +147,8 @@ enum HandleKind {
         writable: bool,
         /// Opened by execve(2): the file is a running program's text.
         exec: bool,
+        /// Bypasses the page cache (see `DistriboxFs::direct_write_handle`).
+        direct: bool,
     },
     Dir {
         listing: Vec<(Vec<u8>, u64, FileType)>,
@@ -156,6 +158,12 @@ enum HandleKind {
 struct Handle {
     ino: u64,
     kind: HandleKind,
+}
+
+/// A file handle just opened, and what the open replies to the kernel.
+struct OpenedHandle {
+    fh: u64,
+    fopen: FopenFlags,
 }
 
 /// A regular file created here that has no version yet: its first one is made at
@@ -232,8 +240,11 @@ struct Inner {
     lost_name: Mutex<HashMap<EntryId, Instant>>,
     /// Run first when the FUSE session ends (see `on_session_end`).
     session_end: Mutex<Option<Box<dyn FnOnce() + Send>>>,
-    /// Write-only handles bypass the page cache (see `write_only_flags`).
+    /// Write-only handles may bypass the page cache (see `direct_write_handle`).
     direct_writes: AtomicBool,
+    /// Ranges that direct writes changed while other handles had the file open,
+    /// for the invalidator (see `spawn_invalidator`).
+    written_ranges: Mutex<Option<std::sync::mpsc::Sender<(u64, u64, u64)>>>,
     stop: AtomicBool,
     /// The entry a background chunking pass is running for (see `start_prechunk`),
     /// and the signal that it finished.
@@ -300,6 +311,7 @@ impl DistriboxFs {
                 lost_name: Mutex::new(HashMap::new()),
                 session_end: Mutex::new(None),
                 direct_writes: AtomicBool::new(false),
+                written_ranges: Mutex::new(None),
                 stop: AtomicBool::new(false),
                 prechunk: Mutex::new(None),
                 prechunk_done: parking_lot::Condvar::new(),
@@ -558,12 +570,26 @@ impl DistriboxFs {
     /// peers or by the CLI and the API (a restore), from a thread of its own: a
     /// notification sent from inside a FUSE callback, or while holding a lock a
     /// callback needs, deadlocks. Handles opened before keep reading the content
-    /// they opened (their snapshot).
+    /// they opened (their snapshot). A second thread drops the page ranges that
+    /// direct writes changed while other handles had the file open
+    /// (`note_direct_write`).
     pub fn spawn_invalidator(
         &self,
         notifier: fuser::Notifier,
         mut changes: tokio::sync::mpsc::UnboundedReceiver<crate::repo::ChangeBatch>,
     ) -> std::thread::JoinHandle<()> {
+        let (tx, ranges) = std::sync::mpsc::channel::<(u64, u64, u64)>();
+        *self.inner.written_ranges.lock() = Some(tx);
+        let writes = notifier.clone();
+        std::thread::Builder::new()
+            .name("invalidate-writes".into())
+            .spawn(move || {
+                for (ino, offset, len) in ranges {
+                    // ENOENT just means the kernel had nothing cached.
+                    let _ = writes.inval_inode(INodeNo(ino), offset as i64, len as i64);
+                }
+            })
+            .expect("spawning a thread at startup");
         let fs = self.clone();
         std::thread::Builder::new()
             .name("invalidate".into())
@@ -1171,12 +1197,27 @@ impl DistriboxFs {
     /// 1.4–2.4 s instead of 1.7–2.5 s, and a 1 GiB sync 4.8–5.4 s instead of
     /// 5.6–7.6 s (docs/performance.md). Handles that can read keep the page cache:
     /// reads, read-ahead and shared mmap need it.
-    fn write_only_flags(&self, flags: OpenFlags) -> FopenFlags {
-        let write_only = matches!(flags.acc_mode(), OpenAccMode::O_WRONLY);
-        if write_only && self.inner.direct_writes.load(Ordering::Relaxed) {
-            FopenFlags::FOPEN_DIRECT_IO
-        } else {
-            FopenFlags::empty()
+    ///
+    /// Not for files with set-id bits: a write by a user without CAP_FSETID clears
+    /// them, which the kernel does itself only on the cached path. And where the
+    /// kernel drops other handles' cached pages only before a direct write (6.6 to
+    /// 6.18, before the fix "fuse: Invalidate the page cache after
+    /// FOPEN_DIRECT_IO write"), a reader could cache the old bytes while the write
+    /// is under way: so a direct write into a file others have open also has the
+    /// invalidator drop the range afterwards (`note_direct_write`).
+    fn direct_write_handle(&self, flags: OpenFlags, mode: u32) -> bool {
+        matches!(flags.acc_mode(), OpenAccMode::O_WRONLY)
+            && mode & 0o6000 == 0
+            && self.inner.direct_writes.load(Ordering::Relaxed)
+    }
+
+    /// After a direct write of `len` bytes at `offset`: if other handles have the
+    /// file open, has the invalidator drop that range of the kernel's pages.
+    fn note_direct_write(&self, ino: INodeNo, entry: EntryId, offset: u64, len: u64) {
+        if self.inner.open_count.lock().get(&entry).is_some_and(|n| *n > 1) {
+            if let Some(tx) = &*self.inner.written_ranges.lock() {
+                let _ = tx.send((ino.0, offset, len));
+            }
         }
     }
 
@@ -1218,8 +1259,9 @@ impl DistriboxFs {
     /// cached for `ino` (FOPEN_KEEP_CACHE): only if they were filled from exactly
     /// the content the file has now (see `inodes::PageCache`). Without it the
     /// kernel drops them, and every open read the whole file again through FUSE.
-    fn open_handle(&self, ino: INodeNo, flags: OpenFlags) -> FsResult<(u64, bool)> {
+    fn open_handle(&self, ino: INodeNo, flags: OpenFlags) -> FsResult<OpenedHandle> {
         let writable = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
+        let mut mode = 0;
         let trunc = flags.0 & libc::O_TRUNC != 0;
         let exec = flags.0 & FMODE_EXEC != 0;
         let changes_seen = self.inner.inodes.lock().page_changes(ino.0);
@@ -1240,11 +1282,13 @@ impl DistriboxFs {
                 }
             }
             Target::Entry(entry) => {
-                let fresh = self.is_fresh(entry);
-                let (list, size, content) = if fresh {
+                let fresh = self.fresh_attrs(entry);
+                let (list, size, content) = if let Some((attrs, _)) = fresh {
+                    mode = attrs.mode;
                     (Arc::new(ChunkList::default()), 0, None)
                 } else {
                     let s = self.live(entry)?;
+                    mode = s.record().attrs.mode;
                     match &s.record().content {
                         Content::File { size, manifest } => {
                             (e(self.repo().chunk_list(*manifest))?, *size, Some((*size, *manifest)))
@@ -1266,7 +1310,7 @@ impl DistriboxFs {
                 if (trunc || writable) && self.inner.exec_count.lock().contains_key(&entry) {
                     return Err(Errno::ETXTBSY);
                 }
-                if trunc && !fresh {
+                if trunc && fresh.is_none() {
                     // Any access mode: the kernel takes the file to be empty now.
                     self.with_dirty(entry, Some((&list, size)), |g| {
                         e(g.file.truncate(0))?;
@@ -1282,6 +1326,7 @@ impl DistriboxFs {
             }
         };
         let fh = self.inner.next_fh.fetch_add(1, Ordering::Relaxed);
+        let direct = self.direct_write_handle(flags, mode);
         let keep_cache = {
             let mut inodes = self.inner.inodes.lock();
             inodes.pin(ino.0);
@@ -1297,10 +1342,24 @@ impl DistriboxFs {
                     content,
                     writable,
                     exec,
+                    direct,
                 },
             },
         );
-        Ok((fh, keep_cache))
+        let mut fopen = FopenFlags::empty();
+        if keep_cache {
+            fopen |= FopenFlags::FOPEN_KEEP_CACHE;
+        }
+        if direct {
+            fopen |= FopenFlags::FOPEN_DIRECT_IO;
+        }
+        // A handle that cannot write has nothing to commit when it is closed: no
+        // FLUSH round trip for each file `cat`, `grep` or a compiler reads. (Its
+        // RELEASE still comes, after close(2) has returned.)
+        if !writable && !trunc {
+            fopen |= FopenFlags::FOPEN_NOFLUSH;
+        }
+        Ok(OpenedHandle { fh, fopen })
     }
 
     /// True if a handle that may write is open on inode `ino`.
@@ -1364,6 +1423,13 @@ impl DistriboxFs {
         if !writable {
             return Err(Errno::EBADF);
         }
+        let direct = matches!(
+            self.inner.handles.lock().get(&fh.0),
+            Some(Handle {
+                kind: HandleKind::File { direct: true, .. },
+                ..
+            })
+        );
         // The kernel's pages hold these bytes already, stored or not (a failed
         // write-back of mmap'ed pages leaves them cached): forget before and after,
         // so that neither a failure nor an open racing the write vouches for them.
@@ -1375,6 +1441,9 @@ impl DistriboxFs {
             Ok((g.file.prechunk_plan(), pressed))
         })?;
         self.inner.inodes.lock().pages_changed(ino.0);
+        if direct {
+            self.note_direct_write(ino, entry, offset, data.len() as u64);
+        }
         if let Some(plan) = plan {
             self.start_prechunk(entry, d.clone(), plan);
         }
@@ -1970,20 +2039,7 @@ impl Filesystem for DistriboxFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.open_handle(ino, flags) {
-            Ok((fh, keep_cache)) => {
-                let mut open = FopenFlags::empty();
-                if keep_cache {
-                    open |= FopenFlags::FOPEN_KEEP_CACHE;
-                }
-                // A handle that cannot write has nothing to commit when it is closed:
-                // no FLUSH round trip for each file `cat`, `grep` or a compiler reads.
-                // (Its RELEASE still comes, after close(2) has returned.)
-                let read_only = matches!(flags.acc_mode(), OpenAccMode::O_RDONLY) && flags.0 & libc::O_TRUNC == 0;
-                if read_only {
-                    open |= FopenFlags::FOPEN_NOFLUSH;
-                }
-                reply.opened(FileHandle(fh), open | self.write_only_flags(flags))
-            }
+            Ok(h) => reply.opened(FileHandle(h.fh), h.fopen),
             Err(err) => reply.error(err),
         }
     }
@@ -2228,18 +2284,19 @@ impl Filesystem for DistriboxFs {
         let r = self
             .create_file(parent, name, Self::new_attrs(req, mode, umask))
             .and_then(|attr| {
-                let (fh, _) = self
+                let h = self
                     .open_handle(attr.ino, OpenFlags(flags))
                     .inspect_err(|_| self.inner.inodes.lock().forget(attr.ino.0, 1))?;
-                Ok((attr, fh))
+                Ok((attr, h))
             });
         match r {
-            Ok((attr, fh)) => reply.created(
+            // Only DIRECT_IO: the close of a new file commits it, whatever its mode.
+            Ok((attr, h)) => reply.created(
                 &self.inner.opts.ttl,
                 &attr,
                 Generation(0),
-                FileHandle(fh),
-                self.write_only_flags(OpenFlags(flags)),
+                FileHandle(h.fh),
+                h.fopen & FopenFlags::FOPEN_DIRECT_IO,
             ),
             Err(err) => reply.error(err),
         }
