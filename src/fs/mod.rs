@@ -1194,9 +1194,9 @@ impl DistriboxFs {
     /// kernel's page cache: their bytes go from the writer's buffer to us, instead
     /// of being copied into page cache pages first that nobody reads (the next open
     /// drops them anyway: the file changed). A 1 GiB `cp` into the mount took
-    /// 1.4–2.4 s instead of 1.7–2.5 s, and a 1 GiB sync 4.8–5.4 s instead of
-    /// 5.6–7.6 s (docs/performance.md). Handles that can read keep the page cache:
-    /// reads, read-ahead and shared mmap need it.
+    /// ~10% less time and left 9 MiB in the page cache instead of 2 GiB
+    /// (docs/performance.md, "Write-only handles"). Handles that can read keep the
+    /// page cache: reads, read-ahead and shared mmap need it.
     ///
     /// Not for files with set-id bits: a write by a user without CAP_FSETID clears
     /// them, which the kernel does itself only on the cached path. And where the
