@@ -1194,7 +1194,7 @@ impl DistriboxFs {
     /// kernel's page cache: their bytes go from the writer's buffer to us, instead
     /// of being copied into page cache pages first that nobody reads (the next open
     /// drops them anyway: the file changed). A 1 GiB `cp` into the mount took
-    /// ~10% less time and left 9 MiB in the page cache instead of 2 GiB
+    /// ~10% less time and grew the page cache by 2 MiB instead of 1 GiB
     /// (docs/performance.md, "Write-only handles"). Handles that can read keep the
     /// page cache: reads, read-ahead and shared mmap need it.
     ///
