@@ -636,3 +636,46 @@ EOF"#,
     want.extend_from_slice(&[b'd'; 10]);
     assert!(fs::read(&p).unwrap() == want, "f.bin after the writes");
 }
+
+/// A write by a user without CAP_FSETID clears the set-user-ID bit, and the
+/// set-group-ID bit if the group may execute the file, as ext4 does: also through
+/// write-only handles, which bypass the page cache and with it the kernel's own
+/// clearing, and also when the bits were set after the file was opened.
+#[test]
+fn a_write_by_another_user_clears_set_id_bits() {
+    let n = Node::start_with(&["--allow-other"]);
+    fs::create_dir(n.path("pub")).unwrap();
+    fs::set_permissions(n.path("pub"), fs::Permissions::from_mode(0o777)).unwrap();
+    for (name, mode) in [("tool", 0o6777), ("data", 0o2666)] {
+        fs::write(n.path(&format!("pub/{name}")), b"#!/bin/sh\n").unwrap();
+        fs::set_permissions(n.path(&format!("pub/{name}")), fs::Permissions::from_mode(mode)).unwrap();
+    }
+    sh_ok(
+        &n.path("pub"),
+        r#"setpriv --reuid=65534 --regid=65534 --clear-groups /usr/bin/python3 - <<'EOF'
+import os
+for name in ["tool", "data"]:
+    fd = os.open(name, os.O_WRONLY | os.O_APPEND)
+    os.write(fd, b"echo hi\n")
+    os.close(fd)
+fd = os.open("mine", os.O_WRONLY | os.O_CREAT, 0o755)
+os.fchmod(fd, 0o4755)
+os.write(fd, b"x")
+os.close(fd)
+EOF"#,
+    );
+    let mode = |rel: &str| fs::metadata(n.path(rel)).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(
+        mode("pub/tool"),
+        0o777,
+        "tool (was 6777) after another user wrote to it"
+    );
+    assert_eq!(mode("pub/data"), 0o2666, "data (2666: no group execute) after a write");
+    assert_eq!(
+        mode("pub/mine"),
+        0o755,
+        "mine: set-user-ID set after its open, then a write"
+    );
+    assert_eq!(fs::read(n.path("pub/tool")).unwrap(), b"#!/bin/sh\necho hi\n");
+    assert_eq!(fs::read(n.path("pub/mine")).unwrap(), b"x");
+}

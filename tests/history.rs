@@ -516,3 +516,26 @@ fn a_directory_comes_back_with_what_was_deleted_with_it_only() {
     assert_eq!(errno_of(&n, "proj/old.txt"), Some(libc::ENOENT));
     assert_eq!(fs::read(n.path("proj/old.txt@v1")).unwrap(), b"removed on purpose");
 }
+
+/// `distribox restore` returns once the mount shows what it restored: a read right
+/// after it gets the restored content, not the size the kernel cached for the
+/// content it replaced. The node's invalidator is slowed down (a test hook), so a
+/// restore that returned before it ran would be seen.
+#[test]
+fn a_restore_returns_once_the_mount_shows_it() {
+    let mut n = Node::prepare(&[]);
+    n.env.push(("DISTRIBOX_TEST_INVALIDATE_DELAY_MS".into(), "700".into()));
+    n.mount();
+    fs::write(n.path("notes.txt"), vec![b'a'; 8000]).unwrap();
+    // Truncated through a handle: the kernel takes the size from our reply and
+    // keeps it for the attribute timeout. (`wc`, not std::fs: Rust asks for the
+    // birth time too, which makes the kernel fetch the attributes every time.)
+    sh_ok(&n.mnt, "truncate -s 4000 notes.txt");
+    assert_eq!(sh_ok(&n.mnt, "wc -c < notes.txt").trim(), "4000");
+    cli_ok(&n, &["restore", n.path("notes.txt@v1").to_str().unwrap()]);
+    assert_eq!(
+        sh_ok(&n.mnt, "wc -c < notes.txt").trim(),
+        "8000",
+        "notes.txt's size right after `distribox restore notes.txt@v1` returned"
+    );
+}

@@ -188,6 +188,15 @@ pub fn versions_of(repo: &Repo, rel: &str) -> Result<Vec<VersionNode>> {
     Ok(out)
 }
 
+/// After a change made here (not through the mount): the command returns once the
+/// mount's kernel caches no longer show what it replaced, so that `cat` right after
+/// `distribox restore` reads the restored content, not a size the kernel cached.
+fn settle_kernel(repo: &Repo) {
+    if !repo.wait_for_kernel(std::time::Duration::from_secs(2)) {
+        tracing::warn!("the mount's caches were not refreshed within 2 s; a read right now may show the old content");
+    }
+}
+
 /// Makes version `keep` (or the one named in the path, `report.txt@v3`) the content
 /// of the file and retires every other head.
 pub fn resolve_conflict(repo: &Repo, rel: &str, keep: &str) -> Result<String> {
@@ -209,6 +218,7 @@ pub fn resolve_conflict(repo: &Repo, rel: &str, keep: &str) -> Result<String> {
     }
     let before = repo.get(entry)?;
     let st = repo.resolve_keep(entry, keep_v)?;
+    settle_kernel(repo);
     let kept = if keep.is_empty() {
         base.to_string()
     } else {
@@ -246,9 +256,11 @@ pub fn restore_version(repo: &Repo, rel: &str) -> Result<String> {
     let before = repo.get(entry)?;
     if before.is_alive() {
         let st = repo.restore(entry, v)?;
+        settle_kernel(repo);
         return Ok(format!("restored the content of {rel} as v{}", st.generation));
     }
     let st = repo.undelete(entry, v, at.clone())?;
+    settle_kernel(repo);
     let (dir, _) = split_last(rel);
     let path = Path::new(dir).join(String::from_utf8_lossy(&at.name).as_ref());
     let from = names::shortest_name(&repo.version_names(entry)?, v)

@@ -160,6 +160,15 @@ struct Handle {
     kind: HandleKind,
 }
 
+/// A direct write that other handles' cached pages may not show yet: answered once
+/// the invalidator has dropped them (see `DistriboxFs::answer_write`).
+struct WrittenRange {
+    ino: u64,
+    offset: u64,
+    written: u32,
+    reply: ReplyWrite,
+}
+
 /// A file handle just opened, and what the open replies to the kernel.
 struct OpenedHandle {
     fh: u64,
@@ -244,7 +253,7 @@ struct Inner {
     direct_writes: AtomicBool,
     /// Ranges that direct writes changed while other handles had the file open,
     /// for the invalidator (see `spawn_invalidator`).
-    written_ranges: Mutex<Option<std::sync::mpsc::Sender<(u64, u64, u64)>>>,
+    written_ranges: Mutex<Option<std::sync::mpsc::Sender<WrittenRange>>>,
     stop: AtomicBool,
     /// The entry a background chunking pass is running for (see `start_prechunk`),
     /// and the signal that it finished.
@@ -571,36 +580,48 @@ impl DistriboxFs {
     /// notification sent from inside a FUSE callback, or while holding a lock a
     /// callback needs, deadlocks. Handles opened before keep reading the content
     /// they opened (their snapshot). A second thread drops the page ranges that
-    /// direct writes changed while other handles had the file open
-    /// (`note_direct_write`).
+    /// direct writes changed while other handles had the file open, then answers
+    /// those writes (`answer_write`).
     pub fn spawn_invalidator(
         &self,
         notifier: fuser::Notifier,
         mut changes: tokio::sync::mpsc::UnboundedReceiver<crate::repo::ChangeBatch>,
     ) -> std::thread::JoinHandle<()> {
-        let (tx, ranges) = std::sync::mpsc::channel::<(u64, u64, u64)>();
+        let (tx, ranges) = std::sync::mpsc::channel::<WrittenRange>();
         *self.inner.written_ranges.lock() = Some(tx);
         let writes = notifier.clone();
         std::thread::Builder::new()
             .name("invalidate-writes".into())
             .spawn(move || {
-                for (ino, offset, len) in ranges {
+                for w in ranges {
                     // ENOENT just means the kernel had nothing cached.
-                    let _ = writes.inval_inode(INodeNo(ino), offset as i64, len as i64);
+                    let _ = writes.inval_inode(INodeNo(w.ino), w.offset as i64, i64::from(w.written));
+                    w.reply.written(w.written);
                 }
             })
             .expect("spawning a thread at startup");
         let fs = self.clone();
+        // Tests slow it down to show that a restore waits for it.
+        let delay = std::env::var("DISTRIBOX_TEST_INVALIDATE_DELAY_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map(Duration::from_millis);
+        self.repo().watch_kernel(true);
         std::thread::Builder::new()
             .name("invalidate".into())
             .spawn(move || {
                 while let Some(batch) = changes.blocking_recv() {
+                    if let Some(d) = delay {
+                        std::thread::sleep(d);
+                    }
                     if !batch.kernel_knows {
                         for c in &batch.changes {
                             fs.invalidate(&notifier, c, batch.remote);
                         }
                     }
+                    fs.repo().kernel_saw(batch.seq);
                 }
+                fs.repo().watch_kernel(false);
             })
             .expect("spawning a thread at startup")
     }
@@ -1198,27 +1219,60 @@ impl DistriboxFs {
     /// (docs/performance.md, "Write-only handles"). Handles that can read keep the
     /// page cache: reads, read-ahead and shared mmap need it.
     ///
-    /// Not for files with set-id bits: a write by a user without CAP_FSETID clears
-    /// them, which the kernel does itself only on the cached path. And where the
-    /// kernel drops other handles' cached pages only before a direct write (6.6 to
-    /// 6.18, before the fix "fuse: Invalidate the page cache after
+    /// Where the kernel drops other handles' cached pages only before a direct
+    /// write (6.6 to 6.18, before the fix "fuse: Invalidate the page cache after
     /// FOPEN_DIRECT_IO write"), a reader could cache the old bytes while the write
-    /// is under way: so a direct write into a file others have open also has the
-    /// invalidator drop the range afterwards (`note_direct_write`).
-    fn direct_write_handle(&self, flags: OpenFlags, mode: u32) -> bool {
-        matches!(flags.acc_mode(), OpenAccMode::O_WRONLY)
-            && mode & 0o6000 == 0
-            && self.inner.direct_writes.load(Ordering::Relaxed)
+    /// is under way: so a direct write into a file others have open is answered
+    /// only once the invalidator has dropped the range (`answer_write`). Set-id
+    /// bits such a write must clear: `kill_suidgid`.
+    fn direct_write_handle(&self, flags: OpenFlags) -> bool {
+        matches!(flags.acc_mode(), OpenAccMode::O_WRONLY) && self.inner.direct_writes.load(Ordering::Relaxed)
     }
 
-    /// After a direct write of `len` bytes at `offset`: if other handles have the
-    /// file open, has the invalidator drop that range of the kernel's pages.
-    fn note_direct_write(&self, ino: INodeNo, entry: EntryId, offset: u64, len: u64) {
-        if self.inner.open_count.lock().get(&entry).is_some_and(|n| *n > 1) {
-            if let Some(tx) = &*self.inner.written_ranges.lock() {
-                let _ = tx.send((ino.0, offset, len));
-            }
+    /// Answers a write: at once, unless it was a direct write into a file other
+    /// handles have open; then once a thread of the invalidator has dropped the
+    /// range from the kernel's pages, so that no reader, told by the writer that
+    /// the write is done, finds old bytes cached while it was under way. That
+    /// thread, not this callback, talks to the kernel: a notification sent from a
+    /// callback can wait for a READ only this session's threads would serve.
+    fn answer_write(&self, ino: INodeNo, offset: u64, written: u32, invalidate_first: bool, reply: ReplyWrite) {
+        if !invalidate_first {
+            return reply.written(written);
         }
+        let w = WrittenRange {
+            ino: ino.0,
+            offset,
+            written,
+            reply,
+        };
+        match &*self.inner.written_ranges.lock() {
+            Some(tx) => {
+                if let Err(std::sync::mpsc::SendError(w)) = tx.send(w) {
+                    w.reply.written(w.written);
+                }
+            }
+            None => w.reply.written(w.written),
+        }
+    }
+
+    /// Clears the set-id bits a write by a user without CAP_FSETID clears (the
+    /// kernel's rule: set-user-ID, and set-group-ID if the group may execute). The
+    /// kernel asks for it on direct writes (`FUSE_WRITE_KILL_SUIDGID`); on cached
+    /// ones it sends a SETATTR itself.
+    fn kill_suidgid(&self, ino: INodeNo) -> FsResult<()> {
+        let entry = self.entry_of(ino)?;
+        let mode = match self.fresh_attrs(entry) {
+            Some((attrs, _)) => attrs.mode,
+            None => self.live(entry)?.record().attrs.mode,
+        };
+        let mut kill = mode & libc::S_ISUID;
+        if mode & libc::S_ISGID != 0 && mode & libc::S_IXGRP != 0 {
+            kill |= libc::S_ISGID;
+        }
+        if kill != 0 {
+            self.commit_entry(entry, |d| d.attrs.mode &= !kill)?;
+        }
+        Ok(())
     }
 
     fn handle_commit(&self, ino: INodeNo) -> FsResult<()> {
@@ -1261,7 +1315,6 @@ impl DistriboxFs {
     /// kernel drops them, and every open read the whole file again through FUSE.
     fn open_handle(&self, ino: INodeNo, flags: OpenFlags) -> FsResult<OpenedHandle> {
         let writable = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
-        let mut mode = 0;
         let trunc = flags.0 & libc::O_TRUNC != 0;
         let exec = flags.0 & FMODE_EXEC != 0;
         let changes_seen = self.inner.inodes.lock().page_changes(ino.0);
@@ -1282,13 +1335,11 @@ impl DistriboxFs {
                 }
             }
             Target::Entry(entry) => {
-                let fresh = self.fresh_attrs(entry);
-                let (list, size, content) = if let Some((attrs, _)) = fresh {
-                    mode = attrs.mode;
+                let fresh = self.is_fresh(entry);
+                let (list, size, content) = if fresh {
                     (Arc::new(ChunkList::default()), 0, None)
                 } else {
                     let s = self.live(entry)?;
-                    mode = s.record().attrs.mode;
                     match &s.record().content {
                         Content::File { size, manifest } => {
                             (e(self.repo().chunk_list(*manifest))?, *size, Some((*size, *manifest)))
@@ -1310,7 +1361,7 @@ impl DistriboxFs {
                 if (trunc || writable) && self.inner.exec_count.lock().contains_key(&entry) {
                     return Err(Errno::ETXTBSY);
                 }
-                if trunc && fresh.is_none() {
+                if trunc && !fresh {
                     // Any access mode: the kernel takes the file to be empty now.
                     self.with_dirty(entry, Some((&list, size)), |g| {
                         e(g.file.truncate(0))?;
@@ -1326,7 +1377,7 @@ impl DistriboxFs {
             }
         };
         let fh = self.inner.next_fh.fetch_add(1, Ordering::Relaxed);
-        let direct = self.direct_write_handle(flags, mode);
+        let direct = self.direct_write_handle(flags);
         let keep_cache = {
             let mut inodes = self.inner.inodes.lock();
             inodes.pin(ino.0);
@@ -1417,7 +1468,9 @@ impl DistriboxFs {
         Ok(out)
     }
 
-    fn do_write(&self, ino: INodeNo, fh: FileHandle, offset: u64, data: &[u8]) -> FsResult<u32> {
+    /// Applies a write; the count written, and whether the kernel's pages of the
+    /// range must be dropped before it is answered (`answer_write`).
+    fn do_write(&self, ino: INodeNo, fh: FileHandle, offset: u64, data: &[u8]) -> FsResult<(u32, bool)> {
         let entry = self.entry_of(ino)?;
         let (snapshot, snap_size, writable) = self.file_handle(fh)?;
         if !writable {
@@ -1441,16 +1494,15 @@ impl DistriboxFs {
             Ok((g.file.prechunk_plan(), pressed))
         })?;
         self.inner.inodes.lock().pages_changed(ino.0);
-        if direct {
-            self.note_direct_write(ino, entry, offset, data.len() as u64);
-        }
+        // Others' cached pages: see `answer_write`.
+        let others_cached = direct && self.inner.open_count.lock().get(&entry).is_some_and(|n| *n > 1);
         if let Some(plan) = plan {
             self.start_prechunk(entry, d.clone(), plan);
         }
         if pressed {
             self.relieve_tail(entry, &d)?;
         }
-        Ok(data.len() as u32)
+        Ok((data.len() as u32, others_cached))
     }
 
     /// `copy_file_range` within the mount without moving bytes: the destination
@@ -2068,13 +2120,18 @@ impl Filesystem for DistriboxFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _wf: WriteFlags,
+        wf: WriteFlags,
         _flags: OpenFlags,
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        if wf.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            if let Err(err) = self.kill_suidgid(ino) {
+                return reply.error(err);
+            }
+        }
         match self.do_write(ino, fh, offset, data) {
-            Ok(n) => reply.written(n),
+            Ok((n, invalidate_first)) => self.answer_write(ino, offset, n, invalidate_first, reply),
             Err(err) => reply.error(err),
         }
     }

@@ -35,6 +35,8 @@ pub struct ChangeBatch {
     /// what the kernel cached of them.
     pub kernel_knows: bool,
     pub changes: Vec<Change>,
+    /// Its place in the order batches are published (set by `Repo::publish`).
+    pub seq: u64,
 }
 
 /// An entry's versions: this batch's, then the store's.

@@ -299,6 +299,7 @@ impl Repo {
             remote: false,
             kernel_knows: true,
             changes,
+            seq: 0,
         });
         Ok(())
     }

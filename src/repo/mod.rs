@@ -280,6 +280,14 @@ pub struct Repo {
     staged_subscribers: Mutex<Vec<StagedSubscriber>>,
     /// Counts published change batches (see `epoch`).
     epoch: std::sync::atomic::AtomicU64,
+    /// Batches published so far, and the last of them the kernel's caches did not
+    /// see (`ChangeBatch::kernel_knows` false).
+    published: std::sync::atomic::AtomicU64,
+    unseen: std::sync::atomic::AtomicU64,
+    /// The last batch the mount's invalidator has handled; `None` without a mount
+    /// (see `wait_for_kernel`).
+    kernel_seen: Mutex<Option<u64>>,
+    kernel_seen_cv: parking_lot::Condvar,
     /// Entries in conflict (see `conflict_index`), and the lock its one walk holds.
     conflict_index: Mutex<conflict_index::ConflictIndex>,
     conflict_walk: Mutex<()>,
@@ -407,6 +415,10 @@ impl Repo {
             subscribers: Mutex::new(Vec::new()),
             staged_subscribers: Mutex::new(Vec::new()),
             epoch: std::sync::atomic::AtomicU64::new(0),
+            published: std::sync::atomic::AtomicU64::new(0),
+            unseen: std::sync::atomic::AtomicU64::new(0),
+            kernel_seen: Mutex::new(None),
+            kernel_seen_cv: parking_lot::Condvar::new(),
             conflict_index: Mutex::new(Default::default()),
             conflict_walk: Mutex::new(()),
         };
@@ -513,17 +525,61 @@ impl Repo {
         self.epoch.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    fn publish(&self, batch: ChangeBatch) {
+    fn publish(&self, mut batch: ChangeBatch) {
+        use std::sync::atomic::Ordering;
         // After the batch is written: a reader that saw the old epoch before its
         // read and sees it again now read the store without this batch's changes
         // or with all of them.
-        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         if batch.changes.is_empty() {
             return;
         }
-        self.subscribers
-            .lock()
-            .retain(|s| !(s.wants)(&batch) || s.tx.send(batch.clone()).is_ok());
+        let mut subscribers = self.subscribers.lock();
+        // Numbered under the lock: subscribers get batches in this order.
+        batch.seq = self.published.fetch_add(1, Ordering::AcqRel) + 1;
+        if !batch.kernel_knows {
+            self.unseen.fetch_max(batch.seq, Ordering::AcqRel);
+        }
+        subscribers.retain(|s| !(s.wants)(&batch) || s.tx.send(batch.clone()).is_ok());
+    }
+
+    /// The mount's invalidator starts (`Some`) or stops (`None`) handling the
+    /// batches the kernel did not see; those published before it started are not
+    /// its to wait for.
+    pub fn watch_kernel(&self, on: bool) {
+        let published = self.published.load(std::sync::atomic::Ordering::Acquire);
+        *self.kernel_seen.lock() = on.then_some(published);
+        self.kernel_seen_cv.notify_all();
+    }
+
+    /// The invalidator has dropped what the kernel cached of batch `seq`.
+    pub fn kernel_saw(&self, seq: u64) {
+        if let Some(s) = &mut *self.kernel_seen.lock() {
+            *s = (*s).max(seq);
+        }
+        self.kernel_seen_cv.notify_all();
+    }
+
+    /// Waits, at most `timeout`, until the mount's kernel caches show every change
+    /// published so far: a `distribox restore` returns once `cat` reads what it
+    /// restored, not the size or pages the kernel cached before. True if they do
+    /// (or there is no mount). Never from a FUSE callback: dropping a name the
+    /// kernel cached takes the directory's lock, which the callback's system call
+    /// may hold.
+    pub fn wait_for_kernel(&self, timeout: std::time::Duration) -> bool {
+        let want = self.unseen.load(std::sync::atomic::Ordering::Acquire);
+        let deadline = std::time::Instant::now() + timeout;
+        let mut seen = self.kernel_seen.lock();
+        loop {
+            match *seen {
+                None => return true,
+                Some(s) if s >= want => return true,
+                Some(_) => {}
+            }
+            if self.kernel_seen_cv.wait_until(&mut seen, deadline).timed_out() {
+                return false;
+            }
+        }
     }
 
     /// Makes every committed version durable against power loss.
@@ -848,6 +904,7 @@ impl Repo {
             remote: false,
             kernel_knows: through_mount,
             changes,
+            seq: 0,
         });
         Ok(out.into_iter().zip(made).collect())
     }

@@ -327,6 +327,7 @@ impl Repo {
                     remote: true,
                     kernel_knows: false,
                     changes,
+                    seq: 0,
                 });
                 Ok(joined.len())
             }
