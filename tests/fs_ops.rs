@@ -662,6 +662,13 @@ fd = os.open("mine", os.O_WRONLY | os.O_CREAT, 0o755)
 os.fchmod(fd, 0o4755)
 os.write(fd, b"x")
 os.close(fd)
+# A file deleted while open takes writes, also another user's.
+with open("gone", "w") as f:
+    f.write("a")
+fd = os.open("gone", os.O_WRONLY | os.O_APPEND)
+os.unlink("gone")
+assert os.write(fd, b"b") == 1
+os.close(fd)
 EOF"#,
     );
     let mode = |rel: &str| fs::metadata(n.path(rel)).unwrap().permissions().mode() & 0o7777;

@@ -260,7 +260,6 @@ pub fn restore_version(repo: &Repo, rel: &str) -> Result<String> {
         return Ok(format!("restored the content of {rel} as v{}", st.generation));
     }
     let st = repo.undelete(entry, v, at.clone())?;
-    settle_kernel(repo);
     let (dir, _) = split_last(rel);
     let path = Path::new(dir).join(String::from_utf8_lossy(&at.name).as_ref());
     let from = names::shortest_name(&repo.version_names(entry)?, v)
@@ -283,6 +282,7 @@ pub fn restore_version(repo: &Repo, rel: &str) -> Result<String> {
             );
         }
     }
+    settle_kernel(repo);
     Ok(msg)
 }
 

@@ -610,6 +610,14 @@ impl DistriboxFs {
         std::thread::Builder::new()
             .name("invalidate".into())
             .spawn(move || {
+                // However the thread ends (a panic too), restores stop waiting for it.
+                struct Unwatch(Arc<Repo>);
+                impl Drop for Unwatch {
+                    fn drop(&mut self) {
+                        self.0.watch_kernel(false);
+                    }
+                }
+                let _unwatch = Unwatch(fs.inner.repo.clone());
                 while let Some(batch) = changes.blocking_recv() {
                     if let Some(d) = delay {
                         std::thread::sleep(d);
@@ -621,7 +629,6 @@ impl DistriboxFs {
                     }
                     fs.repo().kernel_saw(batch.seq);
                 }
-                fs.repo().watch_kernel(false);
             })
             .expect("spawning a thread at startup")
     }
@@ -1232,9 +1239,11 @@ impl DistriboxFs {
     /// Answers a write: at once, unless it was a direct write into a file other
     /// handles have open; then once a thread of the invalidator has dropped the
     /// range from the kernel's pages, so that no reader, told by the writer that
-    /// the write is done, finds old bytes cached while it was under way. That
-    /// thread, not this callback, talks to the kernel: a notification sent from a
-    /// callback can wait for a READ only this session's threads would serve.
+    /// the write is done, finds old bytes cached while it was under way; likewise
+    /// after `kill_suidgid` changed the mode, which the kernel keeps cached with
+    /// the other attributes that the notification drops. That thread, not this
+    /// callback, talks to the kernel: a notification sent from a callback can
+    /// wait for a READ only this session's threads would serve.
     fn answer_write(&self, ino: INodeNo, offset: u64, written: u32, invalidate_first: bool, reply: ReplyWrite) {
         if !invalidate_first {
             return reply.written(written);
@@ -1259,11 +1268,20 @@ impl DistriboxFs {
     /// kernel's rule: set-user-ID, and set-group-ID if the group may execute). The
     /// kernel asks for it on direct writes (`FUSE_WRITE_KILL_SUIDGID`); on cached
     /// ones it sends a SETATTR itself.
-    fn kill_suidgid(&self, ino: INodeNo) -> FsResult<()> {
+    /// True if it changed the mode: the kernel still has the old one cached
+    /// (`answer_write` then drops it before the write is answered).
+    fn kill_suidgid(&self, ino: INodeNo) -> FsResult<bool> {
         let entry = self.entry_of(ino)?;
         let mode = match self.fresh_attrs(entry) {
             Some((attrs, _)) => attrs.mode,
-            None => self.live(entry)?.record().attrs.mode,
+            None => {
+                let s = e(self.repo().get(entry))?;
+                if !s.is_alive() {
+                    // Deleted while open: writes go on; there is no mode to change.
+                    return Ok(false);
+                }
+                s.record().attrs.mode
+            }
         };
         let mut kill = mode & libc::S_ISUID;
         if mode & libc::S_ISGID != 0 && mode & libc::S_IXGRP != 0 {
@@ -1272,7 +1290,7 @@ impl DistriboxFs {
         if kill != 0 {
             self.commit_entry(entry, |d| d.attrs.mode &= !kill)?;
         }
-        Ok(())
+        Ok(kill != 0)
     }
 
     fn handle_commit(&self, ino: INodeNo) -> FsResult<()> {
@@ -2125,13 +2143,15 @@ impl Filesystem for DistriboxFs {
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let mut mode_changed = false;
         if wf.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-            if let Err(err) = self.kill_suidgid(ino) {
-                return reply.error(err);
+            match self.kill_suidgid(ino) {
+                Ok(changed) => mode_changed = changed,
+                Err(err) => return reply.error(err),
             }
         }
         match self.do_write(ino, fh, offset, data) {
-            Ok((n, invalidate_first)) => self.answer_write(ino, offset, n, invalidate_first, reply),
+            Ok((n, others_cached)) => self.answer_write(ino, offset, n, others_cached || mode_changed, reply),
             Err(err) => reply.error(err),
         }
     }
