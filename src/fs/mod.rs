@@ -1268,6 +1268,7 @@ impl DistriboxFs {
     /// kernel's rule: set-user-ID, and set-group-ID if the group may execute). The
     /// kernel asks for it on direct writes (`FUSE_WRITE_KILL_SUIDGID`); on cached
     /// ones it sends a SETATTR itself.
+    ///
     /// True if it changed the mode: the kernel still has the old one cached
     /// (`answer_write` then drops it before the write is answered).
     fn kill_suidgid(&self, ino: INodeNo) -> FsResult<bool> {
