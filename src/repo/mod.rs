@@ -543,9 +543,9 @@ impl Repo {
         subscribers.retain(|s| !(s.wants)(&batch) || s.tx.send(batch.clone()).is_ok());
     }
 
-    /// The mount's invalidator starts (`Some`) or stops (`None`) handling the
-    /// batches the kernel did not see; those published before it started are not
-    /// its to wait for.
+    /// The mount's invalidator starts (`on`) or stops handling the batches the
+    /// kernel did not see; those published before it started are not its to wait
+    /// for, and without it `wait_for_kernel` waits for nothing.
     pub fn watch_kernel(&self, on: bool) {
         let published = self.published.load(std::sync::atomic::Ordering::Acquire);
         *self.kernel_seen.lock() = on.then_some(published);
