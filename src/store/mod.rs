@@ -40,6 +40,7 @@
 //! kill; `sync()` (fsync) makes it survive power loss too.
 
 mod datadir;
+mod drop_behind;
 mod reclaim;
 mod space;
 
@@ -253,6 +254,9 @@ pub struct Store {
     /// walk reads the whole chunk index).
     writes: std::sync::atomic::AtomicU64,
     chunk_stats: parking_lot::Mutex<Option<(u64, (u64, u64))>>,
+    /// Drops blob files' pages once reads have moved on (None if its thread could
+    /// not start: reads then leave their pages cached, as the kernel would).
+    drop_behind: Option<drop_behind::DropBehind>,
 }
 
 /// Chunk storage keys each open of the store reserves (in `meta`, synced before
@@ -511,6 +515,9 @@ impl Store {
             chunk_keys_end,
             writes: std::sync::atomic::AtomicU64::new(0),
             chunk_stats: parking_lot::Mutex::new(None),
+            drop_behind: drop_behind::DropBehind::start(path)
+                .inspect_err(|e| tracing::warn!(error = %e, "cannot start the drop-behind thread; chunk reads stay in the page cache"))
+                .ok(),
         })
     }
 
@@ -750,12 +757,15 @@ impl Store {
         let (_, key) = self.chunk_location(id)?.ok_or(StoreError::MissingChunk { chunk: id })?;
         let data = self
             .db
-            .get_cf_opt(self.cf(CF_CHUNKS), key, &ro)
+            .get_cf_opt(self.cf(CF_CHUNKS), &key, &ro)
             .map_err(db_err("get chunk"))?
             .ok_or(StoreError::MissingChunk { chunk: id })?;
         if ChunkId::of(&data) != id {
             tracing::error!(chunk = %id, bytes = data.len(), "chunk failed its hash check");
             return Err(StoreError::CorruptChunk { chunk: id });
+        }
+        if let (Some(d), Ok(key)) = (&self.drop_behind, <[u8; 8]>::try_from(&key[..])) {
+            d.note(u64::from_be_bytes(key));
         }
         Ok(data)
     }
@@ -1089,6 +1099,69 @@ mod tests {
         assert!(child_name_in_domain(&key));
         assert!(child_name_in_domain(&child_prefix(p, b"x")));
         assert!(!child_name_in_domain(p.as_bytes()));
+    }
+
+    /// Pages of a blob file that reads are done with leave the page cache
+    /// (`drop_behind`); without it they stay until memory runs short.
+    #[test]
+    fn blob_pages_leave_the_page_cache_once_reads_moved_on() {
+        // A disk, not tmpfs: tmpfs pages cannot be dropped.
+        let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let chunks: Vec<Vec<u8>> = (0..32u8)
+            .map(|i| (0..65536u32).map(|j| (j as u8) ^ i.wrapping_mul(31)).collect())
+            .collect();
+        for c in &chunks {
+            store.put_chunk_opt(ChunkId::of(c), c, false).unwrap();
+        }
+        store.flush_chunks().unwrap();
+        let blobs: Vec<std::path::PathBuf> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "blob"))
+            .collect();
+        assert!(!blobs.is_empty(), "the flush wrote the chunks into a blob file");
+        for c in &chunks {
+            assert_eq!(&store.get_chunk(ChunkId::of(c)).unwrap(), c);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let cached = || blobs.iter().map(|b| resident_pages(b)).sum::<usize>();
+        while cached() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} pages of {blobs:?} still cached",
+                cached()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Pages of `path` in the page cache (mincore over a mapping of it).
+    fn resident_pages(path: &Path) -> usize {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(path).unwrap();
+        let len = f.metadata().unwrap().len() as usize;
+        if len == 0 {
+            return 0;
+        }
+        let page = 4096;
+        let mut vec = vec![0u8; len.div_ceil(page)];
+        // SAFETY: a read-only shared mapping of a file we hold open, unmapped below;
+        // mincore writes one byte per page into `vec`, which has that many.
+        unsafe {
+            let addr = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            );
+            assert_ne!(addr, libc::MAP_FAILED);
+            assert_eq!(libc::mincore(addr, len, vec.as_mut_ptr()), 0);
+            libc::munmap(addr, len);
+        }
+        vec.iter().filter(|b| *b & 1 == 1).count()
     }
 
     /// `chunk_stats` answers from its last walk only while nothing was written.
