@@ -637,6 +637,51 @@ EOF"#,
     assert!(fs::read(&p).unwrap() == want, "f.bin after the writes");
 }
 
+/// A handle that writes a large file front to back through the page cache (opened
+/// read-write) leaves only the last 32 MiB it wrote cached; the pages before are
+/// dropped (`fs::write_behind`), and every byte still reads back.
+#[test]
+fn a_sequential_writer_leaves_only_its_last_pages_cached() {
+    let n = Node::start();
+    sh_ok(
+        &n.mnt,
+        r#"python3 - <<'EOF'
+import ctypes, mmap, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+
+def resident(fd):
+    """How many of the file's pages are in the page cache."""
+    probe = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)  # ctypes wants it writable
+    vec = ctypes.create_string_buffer(len(probe) // 4096)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(probe))
+    assert libc.mincore(addr, len(probe), vec) == 0, ctypes.get_errno()
+    del addr
+    return sum(b & 1 for b in vec.raw)
+
+MIB = 1 << 20
+fd = os.open("big.bin", os.O_RDWR | os.O_CREAT, 0o644)
+for i in range(96):
+    os.write(fd, bytes([i]) * MIB)
+# The drops go out on the node's own thread: wait for them (at most 30 s).
+deadline = time.monotonic() + 30
+while resident(fd) > 48 * MIB // 4096:
+    assert time.monotonic() < deadline, f"{resident(fd)} pages still cached"
+    time.sleep(0.05)
+# The last 32 MiB written stay cached for a writer that reads them back.
+assert resident(fd) >= 32 * MIB // 4096, resident(fd)
+last = os.pread(fd, MIB, 95 * MIB)
+assert last == bytes([95]) * MIB
+os.close(fd)
+EOF"#,
+    );
+    let data = fs::read(n.path("big.bin")).unwrap();
+    assert_eq!(data.len(), 96 << 20);
+    for (i, block) in data.chunks(1 << 20).enumerate() {
+        assert!(block.iter().all(|b| *b == i as u8), "MiB {i} reads back");
+    }
+}
+
 /// A write by a user without CAP_FSETID clears the set-user-ID bit, and the
 /// set-group-ID bit if the group may execute the file, as ext4 does: also through
 /// write-only handles, which bypass the page cache and with it the kernel's own

@@ -14,6 +14,7 @@
 //! or the `dirty` map.
 
 mod inodes;
+mod write_behind;
 
 use crate::chunking::ChunkList;
 use crate::model::{names, Attrs, Content, EntryId, Hlc, Link, SignedRecord, SpecialKind, Timestamp, VersionId};
@@ -34,6 +35,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+use write_behind::WriteBehind;
 
 /// Tunables of a mount.
 #[derive(Clone, Debug)]
@@ -149,6 +151,8 @@ enum HandleKind {
         exec: bool,
         /// Bypasses the page cache (see `DistriboxFs::direct_write_handle`).
         direct: bool,
+        /// This handle's sequential writes through the page cache.
+        behind: WriteBehind,
     },
     Dir {
         listing: Vec<(Vec<u8>, u64, FileType)>,
@@ -158,6 +162,24 @@ enum HandleKind {
 struct Handle {
     ino: u64,
     kind: HandleKind,
+}
+
+/// Work for the kernel after a write, done by a thread of the invalidator (see
+/// `DistriboxFs::spawn_invalidator`).
+enum AfterWrite {
+    /// Answered once the written range is dropped from the kernel's pages.
+    Answer(WrittenRange),
+    /// Pages a sequential writer is done with (`write_behind`).
+    DropPages { ino: u64, offset: u64, len: u64 },
+}
+
+/// What a write did, for `DistriboxFs::write`.
+struct Written {
+    len: u32,
+    /// Other handles may have the range cached (see `answer_write`).
+    others_cached: bool,
+    /// (offset, len) of pages the handle is done with.
+    drop_pages: Option<(u64, u64)>,
 }
 
 /// A direct write that other handles' cached pages may not show yet: answered once
@@ -252,8 +274,9 @@ struct Inner {
     /// Write-only handles may bypass the page cache (see `direct_write_handle`).
     direct_writes: AtomicBool,
     /// Ranges that direct writes changed while other handles had the file open,
-    /// for the invalidator (see `spawn_invalidator`).
-    written_ranges: Mutex<Option<std::sync::mpsc::Sender<WrittenRange>>>,
+    /// and pages sequential writers are done with, for the invalidator (see
+    /// `spawn_invalidator`).
+    after_writes: Mutex<Option<std::sync::mpsc::Sender<AfterWrite>>>,
     stop: AtomicBool,
     /// The entry a background chunking pass is running for (see `start_prechunk`),
     /// and the signal that it finished.
@@ -320,7 +343,7 @@ impl DistriboxFs {
                 lost_name: Mutex::new(HashMap::new()),
                 session_end: Mutex::new(None),
                 direct_writes: AtomicBool::new(false),
-                written_ranges: Mutex::new(None),
+                after_writes: Mutex::new(None),
                 stop: AtomicBool::new(false),
                 prechunk: Mutex::new(None),
                 prechunk_done: parking_lot::Condvar::new(),
@@ -587,16 +610,23 @@ impl DistriboxFs {
         notifier: fuser::Notifier,
         mut changes: tokio::sync::mpsc::UnboundedReceiver<crate::repo::ChangeBatch>,
     ) -> std::thread::JoinHandle<()> {
-        let (tx, ranges) = std::sync::mpsc::channel::<WrittenRange>();
-        *self.inner.written_ranges.lock() = Some(tx);
+        let (tx, after_writes) = std::sync::mpsc::channel::<AfterWrite>();
+        *self.inner.after_writes.lock() = Some(tx);
         let writes = notifier.clone();
         std::thread::Builder::new()
             .name("invalidate-writes".into())
             .spawn(move || {
-                for w in ranges {
-                    // ENOENT just means the kernel had nothing cached.
-                    let _ = writes.inval_inode(INodeNo(w.ino), w.offset as i64, i64::from(w.written));
-                    w.reply.written(w.written);
+                // ENOENT just means the kernel had nothing cached.
+                for w in after_writes {
+                    match w {
+                        AfterWrite::Answer(w) => {
+                            let _ = writes.inval_inode(INodeNo(w.ino), w.offset as i64, i64::from(w.written));
+                            w.reply.written(w.written);
+                        }
+                        AfterWrite::DropPages { ino, offset, len } => {
+                            let _ = writes.inval_inode(INodeNo(ino), offset as i64, len as i64);
+                        }
+                    }
                 }
             })
             .expect("spawning a thread at startup");
@@ -1254,13 +1284,16 @@ impl DistriboxFs {
             written,
             reply,
         };
-        match &*self.inner.written_ranges.lock() {
-            Some(tx) => {
-                if let Err(std::sync::mpsc::SendError(w)) = tx.send(w) {
-                    w.reply.written(w.written);
-                }
-            }
-            None => w.reply.written(w.written),
+        if let Err(AfterWrite::Answer(w)) = self.after_write(AfterWrite::Answer(w)) {
+            w.reply.written(w.written);
+        }
+    }
+
+    /// Hands `w` to the invalidator's write thread; gives it back if there is none.
+    fn after_write(&self, w: AfterWrite) -> Result<(), AfterWrite> {
+        match &*self.inner.after_writes.lock() {
+            Some(tx) => tx.send(w).map_err(|std::sync::mpsc::SendError(w)| w),
+            None => Err(w),
         }
     }
 
@@ -1413,6 +1446,7 @@ impl DistriboxFs {
                     writable,
                     exec,
                     direct,
+                    behind: WriteBehind::default(),
                 },
             },
         );
@@ -1489,19 +1523,12 @@ impl DistriboxFs {
 
     /// Applies a write; the count written, and whether the kernel's pages of the
     /// range must be dropped before it is answered (`answer_write`).
-    fn do_write(&self, ino: INodeNo, fh: FileHandle, offset: u64, data: &[u8]) -> FsResult<(u32, bool)> {
+    fn do_write(&self, ino: INodeNo, fh: FileHandle, offset: u64, data: &[u8]) -> FsResult<Written> {
         let entry = self.entry_of(ino)?;
         let (snapshot, snap_size, writable) = self.file_handle(fh)?;
         if !writable {
             return Err(Errno::EBADF);
         }
-        let direct = matches!(
-            self.inner.handles.lock().get(&fh.0),
-            Some(Handle {
-                kind: HandleKind::File { direct: true, .. },
-                ..
-            })
-        );
         // The kernel's pages hold these bytes already, stored or not (a failed
         // write-back of mmap'ed pages leaves them cached): forget before and after,
         // so that neither a failure nor an open racing the write vouches for them.
@@ -1513,6 +1540,20 @@ impl DistriboxFs {
             Ok((g.file.prechunk_plan(), pressed))
         })?;
         self.inner.inodes.lock().pages_changed(ino.0);
+        let (direct, drop_pages) = match self.inner.handles.lock().get_mut(&fh.0) {
+            Some(Handle {
+                kind: HandleKind::File { direct, behind, .. },
+                ..
+            }) => (
+                *direct,
+                if *direct {
+                    None
+                } else {
+                    behind.wrote(offset, data.len() as u64)
+                },
+            ),
+            _ => (false, None),
+        };
         // Others' cached pages: see `answer_write`.
         let others_cached = direct && self.inner.open_count.lock().get(&entry).is_some_and(|n| *n > 1);
         if let Some(plan) = plan {
@@ -1521,7 +1562,11 @@ impl DistriboxFs {
         if pressed {
             self.relieve_tail(entry, &d)?;
         }
-        Ok((data.len() as u32, others_cached))
+        Ok(Written {
+            len: data.len() as u32,
+            others_cached,
+            drop_pages,
+        })
     }
 
     /// `copy_file_range` within the mount without moving bytes: the destination
@@ -2152,7 +2197,17 @@ impl Filesystem for DistriboxFs {
             }
         }
         match self.do_write(ino, fh, offset, data) {
-            Ok((n, others_cached)) => self.answer_write(ino, offset, n, others_cached || mode_changed, reply),
+            Ok(w) => {
+                if let Some((offset, len)) = w.drop_pages {
+                    // Without an invalidator the pages just stay cached.
+                    let _ = self.after_write(AfterWrite::DropPages {
+                        ino: ino.0,
+                        offset,
+                        len,
+                    });
+                }
+                self.answer_write(ino, offset, w.len, w.others_cached || mode_changed, reply)
+            }
             Err(err) => reply.error(err),
         }
     }
