@@ -604,7 +604,8 @@ impl DistriboxFs {
     /// callback needs, deadlocks. Handles opened before keep reading the content
     /// they opened (their snapshot). A second thread drops the page ranges that
     /// direct writes changed while other handles had the file open, then answers
-    /// those writes (`answer_write`).
+    /// those writes (`answer_write`), and drops the pages sequential writers are
+    /// done with (`write_behind`).
     pub fn spawn_invalidator(
         &self,
         notifier: fuser::Notifier,

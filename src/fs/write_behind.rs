@@ -6,15 +6,16 @@
 //! fills the page cache with the whole file, pushing out what other programs
 //! cached, and takes a fresh page from the allocator for every 4 KiB written. On
 //! the VMs this project runs on (virtio free page reporting) a fresh page costs a
-//! host fault on first touch: fio writing 1 GiB spent 56–72% of its time in the
-//! kernel, against 19–20% when pages it had written 32 MiB earlier were dropped
+//! host fault on first touch: fio writing 1 GiB spent 46–65% of its time in the
+//! kernel, against 18–22% when pages it had written 32 MiB earlier were dropped
 //! (docs/performance.md, "Drop-behind for writes through the page cache").
 //!
 //! What: once a handle has written `KEEP` bytes past a point in one sequential run,
 //! the pages before `KEEP` behind its write front are dropped, `STEP` bytes at a
 //! time. A writer that reads back what it just wrote still finds the last `KEEP`
 //! cached; anything else reads it from the node again. Write-only handles bypass
-//! the page cache altogether (`FOPEN_DIRECT_IO`) and need none of this.
+//! the page cache altogether where the kernel allows it (`FOPEN_DIRECT_IO`, Linux
+//! 6.6 and later); on older kernels they write through it and drop behind too.
 
 /// Bytes behind the write front that stay cached.
 const KEEP: u64 = 32 << 20;

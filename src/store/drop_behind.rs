@@ -16,7 +16,11 @@
 //!
 //! How: chunk storage keys are handed out in write order and a flush writes a
 //! memtable's chunks into one blob file in key order, so each blob file holds a run
-//! of keys that starts with the key of its first record. The trimmer thread learns
+//! of keys that starts with the key of its first record (roughly: writers that
+//! took keys at the same moment can land on both sides of a flush, chunks under
+//! 4 KiB live in table files, and a chunk read from the memtable maps to the
+//! newest blob file; each such miss drops pages of a file nobody needed, or none).
+//! The trimmer thread learns
 //! that first key from the file's first 70 bytes (RocksDB's blob log format: a
 //! 30-byte header, a 32-byte record header, then the key), maps every key read to
 //! the file with the greatest first key at or below it, and advises
@@ -224,26 +228,33 @@ impl Trimmer {
                 return true;
             }
             if let Ok(f) = std::fs::File::open(file) {
-                // SAFETY: a plain syscall on a descriptor we own for its duration.
-                let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-                if rc != 0 {
-                    tracing::debug!(file = %file.display(), errno = rc, "cannot drop a blob file's pages");
-                }
+                drop_pages(&f, file);
             }
             false
         });
     }
 }
 
+/// The first bytes of a blob file, leaving none of its pages cached (the read
+/// brings in the kernel's read-ahead too).
 fn read_head(path: &Path) -> Option<Vec<u8>> {
     use std::io::Read;
     let mut head = Vec::with_capacity(BLOB_HEADER + RECORD_HEADER + KEY_LEN);
-    std::fs::File::open(path)
-        .ok()?
+    let f = std::fs::File::open(path).ok()?;
+    let read = (&f)
         .take((BLOB_HEADER + RECORD_HEADER + KEY_LEN) as u64)
-        .read_to_end(&mut head)
-        .ok()?;
+        .read_to_end(&mut head);
+    drop_pages(&f, path);
+    read.ok()?;
     Some(head)
+}
+
+fn drop_pages(f: &std::fs::File, path: &Path) {
+    // SAFETY: a plain syscall on a descriptor the caller holds open.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        tracing::debug!(file = %path.display(), errno = rc, "cannot drop a blob file's pages");
+    }
 }
 
 #[cfg(test)]

@@ -1105,8 +1105,9 @@ mod tests {
     /// (`drop_behind`); without it they stay until memory runs short.
     #[test]
     fn blob_pages_leave_the_page_cache_once_reads_moved_on() {
-        // A disk, not tmpfs: tmpfs pages cannot be dropped.
-        let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+        // A disk, not tmpfs (/tmp is tmpfs on many systems): tmpfs pages cannot be
+        // dropped.
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         let store = Store::open(dir.path()).unwrap();
         let chunks: Vec<Vec<u8>> = (0..32u8)
             .map(|i| (0..65536u32).map(|j| (j as u8) ^ i.wrapping_mul(31)).collect())
