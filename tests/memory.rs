@@ -54,40 +54,47 @@ EOF"#,
     assert!(std::fs::read_dir(&n.mnt).unwrap().next().is_none());
 
     // The hourly gc and `log` of the whole folder walk all 72,000 versions; they
-    // must not hold them all at once (they did: ~330 and ~650 bytes per version).
+    // must not hold them all at once (they did: ~330 and ~650 bytes per version,
+    // ~23 and ~46 MiB here, on top of what they need anyway). Each is measured
+    // alone. What gc needs anyway (its set of manifest roots and sorted list of
+    // kept chunks, ~100 bytes per file) shows as 0.5–16 MiB of new resident
+    // memory, varying from run to run with where the allocator finds room; with
+    // one bound for both, a third of the runs failed on a day when gc took 14 MiB
+    // of it. Hence gc's wider margin: holding every version still crosses it.
     let pid = n.pid.expect("node pid");
-    // Writing 5 resets the peak (VmHWM) to the current resident size.
-    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
-    let before = proc_status_kib(pid, "VmRSS:");
-    let cache_before = store_caches_kib(&n);
-    for args in [&["gc"][..], &["log", "--limit", "1000"][..]] {
+    for (args, margin_mib) in [(&["gc"][..], 24), (&["log", "--limit", "1000"][..], 12)] {
+        // Writing 5 resets the peak (VmHWM) to the current resident size.
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+        let before = proc_status_kib(pid, "VmRSS:");
+        let caches_before = store_caches_kib(&n);
         let out = cli(&n.data, args);
         assert!(
             out.status.success(),
             "{args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let peak = proc_status_kib(pid, "VmHWM:");
+        // RocksDB's block cache (32 MiB at most), table indexes and memtables
+        // (32 MiB in all) fill as the walks read records they had not read yet:
+        // bounded, and not what this test is about. How far they filled varied by
+        // a few MiB from run to run, which alone took the peak past a fixed bound
+        // (once by 2 MiB).
+        let cache_growth = store_caches_kib(&n).saturating_sub(caches_before);
+        assert!(
+            peak < before + cache_growth + margin_mib * 1024,
+            "{args:?} over 72,000 versions raised the node's peak memory from {before} KiB to {peak} KiB \
+             (RocksDB's caches and memtables grew by {cache_growth} KiB of that)"
+        );
     }
-    let peak = proc_status_kib(pid, "VmHWM:");
-    // RocksDB's block cache (32 MiB at most) and table indexes fill as the walks
-    // read records they had not read yet: bounded, and not what this test is about.
-    // How far they filled varied by a few MiB from run to run, which alone took
-    // the peak past a fixed bound (once by 2 MiB). Walks that held every version
-    // added ~70 MiB.
-    let cache_growth = store_caches_kib(&n).saturating_sub(cache_before);
-    assert!(
-        peak < before + cache_growth + 12 * 1024,
-        "gc and log over 72,000 versions raised the node's peak memory from {before} KiB to {peak} KiB \
-         (RocksDB's block cache and table indexes grew by {cache_growth} KiB of that)"
-    );
 }
 
-/// RocksDB's block cache and table readers, as `distribox status` reports them.
+/// RocksDB's block cache, table readers and memtables, as `distribox status`
+/// reports them.
 fn store_caches_kib(n: &Node) -> u64 {
     let m = &n.status()["store_memory"];
     let field = |f: &str| {
         m[f].as_u64()
             .unwrap_or_else(|| panic!("status has no store_memory.{f}"))
     };
-    (field("block_cache") + field("table_readers")) / 1024
+    (field("block_cache") + field("table_readers") + field("memtables")) / 1024
 }
