@@ -1522,8 +1522,9 @@ impl DistriboxFs {
         Ok(out)
     }
 
-    /// Applies a write; the count written, and whether the kernel's pages of the
-    /// range must be dropped before it is answered (`answer_write`).
+    /// Applies a write: the count written, whether the kernel's pages of the
+    /// range must be dropped before it is answered (`answer_write`), and which
+    /// pages the handle is done with (`write_behind`).
     fn do_write(&self, ino: INodeNo, fh: FileHandle, offset: u64, data: &[u8]) -> FsResult<Written> {
         let entry = self.entry_of(ino)?;
         let (snapshot, snap_size, writable) = self.file_handle(fh)?;
