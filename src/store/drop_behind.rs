@@ -20,9 +20,9 @@
 //! took keys at the same moment can land on both sides of a flush, chunks under
 //! 4 KiB live in table files, and a chunk read from the memtable maps to the
 //! newest blob file; each such miss drops pages of a file nobody needed, or none).
-//! The trimmer thread learns
-//! that first key from the file's first 70 bytes (RocksDB's blob log format: a
-//! 30-byte header, a 32-byte record header, then the key), maps every key read to
+//! The trimmer thread learns that first key from the file's first 70 bytes
+//! (RocksDB's blob log format: a 30-byte header, a 32-byte record header, then the
+//! key), maps every key read to
 //! the file with the greatest first key at or below it, and advises
 //! `POSIX_FADV_DONTNEED` on files that were read but not in the last `IDLE`. A file
 //! it cannot parse (not yet written, or chunks keyed by id from before format 3) is
@@ -53,6 +53,8 @@ const BLOB_HEADER: usize = 30;
 const RECORD_HEADER: usize = 32;
 /// Chunk storage keys are u64 big-endian.
 const KEY_LEN: usize = 8;
+/// Bytes from the start of a blob file to the end of its first key.
+const HEAD_LEN: usize = BLOB_HEADER + RECORD_HEADER + KEY_LEN;
 
 /// The first chunk storage key in a blob file, from its first bytes; None if they
 /// are not a blob file with an 8-byte first key (yet).
@@ -62,7 +64,7 @@ pub(crate) fn first_key(head: &[u8]) -> Option<u64> {
     if magic != BLOB_MAGIC || u64_at(BLOB_HEADER)? != KEY_LEN as u64 {
         return None;
     }
-    let key = head.get(BLOB_HEADER + RECORD_HEADER..BLOB_HEADER + RECORD_HEADER + KEY_LEN)?;
+    let key = head.get(HEAD_LEN - KEY_LEN..HEAD_LEN)?;
     Some(u64::from_be_bytes(key.try_into().ok()?))
 }
 
@@ -188,14 +190,9 @@ impl Trimmer {
         if mtime.is_some() && mtime == self.listed {
             return;
         }
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+        let Ok(blobs) = blob_files(&self.dir) else {
             return;
         };
-        let blobs: HashSet<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "blob"))
-            .collect();
         self.files.retain(|_, f| blobs.contains(f));
         self.ignored.retain(|f| blobs.contains(f));
         self.read.retain(|f, _| blobs.contains(f));
@@ -210,7 +207,7 @@ impl Trimmer {
                     Some(key) => {
                         self.files.insert(key, path);
                     }
-                    None if head.len() >= BLOB_HEADER + RECORD_HEADER + KEY_LEN => {
+                    None if head.len() >= HEAD_LEN => {
                         self.ignored.insert(path);
                     }
                     None => complete = false, // still being written
@@ -235,15 +232,22 @@ impl Trimmer {
     }
 }
 
+/// The blob files in a RocksDB directory.
+pub(super) fn blob_files(dir: &Path) -> std::io::Result<HashSet<PathBuf>> {
+    Ok(std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "blob"))
+        .collect())
+}
+
 /// The first bytes of a blob file, leaving none of its pages cached (the read
 /// brings in the kernel's read-ahead too).
 fn read_head(path: &Path) -> Option<Vec<u8>> {
     use std::io::Read;
-    let mut head = Vec::with_capacity(BLOB_HEADER + RECORD_HEADER + KEY_LEN);
+    let mut head = Vec::with_capacity(HEAD_LEN);
     let f = std::fs::File::open(path).ok()?;
-    let read = (&f)
-        .take((BLOB_HEADER + RECORD_HEADER + KEY_LEN) as u64)
-        .read_to_end(&mut head);
+    let read = (&f).take(HEAD_LEN as u64).read_to_end(&mut head);
     drop_pages(&f, path);
     read.ok()?;
     Some(head)

@@ -1116,11 +1116,7 @@ mod tests {
             store.put_chunk_opt(ChunkId::of(c), c, false).unwrap();
         }
         store.flush_chunks().unwrap();
-        let blobs: Vec<std::path::PathBuf> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "blob"))
-            .collect();
+        let blobs = drop_behind::blob_files(dir.path()).unwrap();
         assert!(!blobs.is_empty(), "the flush wrote the chunks into a blob file");
         for c in &chunks {
             assert_eq!(&store.get_chunk(ChunkId::of(c)).unwrap(), c);
