@@ -53,6 +53,12 @@ pub enum Cmd {
         /// FUSE request threads.
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// While a program sends many small requests in a row (creating or copying
+        /// many files), one FUSE thread polls for the next one instead of sleeping,
+        /// until this many microseconds pass with fewer than two. This spends up
+        /// to one CPU while such a program runs, and none otherwise; 0 turns it off.
+        #[arg(long, default_value_t = 1000, value_name = "US")]
+        busy_poll_us: u64,
         #[command(flatten)]
         net: NetArgs,
         #[command(flatten)]
@@ -357,6 +363,7 @@ pub fn run(cli: Cli) -> Result<()> {
             allow_other,
             idle_commit_ms,
             threads,
+            busy_poll_us,
             net,
             gc,
             gui,
@@ -370,6 +377,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 },
                 allow_other,
                 threads,
+                busy_poll: (busy_poll_us > 0).then(|| Duration::from_micros(busy_poll_us)),
                 net: net.config()?,
                 gc_every: gc.interval(),
                 gui: gui.config()?,
@@ -377,7 +385,7 @@ pub fn run(cli: Cli) -> Result<()> {
             if foreground {
                 mount_foreground(cfg)
             } else {
-                let mut extra = cli_args_for_child(allow_other, idle_commit_ms, threads);
+                let mut extra = cli_args_for_child(allow_other, idle_commit_ms, threads, busy_poll_us);
                 extra.extend(net.child_args());
                 extra.push(format!("--gc-every={}", gc.gc_every));
                 extra.extend(gui.child_args());
@@ -1030,10 +1038,11 @@ fn print_versions(lines: &[crate::daemon::control::VersionNode]) {
     }
 }
 
-fn cli_args_for_child(allow_other: bool, idle_commit_ms: u64, threads: usize) -> Vec<String> {
+fn cli_args_for_child(allow_other: bool, idle_commit_ms: u64, threads: usize, busy_poll_us: u64) -> Vec<String> {
     let mut a = vec![
         format!("--idle-commit-ms={idle_commit_ms}"),
         format!("--threads={threads}"),
+        format!("--busy-poll-us={busy_poll_us}"),
     ];
     if allow_other {
         a.push("--allow-other".into());

@@ -730,3 +730,43 @@ EOF"#,
     assert_eq!(fs::read(n.path("pub/tool")).unwrap(), b"#!/bin/sh\necho hi\n");
     assert_eq!(fs::read(n.path("pub/mine")).unwrap(), b"x");
 }
+
+/// Whether any /dev/fuse descriptor of process `pid` is non-blocking (polled).
+fn fuse_fd_polled(pid: u32) -> bool {
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
+    fds.flatten().any(|fd| {
+        let is_fuse = fs::read_link(fd.path()).is_ok_and(|t| t == std::path::Path::new("/dev/fuse"));
+        let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy()));
+        let flags = info.ok().and_then(|i| {
+            let f = i.lines().find_map(|l| l.strip_prefix("flags:"))?.trim().to_string();
+            u32::from_str_radix(&f, 8).ok()
+        });
+        is_fuse && flags.is_some_and(|f| f & libc::O_NONBLOCK as u32 != 0)
+    })
+}
+
+/// A burst of small requests (creating files) makes one FUSE thread poll for the
+/// next request, and once the burst is over every FUSE thread sleeps again: an
+/// idle mount spins no CPU (fs::busy_poll).
+#[test]
+fn fuse_threads_poll_during_a_burst_of_requests_and_sleep_after_it() {
+    let mut n = Node::start();
+    let pid = n.pid.expect("node pid");
+    sh_ok(
+        &n.mnt,
+        "python3 -c 'import os\nfor i in range(3000):\n    fd = os.open(\"f%d\" % i, os.O_CREAT | os.O_WRONLY, 0o644); os.write(fd, b\"x\"); os.close(fd)'",
+    );
+    wait_until("no /dev/fuse descriptor of the node is polled", 20, || {
+        !fuse_fd_polled(pid)
+    });
+    assert_eq!(fs::read_dir(&n.mnt).unwrap().count(), 3000);
+    n.unmount();
+    let log = n.log();
+    let periods: u64 = log
+        .lines()
+        .find_map(|l| l.split("busy-polled /dev/fuse").nth(1))
+        .and_then(|rest| rest.split("periods=").nth(1))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no busy-poll summary in the node log:\n{log}"));
+    assert!(periods >= 1, "3000 creates never started polling:\n{log}");
+}

@@ -68,6 +68,9 @@ pub struct MountConfig {
     /// Let other users in (`allow_other` + `default_permissions`).
     pub allow_other: bool,
     pub threads: usize,
+    /// Poll for the next FUSE request this long after a burst (see `fs::busy_poll`);
+    /// None: never.
+    pub busy_poll: Option<std::time::Duration>,
     /// None: no network (a purely local folder).
     pub net: Option<NetConfig>,
     /// Run the default retention policy this often (None: never).
@@ -242,6 +245,8 @@ pub fn run_mount(cfg: MountConfig, ready: &mut dyn Ready) -> Result<(), DaemonEr
         config.acl = SessionACL::All;
     }
     config.n_threads = Some(cfg.threads.max(1));
+    // Each thread its own descriptor, so the one that busy-polls does so alone.
+    config.clone_fd = cfg.busy_poll.is_some();
     let mut session = fuser::Session::new(fs.clone(), &mountpoint, &config).map_err(|source| DaemonError::Mount {
         path: mountpoint.clone(),
         source,
@@ -261,6 +266,16 @@ pub fn run_mount(cfg: MountConfig, ready: &mut dyn Ready) -> Result<(), DaemonEr
         });
     }
     raise_readahead(&mountpoint);
+    let _busy_poll = cfg.busy_poll.and_then(|window| {
+        use std::os::fd::AsFd;
+        let started = session
+            .as_fd()
+            .try_clone_to_owned()
+            .and_then(|dev| fs.start_busy_poll(dev, window));
+        started
+            .inspect_err(|err| tracing::warn!(error = %err, "busy polling unavailable; FUSE threads only sleep"))
+            .ok()
+    });
     // Remote versions: drop the kernel's cached pages and names (from a thread of
     // its own, never inside a FUSE callback).
     // Only peers' changes need the kernel's caches dropped.

@@ -13,6 +13,7 @@
 //! map lock across I/O. Nothing that holds `Inner::commit` takes a `DirtyEntry` lock
 //! or the `dirty` map.
 
+pub mod busy_poll;
 mod inodes;
 mod write_behind;
 
@@ -286,6 +287,8 @@ struct Inner {
     /// two operations on one entry cannot both start from the same state and the
     /// later commit undo the earlier one (an unlink during a large file's close).
     commit: Mutex<()>,
+    /// Requests counted for the busy-poll governor, once it runs (see `busy_poll`).
+    busy: std::sync::OnceLock<Arc<busy_poll::Activity>>,
 }
 
 /// The mounted filesystem. Cloning shares the same state (the idle-commit thread
@@ -343,6 +346,7 @@ impl DistriboxFs {
                 lost_name: Mutex::new(HashMap::new()),
                 session_end: Mutex::new(None),
                 direct_writes: AtomicBool::new(false),
+                busy: std::sync::OnceLock::new(),
                 after_writes: Mutex::new(None),
                 stop: AtomicBool::new(false),
                 prechunk: Mutex::new(None),
@@ -362,6 +366,20 @@ impl DistriboxFs {
     /// commits, and its error is ours to ignore.
     pub fn on_session_end(&self, f: impl FnOnce() + Send + 'static) {
         *self.inner.session_end.lock() = Some(Box::new(f));
+    }
+
+    /// Starts busy-polling `dev` (a duplicate of one FUSE thread's descriptor) for
+    /// `window` after each request; polling stops when the returned guard drops.
+    pub fn start_busy_poll(&self, dev: std::os::fd::OwnedFd, window: Duration) -> std::io::Result<busy_poll::BusyPoll> {
+        let poll = busy_poll::BusyPoll::start(dev, window)?;
+        let _ = self.inner.busy.set(poll.activity());
+        Ok(poll)
+    }
+
+    fn note(&self) {
+        if let Some(b) = self.inner.busy.get() {
+            b.note();
+        }
     }
 
     /// Starts the thread that commits files kept open without writes.
@@ -2017,6 +2035,7 @@ impl Filesystem for DistriboxFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.note();
         let r = self.do_lookup(parent, name);
         let ttl = match &r {
             Ok(a) => self.ttl_of(a.ino),
@@ -2030,6 +2049,7 @@ impl Filesystem for DistriboxFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.note();
         reply_attr(self.attr(ino), self.inner.opts.ttl, reply)
     }
 
@@ -2051,6 +2071,7 @@ impl Filesystem for DistriboxFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.note();
         reply_attr(
             self.do_setattr(
                 ino,
@@ -2070,6 +2091,7 @@ impl Filesystem for DistriboxFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.note();
         let r = match self.target(ino) {
             Ok(Target::Entry(entry)) => self
                 .settle_entry(entry)
@@ -2086,6 +2108,7 @@ impl Filesystem for DistriboxFs {
     }
 
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        self.note();
         let kind = match mode & libc::S_IFMT {
             libc::S_IFREG | 0 => None,
             libc::S_IFIFO => Some(SpecialKind::Fifo),
@@ -2112,6 +2135,7 @@ impl Filesystem for DistriboxFs {
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        self.note();
         reply_entry(
             self.create_entry(parent, name, Self::new_attrs(req, mode, umask), Content::Dir),
             self.inner.opts.ttl,
@@ -2120,14 +2144,17 @@ impl Filesystem for DistriboxFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.note();
         reply_empty(self.remove(parent, name, false), reply)
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.note();
         reply_empty(self.remove(parent, name, true), reply)
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        self.note();
         let content = Content::Symlink {
             target: target.as_os_str().as_bytes().to_vec(),
         };
@@ -2148,14 +2175,17 @@ impl Filesystem for DistriboxFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.note();
         reply_empty(self.do_rename(parent, name, newparent, newname, flags), reply)
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        self.note();
         reply_entry(self.do_link(ino, newparent, newname), self.inner.opts.ttl, reply)
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.note();
         match self.open_handle(ino, flags) {
             Ok(h) => reply.opened(FileHandle(h.fh), h.fopen),
             Err(err) => reply.error(err),
@@ -2173,6 +2203,7 @@ impl Filesystem for DistriboxFs {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.note();
         match self.do_read(ino, fh, offset, size) {
             Ok(data) => reply.data(&data),
             Err(err) => reply.error(err),
@@ -2191,6 +2222,7 @@ impl Filesystem for DistriboxFs {
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.note();
         let mut mode_changed = false;
         if wf.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
             match self.kill_suidgid(ino) {
@@ -2215,6 +2247,7 @@ impl Filesystem for DistriboxFs {
     }
 
     fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _lock: LockOwner, reply: ReplyEmpty) {
+        self.note();
         self.inner.inodes.lock().handle_used(ino.0, fh.0);
         reply_empty(self.commit_pending(ino, true), reply)
     }
@@ -2229,14 +2262,17 @@ impl Filesystem for DistriboxFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.note();
         reply_empty(self.release_handle(fh), reply)
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.note();
         reply_empty(self.handle_commit(ino).and_then(|_| e(self.repo().sync())), reply)
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.note();
         match self.do_opendir(ino) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(err) => reply.error(err),
@@ -2244,6 +2280,7 @@ impl Filesystem for DistriboxFs {
     }
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        self.note();
         let handles = self.inner.handles.lock();
         let Some(Handle {
             kind: HandleKind::Dir { listing },
@@ -2261,6 +2298,7 @@ impl Filesystem for DistriboxFs {
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        self.note();
         // Copy out the part we serve so no lock is held while attributes are read.
         let page: Vec<(Vec<u8>, u64)> = {
             let handles = self.inner.handles.lock();
@@ -2325,6 +2363,7 @@ impl Filesystem for DistriboxFs {
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.note();
         let h = self.inner.handles.lock().remove(&fh.0);
         if let Some(h) = h {
             self.inner.inodes.lock().unpin(h.ino);
@@ -2333,10 +2372,12 @@ impl Filesystem for DistriboxFs {
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.note();
         reply_empty(e(self.repo().sync()), reply)
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.note();
         let path = std::ffi::CString::new(self.repo().data_dir().root.as_os_str().as_bytes()).unwrap_or_default();
         // SAFETY: statvfs writes into a zeroed struct we own; path is NUL-terminated.
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -2371,6 +2412,7 @@ impl Filesystem for DistriboxFs {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
+        self.note();
         reply.error(Errno::ENOTTY)
     }
 
@@ -2378,10 +2420,12 @@ impl Filesystem for DistriboxFs {
     /// mount and answer EOPNOTSUPP itself; without this, the kernel's check for
     /// `security.capability` on the first write left a warning in every node's log.
     fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
+        self.note();
         reply.error(Errno::ENOSYS)
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        self.note();
         let r = self.attr(ino).and_then(|a| {
             if mask.contains(AccessFlags::W_OK) && matches!(self.target(ino), Ok(Target::Version(..))) {
                 return Err(Errno::EROFS);
@@ -2416,6 +2460,7 @@ impl Filesystem for DistriboxFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.note();
         let r = self
             .create_file(parent, name, Self::new_attrs(req, mode, umask))
             .and_then(|attr| {
@@ -2450,6 +2495,7 @@ impl Filesystem for DistriboxFs {
         _flags: fuser::CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        self.note();
         match self.do_copy_range((ino_in, fh_in, offset_in), (ino_out, fh_out, offset_out), len) {
             Ok(Some(n)) => reply.written(n as u32),
             // Not ENOSYS: that would switch the kernel's copy offload off for good.
@@ -2468,6 +2514,7 @@ impl Filesystem for DistriboxFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.note();
         if mode != 0 {
             return reply.error(Errno::EOPNOTSUPP);
         }
