@@ -57,7 +57,8 @@ pub enum Cmd {
         /// many files), one FUSE thread polls for the next one instead of sleeping,
         /// until this many microseconds pass with fewer than two. This spends up
         /// to one CPU while such a program runs, and none otherwise; 0 turns it off.
-        #[arg(long, default_value_t = 1000, value_name = "US")]
+        #[arg(long, default_value_t = 1000, value_name = "US",
+              value_parser = clap::value_parser!(u64).range(0..=crate::fs::busy_poll::MAX_WINDOW.as_micros() as u64))]
         busy_poll_us: u64,
         #[command(flatten)]
         net: NetArgs,

@@ -731,18 +731,20 @@ EOF"#,
     assert_eq!(fs::read(n.path("pub/mine")).unwrap(), b"x");
 }
 
-/// Whether any /dev/fuse descriptor of process `pid` is non-blocking (polled).
-fn fuse_fd_polled(pid: u32) -> bool {
+/// The /dev/fuse descriptors of process `pid`, with whether each is non-blocking.
+fn fuse_fds(pid: u32) -> Vec<bool> {
     let fds = fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
-    fds.flatten().any(|fd| {
-        let is_fuse = fs::read_link(fd.path()).is_ok_and(|t| t == std::path::Path::new("/dev/fuse"));
-        let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy()));
-        let flags = info.ok().and_then(|i| {
-            let f = i.lines().find_map(|l| l.strip_prefix("flags:"))?.trim().to_string();
-            u32::from_str_radix(&f, 8).ok()
-        });
-        is_fuse && flags.is_some_and(|f| f & libc::O_NONBLOCK as u32 != 0)
-    })
+    fds.flatten()
+        .filter(|fd| fs::read_link(fd.path()).is_ok_and(|t| t == std::path::Path::new("/dev/fuse")))
+        .map(|fd| {
+            let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy()));
+            let flags = info.ok().and_then(|i| {
+                let f = i.lines().find_map(|l| l.strip_prefix("flags:"))?.trim().to_string();
+                u32::from_str_radix(&f, 8).ok()
+            });
+            flags.is_some_and(|f| f & libc::O_NONBLOCK as u32 != 0)
+        })
+        .collect()
 }
 
 /// A burst of small requests (creating files) makes one FUSE thread poll for the
@@ -750,14 +752,22 @@ fn fuse_fd_polled(pid: u32) -> bool {
 /// idle mount spins no CPU (fs::busy_poll).
 #[test]
 fn fuse_threads_poll_during_a_burst_of_requests_and_sleep_after_it() {
-    let mut n = Node::start();
+    let mut n = Node::prepare(&[]);
+    // Any 8 requests within 20 ms of each other start polling, however slow this
+    // machine answers them.
+    n.env
+        .push(("DISTRIBOX_TEST_BUSY_POLL_START_GAP_US".into(), "20000".into()));
+    n.mount();
     let pid = n.pid.expect("node pid");
+    // Four FUSE threads, each with a descriptor of its own, and the governor's
+    // duplicate of one of them (the threads start right after the mount is ready).
+    wait_until("five /dev/fuse descriptors", 20, || fuse_fds(pid).len() >= 5);
     sh_ok(
         &n.mnt,
         "python3 -c 'import os\nfor i in range(3000):\n    fd = os.open(\"f%d\" % i, os.O_CREAT | os.O_WRONLY, 0o644); os.write(fd, b\"x\"); os.close(fd)'",
     );
     wait_until("no /dev/fuse descriptor of the node is polled", 20, || {
-        !fuse_fd_polled(pid)
+        !fuse_fds(pid).contains(&true)
     });
     assert_eq!(fs::read_dir(&n.mnt).unwrap().count(), 3000);
     n.unmount();

@@ -245,8 +245,18 @@ pub fn run_mount(cfg: MountConfig, ready: &mut dyn Ready) -> Result<(), DaemonEr
         config.acl = SessionACL::All;
     }
     config.n_threads = Some(cfg.threads.max(1));
-    // Each thread its own descriptor, so the one that busy-polls does so alone.
-    config.clone_fd = cfg.busy_poll.is_some();
+    // Busy polling needs each thread to read a descriptor of its own, so the one
+    // that polls does so alone; fuser opens /dev/fuse again for them (in `run`,
+    // after the mount is reported ready), so check now that this process can.
+    let busy_poll = cfg.busy_poll.filter(|_| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .inspect_err(|err| tracing::warn!(error = %err, "cannot open /dev/fuse; FUSE threads will not busy-poll"))
+            .is_ok()
+    });
+    config.clone_fd = busy_poll.is_some();
     let mut session = fuser::Session::new(fs.clone(), &mountpoint, &config).map_err(|source| DaemonError::Mount {
         path: mountpoint.clone(),
         source,
@@ -266,7 +276,7 @@ pub fn run_mount(cfg: MountConfig, ready: &mut dyn Ready) -> Result<(), DaemonEr
         });
     }
     raise_readahead(&mountpoint);
-    let _busy_poll = cfg.busy_poll.and_then(|window| {
+    let busy_poll = busy_poll.and_then(|window| {
         use std::os::fd::AsFd;
         let started = session
             .as_fd()
@@ -323,6 +333,7 @@ pub fn run_mount(cfg: MountConfig, ready: &mut dyn Ready) -> Result<(), DaemonEr
     tracing::info!(mountpoint = %mountpoint.display(), data_dir = %cfg.data_dir.root.display(), "mounted");
     ready.ready(&mountpoint);
     let result = session.run();
+    drop(busy_poll);
     if let Some(g) = gui {
         g.stop();
     }
