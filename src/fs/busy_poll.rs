@@ -57,8 +57,8 @@ pub struct Activity {
 }
 
 impl Activity {
-    /// Called at the start of every FUSE request: counts it, and turns polling on
-    /// at the end of a streak of quick requests.
+    /// Called at the start of every FUSE request but READ: counts it, and turns
+    /// polling on at the end of a streak of quick requests.
     pub fn note(&self) {
         let now = self.epoch.elapsed().as_nanos() as u64;
         let gap = now.saturating_sub(self.last.swap(now, Ordering::Relaxed));

@@ -2203,7 +2203,9 @@ impl Filesystem for DistriboxFs {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.note();
+        // Not counted for busy polling: with a random 4 KiB reader (fio, QD1, cold
+        // cache) polling kept itself on and the reads got slower, not faster
+        // (docs/performance.md, "Busy polling of /dev/fuse").
         match self.do_read(ino, fh, offset, size) {
             Ok(data) => reply.data(&data),
             Err(err) => reply.error(err),
