@@ -368,8 +368,10 @@ impl DistriboxFs {
         *self.inner.session_end.lock() = Some(Box::new(f));
     }
 
-    /// Starts busy-polling `dev` (a duplicate of one FUSE thread's descriptor) for
-    /// `window` after each request; polling stops when the returned guard drops.
+    /// Starts the busy-poll governor for `dev` (a duplicate of one FUSE thread's
+    /// descriptor): that thread polls during bursts of requests, until a `window`
+    /// with fewer than two (see `busy_poll`). The governor stops when the returned
+    /// guard drops.
     pub fn start_busy_poll(&self, dev: std::os::fd::OwnedFd, window: Duration) -> std::io::Result<busy_poll::BusyPoll> {
         let poll = busy_poll::BusyPoll::start(dev, window)?;
         let _ = self.inner.busy.set(poll.activity());
