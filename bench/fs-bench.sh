@@ -16,6 +16,13 @@
 #                  no fsync; the tree is deleted before every run         seconds
 #   e) stat        find DIR -type f -printf '%s %T@' over those files
 #                  (lstat of every file)                                  seconds
+#   f) round_trip  python3: stat(2) of N_MISSING names that do not exist, each
+#                  once: on a FUSE mount one LOOKUP request each (neither
+#                  Distribox nor bindfs caches a miss)                 µs per call
+# Below the table: what round trips alone cost a create. Every new file is four
+# requests the caller waits for (LOOKUP, CREATE, WRITE, FLUSH; RELEASE is not
+# waited for), so N_FILES × 4 round trips is a floor no FUSE file system here gets
+# under, and native's create time divided by it the best create ratio one can reach.
 # A third column, when bindfs is installed (apt-get install bindfs) and PASSTHROUGH
 # is not 0: the same workloads through bindfs, a libfuse passthrough of a plain
 # directory on the same disk. It is the FUSE floor of this machine: what any FUSE
@@ -34,6 +41,7 @@
 #   N_FILES       number of 4 KiB files for d-e                         (10000)
 #   N_DIRS        subdirectories the files are spread over              (100)
 #   RUNS          runs per metric and file system, median reported      (3)
+#   N_MISSING     stat(2) calls per round_trip run                      (20000)
 #   RAND_SECONDS  duration of every random-read run                     (20)
 #   BENCH_ROOT    parent of the work dir; must be a real disk, not tmpfs (/var/tmp)
 #   DISTRIBOX_BIN binary to use (default: $CARGO_TARGET_DIR, then
@@ -58,6 +66,7 @@ export LC_ALL=C
 
 SIZE_MB=${SIZE_MB:-1024}
 N_FILES=${N_FILES:-10000}
+N_MISSING=${N_MISSING:-20000}
 N_DIRS=${N_DIRS:-100}
 RUNS=${RUNS:-3}
 RAND_SECONDS=${RAND_SECONDS:-20}
@@ -323,6 +332,30 @@ for r in $(seq "$RUNS"); do
     done
 done
 
+# ---------------------------------------------------------------- f) round trip
+RTT_PY="$WORK/round_trip.py"
+cat >"$RTT_PY" <<'PY'
+import os, sys, time
+root, n, run = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+names = ['%s/missing-%s-%06d' % (root, run, i) for i in range(n)]  # new names each run
+t0 = time.perf_counter()
+for name in names:
+    try:
+        os.stat(name)
+    except FileNotFoundError:
+        pass
+    else:
+        sys.exit('%s exists' % name)
+print('%.3f' % ((time.perf_counter() - t0) / n * 1e6))
+PY
+for r in $(seq "$RUNS"); do
+    for fs in $FSES; do
+        log "round_trip run $r/$RUNS: $fs ($N_MISSING missing names)"
+        v=$(python3 "$RTT_PY" "$(dir_of "$fs")/small" "$N_MISSING" "$r") || die "$fs: the round-trip run failed"
+        add round_trip "$fs" "$v"
+    done
+done
+
 # ---------------------------------------------------------------- report
 # shellcheck source=bench/machine-info.sh
 . "$HERE/machine-info.sh"
@@ -339,6 +372,8 @@ fmt_value() {
     if [ "$1" = tput ]; then
         [ "$2" = IOPS ] && prec=0
         printf '%.*f %s' "$prec" "$3" "$2"
+    elif [ "$1" = lat ]; then
+        printf '%.1f µs' "$3"
     else
         awk -v t="$3" -v c="$N_FILES" 'BEGIN { printf "%.3f s (%.0f files/s)", t, c / t }'
     fi
@@ -380,6 +415,23 @@ runs_line() {
     echo "$out"
 }
 
+# create_floor: what the round trips alone cost N_FILES creates on each FUSE mount,
+# and the best create ratio to native that leaves
+create_floor() {
+    local nat fs rtt
+    # shellcheck disable=SC2086
+    nat=$(median ${RES[create,native]})
+    for fs in $FSES; do
+        [ "$fs" = native ] && continue
+        # shellcheck disable=SC2086
+        rtt=$(median ${RES[round_trip,$fs]})
+        awk -v fs="$fs" -v n="$N_FILES" -v r="$rtt" -v nat="$nat" 'BEGIN {
+            f = n * 4 * r / 1e6
+            printf "- create floor, %s: %d files × 4 waited-for requests × %.1f µs = %.3f s of round trips alone, so at best %.2f× native'"'"'s %.3f s\n", fs, n, r, f, nat / f, nat
+        }'
+    done
+}
+
 report() {
     echo "### fs-bench: Distribox vs. native disk ($(date -u +%Y-%m-%d))"
     echo
@@ -407,14 +459,18 @@ report() {
     row rand_read "random 4 KiB reads, QD1, ${RAND_SECONDS} s, cold cache" tput IOPS
     row create "create+write+close ${N_FILES} × 4 KiB files (no fsync)" time
     row stat "\`find -printf '%s %T@'\` (lstat) over ${N_FILES} files, cold cache" time
+    row round_trip "stat(2) of a missing name (on FUSE: one LOOKUP round trip)" lat
     echo
-    echo "Per-run values (MiB/s, IOPS, seconds):"
+    create_floor
+    echo
+    echo "Per-run values (MiB/s, IOPS, seconds; round_trip: µs):"
     echo
     runs_line seq_write 1
     runs_line seq_read 1
     runs_line rand_read 0
     runs_line create 3
     runs_line stat 3
+    runs_line round_trip 1
     echo "- Distribox data dir after the write runs ($RUNS × ${SIZE_MB} MiB written, each file deleted before the next run): ${DATA_MB} MiB"
 }
 

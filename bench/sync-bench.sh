@@ -44,8 +44,10 @@
 #                        without TCP/IP headers; omitted without ss(8) or when the set
 #                        of connections changed during the measurement
 # CPU (Distribox): *_cpu_a / *_cpu_b for (b) and (c): user + system CPU seconds of
-# each node process from the clock's start to the poll that found the content
-# (/proc/PID/stat), to see what the two nodes cost together on this host.
+# each node process from the clock's start to the poll that found the content,
+# before the content check (/proc/PID/stat), to see what the two nodes cost together
+# on this host. The report divides their sum by the CPUs: a time below that is out
+# of reach on this host for this code, however the work is scheduled.
 # Syncthing's bytes are BEP payload from its REST API (without TLS overhead).
 # MB/s = 10^6 bytes/s; BIG_MB is in MiB; KiB = 1024 bytes.
 #
@@ -419,6 +421,7 @@ wait_file_equal() { # t0 src dst
         # size equal => candidate; big files are compared at most every 5 s
         if [[ $got == "$want" ]] && ((small || ${EPOCHREALTIME%.*} - last_cmp >= 5)); then
             t_end=$EPOCHREALTIME
+            mark_end_cpu
             last_cmp=${t_end%.*}
             if cmp -s -- "$src" "$dst"; then
                 ELAPSED=$(elapsed "$t0" "$t_end")
@@ -465,6 +468,9 @@ metric() { D_ORDER+=("$1"); D_VAL[$1]=$2; D_UNIT[$1]=$3; }
 CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 # node_cpu A|B -> CPU ticks (user + system) the node process has used so far
 node_cpu() { awk '{ print $14 + $15 }' "/proc/${D_PID[$1]}/stat" 2>/dev/null || echo 0; }
+# mark_end_cpu: both nodes' CPU at the poll that stops the clock, before the content
+# check (reading the content back through B's mount is not part of the sync)
+mark_end_cpu() { END_CPU_A=$(node_cpu A) END_CPU_B=$(node_cpu B); }
 # cpu_metrics PREFIX A0 A1 B0 B1: CPU seconds each node used between two readings
 cpu_metrics() {
     metric "$1_cpu_a" "$(awk -v a="$2" -v b="$3" -v t="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / t }')" s
@@ -562,13 +568,14 @@ if ((N_SMALL > 0)); then
         # first), then verify the content
         if ((${#pending[@]} == 0)) && [[ -z $(find "$MB/small" -type f ! -size "${SMALL_SIZE}c" -print -quit) ]]; then
             t_end=$EPOCHREALTIME
+            mark_end_cpu
             manifest "$MB/small" | cmp -s - "$WORK/small.manifest" && break
             ((warned++)) || log "warning: (b) all files are on B with the right size but the content differs; polling on"
         fi
         wait_tick
     done
     ELAPSED=$(elapsed "$t0" "$t_end")
-    cpu_a1=$(node_cpu A) cpu_b1=$(node_cpu B)
+    cpu_a1=$END_CPU_A cpu_b1=$END_CPU_B
     settle
     rx1=$(field B bytes_received)
     wire_delta "$w0" "$(wire_snapshot)"
@@ -598,7 +605,7 @@ if ((BIG_MB > 0)); then
     log "(c) copy into A's mount took $(elapsed "$t0" "$t_copied")s"
     wait_file_equal "$t0" "$STAGE/big.bin" "$MB/big.bin"
     BIG_T=$ELAPSED
-    cpu_a1=$(node_cpu A) cpu_b1=$(node_cpu B)
+    cpu_a1=$END_CPU_A cpu_b1=$END_CPU_B
     settle
     rx1=$(field B bytes_received)
     wire_delta "$w0" "$(wire_snapshot)"
@@ -734,6 +741,19 @@ runs() { # D|S -> "v1 v2 ..." (the small_file_latency_N values of that side)
     echo "${out% }"
 }
 
+# cpu_floor PREFIX LABEL GOAL: one report line with both nodes' CPU for a metric, the
+# wall time that CPU needs on this host's CPUs at the least, and the goal's time
+cpu_floor() {
+    local a=${D_VAL[$1_cpu_a]:-} b=${D_VAL[$1_cpu_b]:-} st=${S_VAL[$1_sync_time]:-} n
+    [[ -n $a && -n $b ]] || return 0
+    n=$(nproc)
+    awk -v a="$a" -v b="$b" -v n="$n" -v st="$st" -v g="$3" -v l="$2" 'BEGIN {
+        printf "- Distribox %s: the nodes used %.2f s (A) + %.2f s (B) of CPU until the content was there; on %d CPUs that alone takes ≥ %.2f s", l, a, b, n, (a + b) / n
+        if (st != "") printf " (%.2f× Syncthing; the goal, %s×, is %.2f s)", (a + b) / n / st, g, st * g
+        print ""
+    }'
+}
+
 report() {
     local m big_label="big file"
     [[ -n ${D_VAL[param_big_size]:-} ]] && big_label="${BIG_MB} MiB file"
@@ -779,6 +799,8 @@ report() {
     fi
     [[ -n ${D_VAL[small_files_copy_time]:-} ]] && echo "- Distribox: \`cp -r\` into A's mount took ${D_VAL[small_files_copy_time]} s of the ${D_VAL[small_files_sync_time]} s (b)"
     [[ -n ${D_VAL[big_file_copy_time]:-} ]] && echo "- Distribox: \`cp\` into A's mount took ${D_VAL[big_file_copy_time]} s of the ${D_VAL[big_file_sync_time]} s (c)"
+    cpu_floor small_files "(b)" 0.25
+    cpu_floor big_file "(c)" 0.6
     echo
     echo "Raw metrics:"
     echo
