@@ -16,6 +16,15 @@
 //! on once `START_STREAK` requests came in quick succession and off again after a
 //! window with fewer than `MIN_PER_WINDOW`: an idle mount costs no CPU, a busy one
 //! at most one CPU for the spinning thread.
+//!
+//! Crowding: a spinning thread only pays when a CPU would otherwise sit idle. When
+//! threads wait for a CPU (the kernel's pressure stall information,
+//! /proc/pressure/cpu, says how long), spinning takes CPU from them: a build
+//! running beside the mount, or on a 2-CPU host a member fetching what this node
+//! writes (40–70% of the time some thread waited there, against 8–32% while one
+//! node alone created files with polling on). So polling stops once threads waited
+//! more than `MAX_STALL_PERCENT` of a `CROWD_CHECK` interval, and may not start
+//! again for a hold-off that doubles while the crowding lasts.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -34,6 +43,16 @@ const START_STREAK: u32 = 8;
 /// the threads storing the data.
 const MIN_PER_WINDOW: u64 = 2;
 
+/// How often, while polling, the governor reads how long threads waited for a
+/// CPU, and the share of that interval above which polling gives way.
+const CROWD_CHECK: Duration = Duration::from_millis(100);
+const MAX_STALL_PERCENT: u64 = 40;
+/// How long polling may not start after it gave way: doubled for each period in
+/// a row that ends crowded (so a long crowded spell costs ~1/20 of a CPU), back to
+/// the shortest after one that ends quietly.
+const HOLD_OFF_MIN: Duration = Duration::from_millis(100);
+const HOLD_OFF_MAX: Duration = Duration::from_secs(2);
+
 /// The longest window `--busy-poll-us` accepts: beyond it two requests a window
 /// (a `stat` now and then) would keep a CPU spinning.
 pub const MAX_WINDOW: Duration = Duration::from_millis(100);
@@ -48,9 +67,13 @@ pub struct Activity {
     /// Requests in a row that came within `START_GAP` of the one before.
     streak: AtomicU32,
     requests: AtomicU64,
-    /// Polling periods so far and their total length (for the log at unmount).
+    /// Polling periods so far, their total length and how many ended because
+    /// threads waited for a CPU (for the log at unmount).
     periods: AtomicU64,
     polled_us: AtomicU64,
+    crowded: AtomicU64,
+    /// Polling may not start before this, in ns since `epoch` (see `HOLD_OFF_MIN`).
+    hold_until: AtomicU64,
     polling: AtomicBool,
     stop: AtomicBool,
     governor: Thread,
@@ -75,6 +98,9 @@ impl Activity {
         }
         if self.streak.fetch_add(1, Ordering::Relaxed) + 1 >= START_STREAK {
             self.streak.store(0, Ordering::Relaxed);
+            if now < self.hold_until.load(Ordering::SeqCst) {
+                return;
+            }
             if !self.polling.swap(true, Ordering::SeqCst) {
                 self.governor.unpark();
             }
@@ -92,10 +118,19 @@ impl BusyPoll {
     /// Starts the governor for `dev`, a duplicate of the descriptor one FUSE thread
     /// reads (the flag lives in the open file, which a duplicate shares).
     pub fn start(dev: OwnedFd, window: Duration) -> std::io::Result<Self> {
+        let stall = CpuStall::open();
+        if stall.is_none() {
+            tracing::info!("no /proc/pressure/cpu: busy polling does not give way to threads waiting for a CPU");
+        }
+        Self::start_with(dev, window, stall)
+    }
+
+    /// As `start`, with `stall` telling how long threads waited for a CPU.
+    fn start_with(dev: OwnedFd, window: Duration, stall: Option<CpuStall>) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Arc<Activity>>(1);
         let governor = thread::Builder::new().name("fuse-poll".into()).spawn(move || {
             let Ok(activity) = rx.recv() else { return };
-            govern(&dev, &activity, window);
+            govern(&dev, &activity, window, stall);
             set_nonblocking(&dev, false);
         })?;
         // Test hook: a wider gap makes the start of polling independent of how fast
@@ -112,6 +147,8 @@ impl BusyPoll {
             requests: AtomicU64::new(0),
             periods: AtomicU64::new(0),
             polled_us: AtomicU64::new(0),
+            crowded: AtomicU64::new(0),
+            hold_until: AtomicU64::new(0),
             polling: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             governor: governor.thread().clone(),
@@ -141,12 +178,87 @@ impl Drop for BusyPoll {
             requests = a.requests.load(Ordering::Relaxed),
             periods = a.periods.load(Ordering::Relaxed),
             polled_ms = a.polled_us.load(Ordering::Relaxed) / 1000,
+            crowded = a.crowded.load(Ordering::Relaxed),
             "busy-polled /dev/fuse"
         );
     }
 }
 
-fn govern(dev: &OwnedFd, activity: &Activity, window: Duration) {
+/// How long, in all, threads have waited for a CPU: the `some` line of
+/// /proc/pressure/cpu (or a stand-in in tests).
+pub struct CpuStall {
+    read: Box<dyn FnMut() -> Option<u64> + Send>,
+}
+
+impl CpuStall {
+    /// None where the kernel has no pressure stall information (CONFIG_PSI off, or
+    /// `psi=0`).
+    fn open() -> Option<Self> {
+        let file = std::fs::File::open("/proc/pressure/cpu").ok()?;
+        let mut stall = CpuStall {
+            read: Box::new(move || {
+                use std::os::unix::fs::FileExt as _;
+                let mut buf = [0u8; 256];
+                let n = file.read_at(&mut buf, 0).ok()?;
+                parse_some_total(std::str::from_utf8(&buf[..n]).ok()?)
+            }),
+        };
+        stall.total_us().map(|_| stall)
+    }
+
+    fn total_us(&mut self) -> Option<u64> {
+        (self.read)()
+    }
+}
+
+/// `total=` of the `some` line: µs during which at least one thread was runnable
+/// but waiting for a CPU.
+fn parse_some_total(text: &str) -> Option<u64> {
+    let some = text.lines().find(|l| l.starts_with("some "))?;
+    some.split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
+}
+
+/// Whether threads waited for a CPU more than `MAX_STALL_PERCENT` of the last
+/// `CROWD_CHECK`; false until an interval is complete, or without `stall`.
+struct Crowding {
+    stall: Option<CpuStall>,
+    since: Instant,
+    stalled_us: u64,
+}
+
+impl Crowding {
+    fn begin(&mut self) {
+        self.since = Instant::now();
+        if let Some(us) = self.stall.as_mut().and_then(CpuStall::total_us) {
+            self.stalled_us = us;
+        }
+    }
+
+    fn crowded(&mut self) -> bool {
+        let elapsed = self.since.elapsed();
+        if self.stall.is_none() || elapsed < CROWD_CHECK {
+            return false;
+        }
+        let Some(now) = self.stall.as_mut().and_then(CpuStall::total_us) else {
+            return false;
+        };
+        let waited = now.saturating_sub(self.stalled_us);
+        self.since = Instant::now();
+        self.stalled_us = now;
+        waited * 100 > elapsed.as_micros() as u64 * MAX_STALL_PERCENT
+    }
+}
+
+fn govern(dev: &OwnedFd, activity: &Activity, window: Duration, stall: Option<CpuStall>) {
+    let mut crowding = Crowding {
+        stall,
+        since: Instant::now(),
+        stalled_us: 0,
+    };
+    let mut hold_off = HOLD_OFF_MIN;
     loop {
         // Asleep until a request turns polling on (or a stop).
         while !activity.polling.load(Ordering::SeqCst) {
@@ -160,11 +272,22 @@ fn govern(dev: &OwnedFd, activity: &Activity, window: Duration) {
         }
         set_nonblocking(dev, true);
         let began = Instant::now();
+        crowding.begin();
+        let mut crowded = false;
         let mut seen = activity.requests.load(Ordering::SeqCst);
         loop {
             thread::sleep(window);
             if activity.stop.load(Ordering::Acquire) {
                 return;
+            }
+            if crowding.crowded() {
+                // The hold-off first: a streak must not start polling again the
+                // moment it is off.
+                let until = activity.epoch.elapsed() + hold_off;
+                activity.hold_until.store(until.as_nanos() as u64, Ordering::SeqCst);
+                activity.polling.store(false, Ordering::SeqCst);
+                crowded = true;
+                break;
             }
             let now = activity.requests.load(Ordering::SeqCst);
             if now - seen >= MIN_PER_WINDOW {
@@ -182,6 +305,12 @@ fn govern(dev: &OwnedFd, activity: &Activity, window: Duration) {
         }
         // A streak counted while polling was on would start the next period early.
         activity.streak.store(0, Ordering::Relaxed);
+        if crowded {
+            activity.crowded.fetch_add(1, Ordering::Relaxed);
+            hold_off = (hold_off * 2).min(HOLD_OFF_MAX);
+        } else {
+            hold_off = HOLD_OFF_MIN;
+        }
         activity.periods.fetch_add(1, Ordering::SeqCst);
         activity
             .polled_us
@@ -250,7 +379,7 @@ mod tests {
     fn a_burst_turns_polling_on_and_a_quiet_window_turns_it_off() {
         let (r, _w) = pipe();
         // A long window: the flag stays on long enough to be seen on a busy machine.
-        let poll = BusyPoll::start(r.try_clone().unwrap(), Duration::from_millis(200)).unwrap();
+        let poll = BusyPoll::start_with(r.try_clone().unwrap(), Duration::from_millis(200), None).unwrap();
         let activity = poll.activity();
         burst(&activity);
         wait_for("the descriptor is non-blocking", || nonblocking(&r));
@@ -267,7 +396,7 @@ mod tests {
     #[test]
     fn requests_spread_out_never_start_polling() {
         let (r, _w) = pipe();
-        let poll = BusyPoll::start(r.try_clone().unwrap(), Duration::from_millis(5)).unwrap();
+        let poll = BusyPoll::start_with(r.try_clone().unwrap(), Duration::from_millis(5), None).unwrap();
         let activity = poll.activity();
         for _ in 0..3 * START_STREAK {
             activity.note();
@@ -276,5 +405,83 @@ mod tests {
         }
         assert_eq!(activity.periods.load(Ordering::Relaxed), 0);
         assert!(!activity.polling.load(Ordering::Relaxed));
+    }
+
+    /// A stand-in for /proc/pressure/cpu: threads waited `percent` of the time.
+    fn stall(percent: u64) -> Option<CpuStall> {
+        let began = Instant::now();
+        Some(CpuStall {
+            read: Box::new(move || Some(began.elapsed().as_micros() as u64 * percent / 100)),
+        })
+    }
+
+    #[test]
+    fn polling_gives_way_when_threads_wait_for_a_cpu() {
+        let (r, _w) = pipe();
+        let poll = BusyPoll::start_with(r.try_clone().unwrap(), Duration::from_millis(5), stall(90)).unwrap();
+        let activity = poll.activity();
+        burst(&activity);
+        // Requests keep coming, so only the crowding can end the period.
+        let feeding = AtomicBool::new(true);
+        thread::scope(|s| {
+            s.spawn(|| {
+                while feeding.load(Ordering::Relaxed) {
+                    activity.note();
+                    thread::sleep(Duration::from_micros(200));
+                }
+            });
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while activity.crowded.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(1));
+            }
+            feeding.store(false, Ordering::Relaxed);
+        });
+        assert!(
+            activity.crowded.load(Ordering::SeqCst) >= 1,
+            "no crowded period within 20 s"
+        );
+        assert!(
+            activity.hold_until.load(Ordering::SeqCst) > 0,
+            "no hold-off after a crowded period"
+        );
+        drop(poll);
+        assert!(!nonblocking(&r));
+    }
+
+    #[test]
+    fn polling_goes_on_while_threads_rarely_wait_for_a_cpu() {
+        let (r, _w) = pipe();
+        let poll = BusyPoll::start_with(r.try_clone().unwrap(), Duration::from_millis(5), stall(20)).unwrap();
+        let activity = poll.activity();
+        burst(&activity);
+        // Three crowding checks' worth of steady requests, all in one period.
+        let until = Instant::now() + CROWD_CHECK * 3;
+        while Instant::now() < until {
+            activity.note();
+            thread::sleep(Duration::from_micros(200));
+        }
+        assert_eq!(activity.crowded.load(Ordering::SeqCst), 0);
+        drop(poll);
+    }
+
+    #[test]
+    fn no_polling_starts_during_a_hold_off() {
+        let (r, _w) = pipe();
+        let poll = BusyPoll::start_with(r.try_clone().unwrap(), Duration::from_millis(5), None).unwrap();
+        let activity = poll.activity();
+        activity.hold_until.store(u64::MAX, Ordering::SeqCst);
+        for _ in 0..100 * START_STREAK {
+            activity.note();
+        }
+        assert!(!activity.polling.load(Ordering::SeqCst));
+        assert!(!nonblocking(&r));
+    }
+
+    #[test]
+    fn the_some_line_of_cpu_pressure_is_read() {
+        let text = "some avg10=14.60 avg60=18.47 avg300=13.16 total=3758655104\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
+        assert_eq!(parse_some_total(text), Some(3_758_655_104));
+        assert_eq!(parse_some_total("full avg10=0.00 total=5\n"), None);
+        assert_eq!(parse_some_total("some avg10=0.00 total=x\n"), None);
     }
 }
