@@ -223,22 +223,34 @@ fn parse_some_total(text: &str) -> Option<u64> {
 
 /// Whether threads waited for a CPU more than `MAX_STALL_PERCENT` of the last
 /// `CROWD_CHECK`; false until an interval is complete, or without `stall`.
+///
+/// An interval may span several polling periods and the gaps between them: with
+/// the CPUs crowded, the caller's requests come unevenly and one period seldom
+/// lasts a whole interval.
 struct Crowding {
     stall: Option<CpuStall>,
-    since: Instant,
+    /// Start of the open interval (None before the first period).
+    since: Option<Instant>,
     stalled_us: u64,
 }
 
 impl Crowding {
-    fn begin(&mut self) {
-        self.since = Instant::now();
+    /// At the start of a polling period: a new interval unless the last one is
+    /// recent, so that periods in close succession are judged together.
+    fn resume(&mut self) {
+        if self.since.is_some_and(|t| t.elapsed() < CROWD_CHECK * 2) {
+            return;
+        }
+        self.since = Some(Instant::now());
         if let Some(us) = self.stall.as_mut().and_then(CpuStall::total_us) {
             self.stalled_us = us;
         }
     }
 
     fn crowded(&mut self) -> bool {
-        let elapsed = self.since.elapsed();
+        let Some(elapsed) = self.since.map(|t| t.elapsed()) else {
+            return false;
+        };
         if self.stall.is_none() || elapsed < CROWD_CHECK {
             return false;
         }
@@ -246,7 +258,7 @@ impl Crowding {
             return false;
         };
         let waited = now.saturating_sub(self.stalled_us);
-        self.since = Instant::now();
+        self.since = Some(Instant::now());
         self.stalled_us = now;
         waited * 100 > elapsed.as_micros() as u64 * MAX_STALL_PERCENT
     }
@@ -255,7 +267,7 @@ impl Crowding {
 fn govern(dev: &OwnedFd, activity: &Activity, window: Duration, stall: Option<CpuStall>) {
     let mut crowding = Crowding {
         stall,
-        since: Instant::now(),
+        since: None,
         stalled_us: 0,
     };
     let mut hold_off = HOLD_OFF_MIN;
@@ -272,7 +284,7 @@ fn govern(dev: &OwnedFd, activity: &Activity, window: Duration, stall: Option<Cp
         }
         set_nonblocking(dev, true);
         let began = Instant::now();
-        crowding.begin();
+        crowding.resume();
         let mut crowded = false;
         let mut seen = activity.requests.load(Ordering::SeqCst);
         loop {
