@@ -461,6 +461,22 @@ mod tests {
     }
 
     #[test]
+    fn short_periods_in_a_row_are_judged_together() {
+        let (r, _w) = pipe();
+        let poll = BusyPoll::start_with(r.try_clone().unwrap(), Duration::from_millis(1), stall(90)).unwrap();
+        let activity = poll.activity();
+        // Periods of a few ms, each ended by a quiet window: none lasts a whole
+        // `CROWD_CHECK`, but together they do.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while activity.crowded.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "short periods never ended crowded");
+            burst(&activity);
+            wait_for("the period ends", || !activity.polling.load(Ordering::SeqCst));
+        }
+        drop(poll);
+    }
+
+    #[test]
     fn polling_goes_on_while_threads_rarely_wait_for_a_cpu() {
         let (r, _w) = pipe();
         let poll = BusyPoll::start_with(r.try_clone().unwrap(), Duration::from_millis(5), stall(20)).unwrap();
