@@ -84,7 +84,7 @@ FIO_DIR="$HERE/fio"
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-for v in SIZE_MB N_FILES N_DIRS RUNS RAND_SECONDS; do
+for v in SIZE_MB N_FILES N_DIRS RUNS RAND_SECONDS N_MISSING; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
 done
 command -v fio >/dev/null || die "fio is required (apt-get install fio)"
@@ -361,7 +361,7 @@ done
 . "$HERE/machine-info.sh"
 
 commit=$(source_commit "$REPO")
-cmd="SIZE_MB=$SIZE_MB N_FILES=$N_FILES N_DIRS=$N_DIRS RUNS=$RUNS RAND_SECONDS=$RAND_SECONDS"
+cmd="SIZE_MB=$SIZE_MB N_FILES=$N_FILES N_DIRS=$N_DIRS RUNS=$RUNS RAND_SECONDS=$RAND_SECONDS N_MISSING=$N_MISSING"
 [ -n "${DISTRIBOX_MOUNT_ARGS:-}" ] && cmd="$cmd DISTRIBOX_MOUNT_ARGS='$DISTRIBOX_MOUNT_ARGS'"
 [ "$DROP_CACHES" = 1 ] || cmd="$cmd DROP_CACHES=0"
 cmd="$cmd bench/fs-bench.sh"

@@ -46,8 +46,10 @@
 # CPU (Distribox): *_cpu_a / *_cpu_b for (b) and (c): user + system CPU seconds of
 # each node process from the clock's start to the poll that found the content,
 # before the content check (/proc/PID/stat), to see what the two nodes cost together
-# on this host. The report divides their sum by the CPUs: a time below that is out
-# of reach on this host for this code, however the work is scheduled.
+# on this host. The report divides their sum by the CPUs (nproc; a cgroup CPU
+# quota is not taken into account): the wall time that much CPU needs at the least.
+# It includes what a FUSE thread spends busy-polling, which gives way when CPUs
+# are crowded, so it is close to a floor, not an exact one.
 # Syncthing's bytes are BEP payload from its REST API (without TLS overhead).
 # MB/s = 10^6 bytes/s; BIG_MB is in MiB; KiB = 1024 bytes.
 #

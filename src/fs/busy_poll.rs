@@ -47,9 +47,10 @@ const MIN_PER_WINDOW: u64 = 2;
 /// CPU, and the share of that interval above which polling gives way.
 const CROWD_CHECK: Duration = Duration::from_millis(100);
 const MAX_STALL_PERCENT: u64 = 40;
-/// How long polling may not start after it gave way: doubled for each period in
-/// a row that ends crowded (so a long crowded spell costs ~1/20 of a CPU), back to
-/// the shortest after one that ends quietly.
+/// How long polling may not start after it gave way: doubled each time it gives
+/// way again within `HOLD_OFF_MAX * 2` with no interval judged uncrowded between
+/// (so a long crowded spell costs a polling CPU ~1/20 of the time), back to the
+/// shortest after an uncrowded one.
 const HOLD_OFF_MIN: Duration = Duration::from_millis(100);
 const HOLD_OFF_MAX: Duration = Duration::from_secs(2);
 
@@ -74,6 +75,8 @@ pub struct Activity {
     crowded: AtomicU64,
     /// Polling may not start before this, in ns since `epoch` (see `HOLD_OFF_MIN`).
     hold_until: AtomicU64,
+    /// The length of the latest hold-off, in µs.
+    hold_off_us: AtomicU64,
     polling: AtomicBool,
     stop: AtomicBool,
     governor: Thread,
@@ -149,6 +152,7 @@ impl BusyPoll {
             polled_us: AtomicU64::new(0),
             crowded: AtomicU64::new(0),
             hold_until: AtomicU64::new(0),
+            hold_off_us: AtomicU64::new(0),
             polling: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             governor: governor.thread().clone(),
@@ -221,56 +225,68 @@ fn parse_some_total(text: &str) -> Option<u64> {
         .ok()
 }
 
-/// Whether threads waited for a CPU more than `MAX_STALL_PERCENT` of the last
-/// `CROWD_CHECK`; false until an interval is complete, or without `stall`.
+/// What the last `CROWD_CHECK` says: threads waited for a CPU more than
+/// `MAX_STALL_PERCENT` of it, or not; or the interval is not complete (or there
+/// is no `stall` to read).
 ///
 /// An interval may span several polling periods and the gaps between them: with
 /// the CPUs crowded, the caller's requests come unevenly and one period seldom
 /// lasts a whole interval.
 struct Crowding {
     stall: Option<CpuStall>,
-    /// Start of the open interval (None before the first period).
-    since: Option<Instant>,
-    stalled_us: u64,
+    /// Start of the open interval and the stall total then (None before the
+    /// first period, or after a failed read).
+    since: Option<(Instant, u64)>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Judged {
+    Open,
+    Uncrowded,
+    Crowded,
 }
 
 impl Crowding {
     /// At the start of a polling period: a new interval unless the last one is
     /// recent, so that periods in close succession are judged together.
     fn resume(&mut self) {
-        if self.since.is_some_and(|t| t.elapsed() < CROWD_CHECK * 2) {
+        if self.since.is_some_and(|(t, _)| t.elapsed() < CROWD_CHECK * 2) {
             return;
         }
-        self.since = Some(Instant::now());
-        if let Some(us) = self.stall.as_mut().and_then(CpuStall::total_us) {
-            self.stalled_us = us;
-        }
+        self.since = self.read();
     }
 
-    fn crowded(&mut self) -> bool {
-        let Some(elapsed) = self.since.map(|t| t.elapsed()) else {
-            return false;
+    /// The stall total and the moment it was read (the read first, so that a
+    /// preemption in between cannot shorten the interval).
+    fn read(&mut self) -> Option<(Instant, u64)> {
+        let us = self.stall.as_mut().and_then(CpuStall::total_us)?;
+        Some((Instant::now(), us))
+    }
+
+    fn judge(&mut self) -> Judged {
+        let Some((since, stalled)) = self.since else {
+            return Judged::Open;
         };
-        if self.stall.is_none() || elapsed < CROWD_CHECK {
-            return false;
+        if since.elapsed() < CROWD_CHECK {
+            return Judged::Open;
         }
-        let Some(now) = self.stall.as_mut().and_then(CpuStall::total_us) else {
-            return false;
+        self.since = self.read();
+        let Some((now, total)) = self.since else {
+            return Judged::Open;
         };
-        let waited = now.saturating_sub(self.stalled_us);
-        self.since = Some(Instant::now());
-        self.stalled_us = now;
-        waited * 100 > elapsed.as_micros() as u64 * MAX_STALL_PERCENT
+        let waited = total.saturating_sub(stalled);
+        if waited * 100 > now.duration_since(since).as_micros() as u64 * MAX_STALL_PERCENT {
+            Judged::Crowded
+        } else {
+            Judged::Uncrowded
+        }
     }
 }
 
 fn govern(dev: &OwnedFd, activity: &Activity, window: Duration, stall: Option<CpuStall>) {
-    let mut crowding = Crowding {
-        stall,
-        since: None,
-        stalled_us: 0,
-    };
-    let mut hold_off = HOLD_OFF_MIN;
+    let mut crowding = Crowding { stall, since: None };
+    // The latest hold-off and when it began; None once an interval was uncrowded.
+    let mut held: Option<(Duration, Instant)> = None;
     loop {
         // Asleep until a request turns polling on (or a stop).
         while !activity.polling.load(Ordering::SeqCst) {
@@ -282,24 +298,41 @@ fn govern(dev: &OwnedFd, activity: &Activity, window: Duration, stall: Option<Cp
         if activity.stop.load(Ordering::Acquire) {
             return;
         }
+        // A `note` that read the hold-off just before it was set may have turned
+        // polling on after the governor turned it off.
+        if (activity.epoch.elapsed().as_nanos() as u64) < activity.hold_until.load(Ordering::SeqCst) {
+            activity.polling.store(false, Ordering::SeqCst);
+            continue;
+        }
         set_nonblocking(dev, true);
         let began = Instant::now();
         crowding.resume();
-        let mut crowded = false;
         let mut seen = activity.requests.load(Ordering::SeqCst);
         loop {
             thread::sleep(window);
             if activity.stop.load(Ordering::Acquire) {
                 return;
             }
-            if crowding.crowded() {
-                // The hold-off first: a streak must not start polling again the
-                // moment it is off.
-                let until = activity.epoch.elapsed() + hold_off;
-                activity.hold_until.store(until.as_nanos() as u64, Ordering::SeqCst);
-                activity.polling.store(false, Ordering::SeqCst);
-                crowded = true;
-                break;
+            match crowding.judge() {
+                Judged::Open => {}
+                Judged::Uncrowded => held = None,
+                Judged::Crowded => {
+                    let hold_off = match held {
+                        Some((h, at)) if at.elapsed() < HOLD_OFF_MAX * 2 => (h * 2).min(HOLD_OFF_MAX),
+                        _ => HOLD_OFF_MIN,
+                    };
+                    held = Some((hold_off, Instant::now()));
+                    // Counted, and the hold-off set, before polling goes off: a
+                    // streak must not start polling again the moment it is off.
+                    activity.crowded.fetch_add(1, Ordering::SeqCst);
+                    activity
+                        .hold_off_us
+                        .store(hold_off.as_micros() as u64, Ordering::SeqCst);
+                    let until = activity.epoch.elapsed() + hold_off;
+                    activity.hold_until.store(until.as_nanos() as u64, Ordering::SeqCst);
+                    activity.polling.store(false, Ordering::SeqCst);
+                    break;
+                }
             }
             let now = activity.requests.load(Ordering::SeqCst);
             if now - seen >= MIN_PER_WINDOW {
@@ -317,12 +350,6 @@ fn govern(dev: &OwnedFd, activity: &Activity, window: Duration, stall: Option<Cp
         }
         // A streak counted while polling was on would start the next period early.
         activity.streak.store(0, Ordering::Relaxed);
-        if crowded {
-            activity.crowded.fetch_add(1, Ordering::Relaxed);
-            hold_off = (hold_off * 2).min(HOLD_OFF_MAX);
-        } else {
-            hold_off = HOLD_OFF_MIN;
-        }
         activity.periods.fetch_add(1, Ordering::SeqCst);
         activity
             .polled_us
@@ -430,7 +457,8 @@ mod tests {
     #[test]
     fn polling_gives_way_when_threads_wait_for_a_cpu() {
         let (r, _w) = pipe();
-        let poll = BusyPoll::start_with(r.try_clone().unwrap(), Duration::from_millis(5), stall(90)).unwrap();
+        // A long window: a feeder delayed on a busy machine does not end the period.
+        let poll = BusyPoll::start_with(r.try_clone().unwrap(), Duration::from_millis(50), stall(90)).unwrap();
         let activity = poll.activity();
         burst(&activity);
         // Requests keep coming, so only the crowding can end the period.
@@ -456,6 +484,10 @@ mod tests {
             activity.hold_until.load(Ordering::SeqCst) > 0,
             "no hold-off after a crowded period"
         );
+        assert_eq!(
+            activity.hold_off_us.load(Ordering::SeqCst),
+            HOLD_OFF_MIN.as_micros() as u64
+        );
         drop(poll);
         assert!(!nonblocking(&r));
     }
@@ -479,7 +511,7 @@ mod tests {
     #[test]
     fn polling_goes_on_while_threads_rarely_wait_for_a_cpu() {
         let (r, _w) = pipe();
-        let poll = BusyPoll::start_with(r.try_clone().unwrap(), Duration::from_millis(5), stall(20)).unwrap();
+        let poll = BusyPoll::start_with(r.try_clone().unwrap(), Duration::from_millis(50), stall(20)).unwrap();
         let activity = poll.activity();
         burst(&activity);
         // Three crowding checks' worth of steady requests, all in one period.
@@ -489,6 +521,44 @@ mod tests {
             thread::sleep(Duration::from_micros(200));
         }
         assert_eq!(activity.crowded.load(Ordering::SeqCst), 0);
+        assert!(activity.polling.load(Ordering::SeqCst), "the period ended");
+        assert_eq!(activity.periods.load(Ordering::SeqCst), 0);
+        drop(poll);
+    }
+
+    #[test]
+    fn the_hold_off_doubles_while_the_crowding_lasts() {
+        let (r, _w) = pipe();
+        let poll = BusyPoll::start_with(r.try_clone().unwrap(), Duration::from_millis(50), stall(90)).unwrap();
+        let activity = poll.activity();
+        let feeding = AtomicBool::new(true);
+        thread::scope(|s| {
+            // Requests all the time: quick ones while polling is off (a streak
+            // starts it once a hold-off is over), spaced ones while it is on.
+            s.spawn(|| {
+                while feeding.load(Ordering::Relaxed) {
+                    activity.note();
+                    if activity.polling.load(Ordering::SeqCst) {
+                        thread::sleep(Duration::from_micros(200));
+                    }
+                }
+            });
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while activity.crowded.load(Ordering::SeqCst) < 3 && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(1));
+            }
+            feeding.store(false, Ordering::Relaxed);
+        });
+        assert!(
+            activity.crowded.load(Ordering::SeqCst) >= 3,
+            "fewer than 3 crowded periods within 20 s"
+        );
+        // 100, 200, 400 ms (a fourth, 800 ms, if the feeder was not stopped in time).
+        let hold_off = activity.hold_off_us.load(Ordering::SeqCst);
+        assert!(
+            hold_off == 400_000 || hold_off == 800_000,
+            "hold-off {hold_off} µs after 3 crowded periods"
+        );
         drop(poll);
     }
 
