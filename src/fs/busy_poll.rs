@@ -389,6 +389,37 @@ mod tests {
         (OwnedFd::from(r), OwnedFd::from(w))
     }
 
+    /// A governor (window in ms, stall source) flipping the read end of a pipe;
+    /// the write end is returned too, to keep the pipe open.
+    fn governed(window_ms: u64, stall: Option<CpuStall>) -> (OwnedFd, OwnedFd, BusyPoll, Arc<Activity>) {
+        let (r, w) = pipe();
+        let poll = BusyPoll::start_with(r.try_clone().unwrap(), Duration::from_millis(window_ms), stall).unwrap();
+        let activity = poll.activity();
+        (r, w, poll, activity)
+    }
+
+    /// Sends requests until `done` holds or 20 s pass: quick ones while polling
+    /// is off (a streak starts it once any hold-off is over), spaced ones while it
+    /// is on.
+    fn feed_until(activity: &Activity, done: impl Fn() -> bool) {
+        let feeding = AtomicBool::new(true);
+        thread::scope(|s| {
+            s.spawn(|| {
+                while feeding.load(Ordering::Relaxed) {
+                    activity.note();
+                    if activity.polling.load(Ordering::SeqCst) {
+                        thread::sleep(Duration::from_micros(200));
+                    }
+                }
+            });
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !done() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(1));
+            }
+            feeding.store(false, Ordering::Relaxed);
+        });
+    }
+
     fn nonblocking(fd: &OwnedFd) -> bool {
         // SAFETY: F_GETFL on an open descriptor.
         unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) & libc::O_NONBLOCK != 0 }
@@ -416,10 +447,8 @@ mod tests {
 
     #[test]
     fn a_burst_turns_polling_on_and_a_quiet_window_turns_it_off() {
-        let (r, _w) = pipe();
         // A long window: the flag stays on long enough to be seen on a busy machine.
-        let poll = BusyPoll::start_with(r.try_clone().unwrap(), Duration::from_millis(200), None).unwrap();
-        let activity = poll.activity();
+        let (r, _w, poll, activity) = governed(200, None);
         burst(&activity);
         wait_for("the descriptor is non-blocking", || nonblocking(&r));
         wait_for("the descriptor blocks again", || {
@@ -434,9 +463,7 @@ mod tests {
 
     #[test]
     fn requests_spread_out_never_start_polling() {
-        let (r, _w) = pipe();
-        let poll = BusyPoll::start_with(r.try_clone().unwrap(), Duration::from_millis(5), None).unwrap();
-        let activity = poll.activity();
+        let (r, _w, _poll, activity) = governed(5, None);
         for _ in 0..3 * START_STREAK {
             activity.note();
             thread::sleep(START_GAP * 2);
@@ -456,26 +483,11 @@ mod tests {
 
     #[test]
     fn polling_gives_way_when_threads_wait_for_a_cpu() {
-        let (r, _w) = pipe();
         // A long window: a feeder delayed on a busy machine does not end the period.
-        let poll = BusyPoll::start_with(r.try_clone().unwrap(), Duration::from_millis(50), stall(90)).unwrap();
-        let activity = poll.activity();
+        let (r, _w, poll, activity) = governed(50, stall(90));
         burst(&activity);
         // Requests keep coming, so only the crowding can end the period.
-        let feeding = AtomicBool::new(true);
-        thread::scope(|s| {
-            s.spawn(|| {
-                while feeding.load(Ordering::Relaxed) {
-                    activity.note();
-                    thread::sleep(Duration::from_micros(200));
-                }
-            });
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while activity.crowded.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(1));
-            }
-            feeding.store(false, Ordering::Relaxed);
-        });
+        feed_until(&activity, || activity.crowded.load(Ordering::SeqCst) >= 1);
         assert!(
             activity.crowded.load(Ordering::SeqCst) >= 1,
             "no crowded period within 20 s"
@@ -494,9 +506,7 @@ mod tests {
 
     #[test]
     fn short_periods_in_a_row_are_judged_together() {
-        let (r, _w) = pipe();
-        let poll = BusyPoll::start_with(r.try_clone().unwrap(), Duration::from_millis(1), stall(90)).unwrap();
-        let activity = poll.activity();
+        let (_r, _w, poll, activity) = governed(1, stall(90));
         // Periods of a few ms, each ended by a quiet window: none lasts a whole
         // `CROWD_CHECK`, but together they do.
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -510,9 +520,7 @@ mod tests {
 
     #[test]
     fn polling_goes_on_while_threads_rarely_wait_for_a_cpu() {
-        let (r, _w) = pipe();
-        let poll = BusyPoll::start_with(r.try_clone().unwrap(), Duration::from_millis(50), stall(20)).unwrap();
-        let activity = poll.activity();
+        let (_r, _w, poll, activity) = governed(50, stall(20));
         burst(&activity);
         // Three crowding checks' worth of steady requests, all in one period.
         let until = Instant::now() + CROWD_CHECK * 3;
@@ -528,27 +536,8 @@ mod tests {
 
     #[test]
     fn the_hold_off_doubles_while_the_crowding_lasts() {
-        let (r, _w) = pipe();
-        let poll = BusyPoll::start_with(r.try_clone().unwrap(), Duration::from_millis(50), stall(90)).unwrap();
-        let activity = poll.activity();
-        let feeding = AtomicBool::new(true);
-        thread::scope(|s| {
-            // Requests all the time: quick ones while polling is off (a streak
-            // starts it once a hold-off is over), spaced ones while it is on.
-            s.spawn(|| {
-                while feeding.load(Ordering::Relaxed) {
-                    activity.note();
-                    if activity.polling.load(Ordering::SeqCst) {
-                        thread::sleep(Duration::from_micros(200));
-                    }
-                }
-            });
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while activity.crowded.load(Ordering::SeqCst) < 3 && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(1));
-            }
-            feeding.store(false, Ordering::Relaxed);
-        });
+        let (_r, _w, poll, activity) = governed(50, stall(90));
+        feed_until(&activity, || activity.crowded.load(Ordering::SeqCst) >= 3);
         assert!(
             activity.crowded.load(Ordering::SeqCst) >= 3,
             "fewer than 3 crowded periods within 20 s"
@@ -564,9 +553,7 @@ mod tests {
 
     #[test]
     fn no_polling_starts_during_a_hold_off() {
-        let (r, _w) = pipe();
-        let poll = BusyPoll::start_with(r.try_clone().unwrap(), Duration::from_millis(5), None).unwrap();
-        let activity = poll.activity();
+        let (r, _w, _poll, activity) = governed(5, None);
         activity.hold_until.store(u64::MAX, Ordering::SeqCst);
         for _ in 0..100 * START_STREAK {
             activity.note();
