@@ -21,7 +21,7 @@
 //! threads wait for a CPU (the kernel's pressure stall information,
 //! /proc/pressure/cpu, says how long), spinning takes CPU from them: a build
 //! running beside the mount, or on a 2-CPU host a member fetching what this node
-//! writes (40–70% of the time some thread waited there, against 8–32% while one
+//! writes (36–73% of the time some thread waited there, against 8–32% while one
 //! node alone created files with polling on). So polling stops once threads waited
 //! more than `MAX_STALL_PERCENT` of a `CROWD_CHECK` interval, and may not start
 //! again for a hold-off that doubles while the crowding lasts.
@@ -190,7 +190,7 @@ impl Drop for BusyPoll {
 
 /// How long, in all, threads have waited for a CPU: the `some` line of
 /// /proc/pressure/cpu (or a stand-in in tests).
-pub struct CpuStall {
+struct CpuStall {
     read: Box<dyn FnMut() -> Option<u64> + Send>,
 }
 
