@@ -83,10 +83,15 @@ pub struct Activity {
 }
 
 impl Activity {
+    /// Now, in the unit of `last` and `hold_until`: ns since `epoch`.
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
     /// Called at the start of every FUSE request but READ: counts it, and turns
     /// polling on at the end of a streak of quick requests.
     pub fn note(&self) {
-        let now = self.epoch.elapsed().as_nanos() as u64;
+        let now = self.now_ns();
         let gap = now.saturating_sub(self.last.swap(now, Ordering::Relaxed));
         // SeqCst here and in `govern`: the count must be visible before polling is
         // read, and the governor's "off" before its re-check of the count, or a
@@ -300,7 +305,7 @@ fn govern(dev: &OwnedFd, activity: &Activity, window: Duration, stall: Option<Cp
         }
         // A `note` that read the hold-off just before it was set may have turned
         // polling on after the governor turned it off.
-        if (activity.epoch.elapsed().as_nanos() as u64) < activity.hold_until.load(Ordering::SeqCst) {
+        if activity.now_ns() < activity.hold_until.load(Ordering::SeqCst) {
             activity.polling.store(false, Ordering::SeqCst);
             continue;
         }
@@ -328,8 +333,8 @@ fn govern(dev: &OwnedFd, activity: &Activity, window: Duration, stall: Option<Cp
                     activity
                         .hold_off_us
                         .store(hold_off.as_micros() as u64, Ordering::SeqCst);
-                    let until = activity.epoch.elapsed() + hold_off;
-                    activity.hold_until.store(until.as_nanos() as u64, Ordering::SeqCst);
+                    let until = activity.now_ns() + hold_off.as_nanos() as u64;
+                    activity.hold_until.store(until, Ordering::SeqCst);
                     activity.polling.store(false, Ordering::SeqCst);
                     break;
                 }
